@@ -1,0 +1,32 @@
+"""Blocking request/reply over Redis, wire-compatible with FastStream.
+
+Call FastStream services from threaded code, and serve FastStream callers,
+over Redis channels, lists and streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from logging import Logger
+
+from redis_rpc._app import App
+from redis_rpc._broker import RedisBroker
+from redis_rpc._message import RedisMessage, RedisResponse, Response
+from redis_rpc._schemas import ListSub, PubSub, StreamSub
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "App",
+    "ListSub",
+    "Logger",
+    "PubSub",
+    "RedisBroker",
+    "RedisMessage",
+    "RedisResponse",
+    "Response",
+    "StreamSub",
+    "__version__",
+]

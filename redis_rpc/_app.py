@@ -1,0 +1,103 @@
+"""``App``: run a broker as a service, with startup and shutdown hooks."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+    from redis_rpc._broker import RedisBroker
+
+F = TypeVar("F", bound="Callable[[], Any]")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class App:
+    """Runs a broker until SIGINT, SIGTERM or ``exit()``, calling hooks around it.
+
+    ``exit()`` may be called from any thread, hooks included; ``run()``
+    belongs to one thread.
+
+    The order is: ``on_startup`` hooks, ``broker.start()``, ``after_startup``
+    hooks, wait, ``on_shutdown`` hooks, ``broker.close()`` (in-flight
+    handlers finish within the broker's ``graceful_timeout``), then
+    ``after_shutdown`` hooks.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self._exit = threading.Event()
+        self._hooks: dict[str, list[Callable[[], Any]]] = {
+            "on_startup": [],
+            "after_startup": [],
+            "on_shutdown": [],
+            "after_shutdown": [],
+        }
+
+    def on_startup(self, func: F) -> F:
+        """Call *func* before the broker starts."""
+        self._hooks["on_startup"].append(func)
+        return func
+
+    def after_startup(self, func: F) -> F:
+        """Call *func* once the broker runs; it may send requests."""
+        self._hooks["after_startup"].append(func)
+        return func
+
+    def on_shutdown(self, func: F) -> F:
+        """Call *func* before the broker closes; it may still send requests."""
+        self._hooks["on_shutdown"].append(func)
+        return func
+
+    def after_shutdown(self, func: F) -> F:
+        """Call *func* after the broker has closed."""
+        self._hooks["after_shutdown"].append(func)
+        return func
+
+    def exit(self) -> None:
+        """Make ``run()`` shut down and return. Safe from any thread or hook."""
+        self._exit.set()
+
+    def run(self) -> None:
+        """Start, block until SIGINT, SIGTERM or ``exit()``, then shut down gracefully.
+
+        Signal handlers are installed only when called from the main thread,
+        and the previous ones are restored on return. An exception from a
+        startup hook still closes the broker before it propagates.
+        """
+        previous = self._install_signal_handlers()
+        try:
+            self._call("on_startup")
+            self.broker.start()
+            try:
+                self._call("after_startup")
+                # A bounded wait, so that Python can run signal handlers meanwhile.
+                while not self._exit.wait(0.5):
+                    pass
+            finally:
+                try:
+                    self._call("on_shutdown")
+                finally:
+                    self.broker.close()
+            self._call("after_shutdown")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _call(self, stage: str) -> None:
+        for hook in self._hooks[stage]:
+            hook()
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self._exit.set()
+
+        return {signum: signal.signal(signum, handle) for signum in _SIGNALS}

@@ -1,0 +1,396 @@
+"""``RedisBroker``: lifecycle, ``subscriber()``, ``publisher()``, ``publish()``, ``request()``.
+
+The broker holds policy; ``_redis`` does the I/O, the consumers consume and
+the reply listener waits for replies.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from redis_rpc._channel import ChannelConsumer
+from redis_rpc._consumer import Consumer, Subscriber, stop_all
+from redis_rpc._handler import Handler
+from redis_rpc._list import ListConsumer
+from redis_rpc._message import RedisMessage, build_frame
+from redis_rpc._redis import Connection, send_command
+from redis_rpc._request import ReplyListener
+from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
+from redis_rpc._stream import StreamConsumer
+from redis_rpc.errors import (
+    BrokerClosedError,
+    BrokerStateError,
+    RedisConnectionError,
+    RequestTimeoutError,
+    SetupError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
+
+    from redis_rpc._schemas import Destination
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound="Callable[..., Any]")
+
+_CONSUMERS: dict[type[Destination], type[Consumer]] = {
+    PubSub: ChannelConsumer,
+    ListSub: ListConsumer,
+    StreamSub: StreamConsumer,
+}
+
+
+class _State(enum.Enum):
+    NEW = "NEW"  # subscribers may be declared; publish() and request() already work
+    STARTING = "STARTING"  # start() is bringing consumers up
+    RUNNING = "RUNNING"  # consumers and the reply listener are up
+    CLOSING = "CLOSING"  # close() is draining; publish() and request() are refused
+    CLOSED = "CLOSED"  # nothing of ours is left running
+
+
+class RedisBroker:
+    """A blocking RPC client and server over one Redis server.
+
+    One broker serves a whole process: it is safe to share between any
+    number of threads, which may all call ``publish()`` and ``request()``
+    at once. Declare subscribers before ``start()``.
+
+    Args:
+        url: A redis-py URL, such as ``"redis://localhost:6379/0"``.
+        max_workers: Default number of handler threads per subscriber.
+            With 1, the handler runs on the consumer thread, in order.
+        poll_interval: Seconds each blocking read waits before checking
+            whether to stop; bounds how long ``close()`` takes to stop reading.
+        graceful_timeout: Seconds ``close()`` waits for in-flight handlers.
+        start_timeout: Seconds ``start()`` waits for every consumer to come up.
+        socket_timeout: Seconds a Redis command may take; must exceed
+            *poll_interval*, which blocking reads wait for.
+        logger: The logger handed to handler parameters annotated ``Logger``.
+        **options: Passed to ``redis.Redis.from_url()``.
+
+    Raises:
+        SetupError: The options contradict each other.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379",
+        *,
+        max_workers: int = 1,
+        poll_interval: float = 1.0,
+        graceful_timeout: float = 15.0,
+        start_timeout: float = 10.0,
+        socket_timeout: float = 10.0,
+        logger: logging.Logger | None = None,
+        **options: Any,
+    ) -> None:
+        if max_workers < 1:
+            msg = f"max_workers must be at least 1, not {max_workers}."
+            raise SetupError(msg)
+        if not 0 < poll_interval < socket_timeout:
+            msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({socket_timeout} s)."
+            raise SetupError(msg)
+        self._max_workers = max_workers
+        self._poll_interval = poll_interval
+        self._graceful_timeout = graceful_timeout
+        self._start_timeout = start_timeout
+        self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
+        self._connection = Connection(
+            url, socket_timeout=socket_timeout, options=options
+        )
+        self._lock = (
+            threading.Lock()
+        )  # guards _state, _subscribers, _consumers, _listener
+        self._state = _State.NEW
+        self._subscribers: list[Subscriber] = []
+        self._publishers: dict[Callable[..., Any], list[Destination]] = {}
+        self._consumers: list[Consumer] = []
+        self._listener: ReplyListener | None = None
+
+    def __repr__(self) -> str:
+        pending = self._listener.pending if self._listener else 0
+        return (
+            f"<RedisBroker {self._state.name} consumers={len(self._consumers)} "
+            f"pending_requests={pending}>"
+        )
+
+    # -- declaring -----------------------------------------------------------
+
+    def subscriber(
+        self,
+        channel: str | PubSub | None = None,
+        *,
+        list: str | ListSub | None = None,
+        stream: str | StreamSub | None = None,
+        no_reply: bool = False,
+        max_workers: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as the handler of one channel, list or stream.
+
+        The handler's first parameter receives the decoded body; parameters
+        annotated ``Logger`` or ``RedisMessage`` receive a logger and the
+        message. Its return value (or a ``Response``) is published to the
+        request's ``reply_to`` channel, unless *no_reply* is set. The
+        function itself is returned unchanged.
+
+        Raises:
+            SetupError: Not exactly one source, a bad signature, or called after ``start()``.
+        """
+        source = destination(channel, list, stream)
+        workers = self._max_workers if max_workers is None else max_workers
+        if workers < 1:
+            msg = f"max_workers must be at least 1, not {workers}."
+            raise SetupError(msg)
+
+        def register(func: F) -> F:
+            subscriber = Subscriber(
+                source, Handler(func, self._handler_logger), no_reply, workers
+            )
+            with self._lock:
+                if self._state is not _State.NEW:
+                    msg = f"Cannot add a subscriber to {source}: declare subscribers before start()."
+                    raise SetupError(msg)
+                self._subscribers.append(subscriber)
+            return func
+
+        return register
+
+    def publisher(
+        self,
+        channel: str | PubSub | None = None,
+        *,
+        list: str | ListSub | None = None,
+        stream: str | StreamSub | None = None,
+    ) -> Callable[[F], F]:
+        """Also publish the decorated handler's results to one channel, list or stream.
+
+        Stack it with ``@broker.subscriber``, in either order. A returned
+        ``RedisResponse(maxlen=n)`` trims a stream destination.
+
+        Raises:
+            SetupError: Not exactly one destination.
+        """
+        target = destination(channel, list, stream)
+
+        def register(func: F) -> F:
+            with self._lock:
+                self._publishers.setdefault(func, []).append(target)
+            return func
+
+        return register
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the reply listener and one consumer per subscriber, and wait until all are up.
+
+        Raises:
+            BrokerStateError: The broker was already started or closed.
+            RedisConnectionError: Something did not come up within ``start_timeout``.
+        """
+        with self._lock:
+            if self._state is not _State.NEW:
+                msg = f"Cannot start a broker that is {self._state.name}; create a new one."
+                raise BrokerStateError(msg)
+            self._state = _State.STARTING
+            listener = self._ensure_listener_locked()
+            self._consumers = [
+                _CONSUMERS[type(sub.source)](
+                    _with_publishers(sub, self._publishers),
+                    self._connection,
+                    poll_interval=self._poll_interval,
+                )
+                for sub in self._subscribers
+            ]
+            consumers = list(self._consumers)
+        for consumer in consumers:
+            consumer.start()
+        deadline = time.monotonic() + self._start_timeout
+        late = [
+            name
+            for name, ready in [("redis_rpc:replies", listener.ready)]
+            + [(c.name, c.ready) for c in consumers]
+            if not ready.wait(max(0.0, deadline - time.monotonic()))
+        ]
+        if late:
+            self.close()
+            msg = f"Could not start {', '.join(late)} within {self._start_timeout} s; is Redis reachable at {self._connection.address}?"
+            raise RedisConnectionError(msg)
+        with self._lock:
+            if self._state is _State.STARTING:
+                self._state = _State.RUNNING
+        logger.info("Broker started with %d consumer(s)", len(consumers))
+
+    def close(self) -> None:
+        """Stop consuming, let in-flight handlers finish, fail pending requests, disconnect.
+
+        Idempotent, and safe to call from any thread. Waits up to
+        ``graceful_timeout`` seconds for handlers; after it returns no
+        thread of the broker is running, except handlers that overran it.
+        """
+        with self._lock:
+            if self._state in (_State.CLOSING, _State.CLOSED):
+                return
+            self._state = _State.CLOSING
+            consumers, listener = list(self._consumers), self._listener
+        late = stop_all(consumers, self._graceful_timeout)
+        if late:
+            logger.warning(
+                "Handlers still running after %s s: %s", self._graceful_timeout, late
+            )
+        if listener is not None and not listener.stop(self._graceful_timeout):
+            logger.warning("The reply listener did not stop in time")
+        self._connection.close()
+        with self._lock:
+            self._state = _State.CLOSED
+        logger.info("Broker closed")
+
+    def __enter__(self) -> RedisBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- sending -------------------------------------------------------------
+
+    def publish(
+        self,
+        body: Any = None,
+        channel: str | PubSub | None = None,
+        *,
+        list: str | ListSub | None = None,
+        stream: str | StreamSub | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str = "",
+        maxlen: int | None = None,
+    ) -> int | str:
+        """Send *body* to one channel, list or stream without waiting for a reply.
+
+        Safe to call from any number of threads at once.
+
+        Args:
+            reply_to: A channel for the handler's result.
+            maxlen: Trim a stream destination to about this many entries.
+
+        Returns:
+            What Redis answered: the number of channel subscribers that got it,
+            the list's new length, or the stream entry's id.
+
+        Raises:
+            BrokerClosedError: The broker has been closed.
+            RedisConnectionError: Redis could not be reached.
+            TypeError: The body or a header cannot be encoded.
+        """
+        self._check_open("publish")
+        target = destination(channel, list, stream)
+        frame = build_frame(
+            body,
+            correlation_id=correlation_id or str(uuid.uuid4()),
+            reply_to=reply_to,
+            headers=headers,
+        )
+        result = self._connection.execute(send_command(target, frame, maxlen))
+        return result.decode() if isinstance(result, bytes) else int(result)
+
+    def request(
+        self,
+        body: Any = None,
+        channel: str | PubSub | None = None,
+        *,
+        list: str | ListSub | None = None,
+        stream: str | StreamSub | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = 30.0,
+    ) -> RedisMessage:
+        """Send *body* to one channel, list or stream and block until the reply arrives.
+
+        Safe to call from any number of threads at once. The reply always
+        comes back over Pub/Sub, whatever carried the request.
+
+        Args:
+            timeout: Seconds to wait for the reply; ``None`` waits forever.
+
+        Returns:
+            The reply, as a ``RedisMessage``.
+
+        Raises:
+            RequestTimeoutError: No reply within *timeout* (also a ``TimeoutError``).
+            BrokerClosedError: The broker was closed before or while waiting.
+            RedisConnectionError: Redis could not be reached, or the reply
+                subscription was lost while waiting.
+            TypeError: The body or a header cannot be encoded.
+        """
+        self._check_open("request")
+        target = destination(channel, list, stream)
+        correlation_id = correlation_id or str(uuid.uuid4())
+        listener = self._reply_listener()
+        if not listener.ready.wait(self._start_timeout if timeout is None else timeout):
+            msg = f"Cannot send a request: the reply subscription on Redis at {self._connection.address} is not up."
+            raise RedisConnectionError(msg)
+        reply_to, future = listener.register()
+        try:
+            frame = build_frame(
+                body, correlation_id=correlation_id, reply_to=reply_to, headers=headers
+            )
+            self._connection.execute(send_command(target, frame))
+            payload = future.result(timeout)
+        except FutureTimeoutError:
+            msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
+            raise RequestTimeoutError(
+                msg,
+                destination=str(target),
+                correlation_id=correlation_id,
+                timeout=timeout or 0.0,
+            ) from None
+        finally:
+            listener.discard(reply_to)
+        return RedisMessage.from_payload(payload)
+
+    def _check_open(self, action: str) -> None:
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            msg = f"Cannot {action}: the broker has been closed."
+            raise BrokerClosedError(msg)
+
+    def _reply_listener(self) -> ReplyListener:
+        listener = self._listener
+        if listener is None:
+            with self._lock:
+                listener = self._ensure_listener_locked()
+        return listener
+
+    def _ensure_listener_locked(self) -> ReplyListener:
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            msg = "Cannot request: the broker has been closed."
+            raise BrokerClosedError(msg)
+        if self._listener is None:
+            self._listener = ReplyListener(
+                self._connection, poll_interval=self._poll_interval
+            )
+            self._listener.start()
+        return self._listener
+
+
+def _with_publishers(
+    subscriber: Subscriber, publishers: Mapping[Callable[..., Any], list[Destination]]
+) -> Subscriber:
+    return attrs.evolve(
+        subscriber, publishers=tuple(publishers.get(subscriber.handler.func, ()))
+    )

@@ -1,0 +1,225 @@
+"""The consume loop shared by all transports: start, stop, backpressure, replies.
+
+One consumer thread per subscriber fetches messages and hands each to the
+subscriber's handler, inline when ``max_workers == 1`` (which keeps order)
+or on a ``ThreadPoolExecutor`` otherwise. A slot from a bounded semaphore is
+taken *before* each fetch and given back when the handler is done, so a
+consumer never takes out of Redis more than its workers can start on.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from redis_rpc._message import RedisMessage, RedisResponse, Response, build_frame
+from redis_rpc._redis import Command, Publish, XAck, send_command
+from redis_rpc.errors import RedisRPCError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from redis_rpc._handler import Handler
+    from redis_rpc._redis import Connection
+    from redis_rpc._schemas import Destination
+
+logger = logging.getLogger(__name__)
+
+# After a Redis error, wait this long before the first retry, doubling up to
+# the cap: quick enough to ride out a restart, slow enough not to spin.
+_BACKOFF_START = 0.1
+_BACKOFF_CAP = 5.0
+
+
+@attrs.frozen
+class Subscriber:
+    """A handler registered for one source, as declared by ``@broker.subscriber``."""
+
+    source: Destination
+    handler: Handler
+    no_reply: bool
+    max_workers: int
+    publishers: tuple[Destination, ...] = ()
+
+
+@attrs.frozen
+class Delivery:
+    """One message taken out of Redis, and how to acknowledge it, if at all."""
+
+    payload: bytes
+    ack: XAck | None = None
+
+
+class Consumer(abc.ABC):
+    """Runs one subscriber: a named thread fetching from Redis, plus its workers.
+
+    ``start()``, ``stop()`` and ``join()`` may be called from any thread; the
+    fetch methods run only on the consumer's own thread.
+    """
+
+    def __init__(
+        self, subscriber: Subscriber, connection: Connection, *, poll_interval: float
+    ) -> None:
+        self.subscriber = subscriber
+        self.name = f"redis_rpc:{subscriber.source}"
+        self.ready = threading.Event()  # set once the source is open for the first time
+        self._connection = connection
+        self._poll_interval = poll_interval
+        self._stopping = threading.Event()
+        workers = subscriber.max_workers
+        self._slots = threading.BoundedSemaphore(workers)
+        self._executor = (
+            ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}:worker")
+            if workers > 1
+            else None
+        )
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to stop taking messages; it does within one poll interval."""
+        self._stopping.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the loop and every in-flight handler; True if all finished in time."""
+        deadline = time.monotonic() + timeout
+        self._thread.join(timeout)
+        taken = 0
+        # Holding every slot means no handler is running any more.
+        while taken < self.subscriber.max_workers and self._slots.acquire(
+            timeout=max(0.0, deadline - time.monotonic())
+        ):
+            taken += 1
+        finished = taken == self.subscriber.max_workers and not self._thread.is_alive()
+        if self._executor is not None:
+            self._executor.shutdown(wait=finished)
+        return finished
+
+    # -- the consumer thread -------------------------------------------------
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Subscribe, create the group, or check the connection."""
+
+    @abc.abstractmethod
+    def _fetch(self, timeout: float) -> Delivery | None:
+        """Take at most one message, waiting up to *timeout* seconds."""
+
+    def _close(self) -> None:  # noqa: B027 - most transports hold nothing to release
+        """Release what ``_open()`` took; must not raise."""
+
+    def _run(self) -> None:
+        is_open, failing, delay = False, False, _BACKOFF_START
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if not is_open:
+                        self._open()
+                        is_open = True
+                        self.ready.set()
+                        if failing:
+                            logger.warning("%s is consuming again", self.name)
+                        failing, delay = False, _BACKOFF_START
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive any error
+                    if not failing:
+                        level = (
+                            logging.WARNING
+                            if isinstance(exc, RedisRPCError)
+                            else logging.ERROR
+                        )
+                        logger.log(
+                            level,
+                            "%s failed, retrying with backoff: %s",
+                            self.name,
+                            exc,
+                        )
+                        failing = True
+                    self._close()
+                    is_open = False
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, _BACKOFF_CAP)
+        finally:
+            self._close()
+
+    def _step(self) -> None:
+        if not self._slots.acquire(timeout=self._poll_interval):
+            return  # every worker is busy: leave the message in Redis
+        try:
+            delivery = self._fetch(self._poll_interval)
+        except BaseException:
+            self._slots.release()
+            raise
+        if delivery is None:
+            self._slots.release()
+        elif self._executor is None:
+            self._handle(delivery)
+        else:
+            self._executor.submit(self._handle, delivery)
+
+    # -- any worker ----------------------------------------------------------
+
+    def _handle(self, delivery: Delivery) -> None:
+        """Handle one message and send what it produces. Never raises."""
+        try:
+            message = RedisMessage.from_payload(delivery.payload)
+            logger.debug("%s received %r", self.name, message)
+            try:
+                commands = self._outgoing(message, self.subscriber.handler(message))
+            except Exception:
+                logger.exception(
+                    "Handler %s failed on a message from %s (correlation_id=%r)",
+                    self.subscriber.handler.name,
+                    self.subscriber.source,
+                    message.correlation_id,
+                )
+                return  # no reply and no ack: a stream entry stays pending
+            if delivery.ack is not None:
+                commands.append(delivery.ack)
+            if commands:
+                self._connection.execute_many(commands)
+        except Exception:
+            logger.exception("%s could not send the reply or ack", self.name)
+        finally:
+            self._slots.release()
+
+    def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:
+        reply = bool(message.reply_to) and not self.subscriber.no_reply
+        if not (reply or self.subscriber.publishers):
+            return []
+        response = result if isinstance(result, Response) else Response(result)
+        frame = build_frame(
+            response.body,
+            correlation_id=response.correlation_id or message.correlation_id,
+            headers=response.headers,
+        )
+        maxlen = response.maxlen if isinstance(response, RedisResponse) else None
+        commands = [
+            send_command(dest, frame, maxlen) for dest in self.subscriber.publishers
+        ]
+        if reply:
+            commands.append(Publish(message.reply_to, frame))
+        return commands
+
+
+def stop_all(consumers: Sequence[Consumer], timeout: float) -> list[str]:
+    """Stop *consumers* together and wait up to *timeout* seconds in all.
+
+    Returns the names of those that did not finish in time.
+    """
+    for consumer in consumers:
+        consumer.stop()
+    deadline = time.monotonic() + timeout
+    return [
+        consumer.name
+        for consumer in consumers
+        if not consumer.join(max(0.0, deadline - time.monotonic()))
+    ]

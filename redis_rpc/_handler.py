@@ -1,0 +1,83 @@
+"""Calling a user's handler: which argument goes to which parameter.
+
+The first parameter that is not injected gets the decoded body; a parameter
+annotated ``Logger`` gets a logger, one annotated ``RedisMessage`` the
+incoming message. The plan is worked out once, when the handler is
+registered, so bad signatures fail at import time rather than per message.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import typing
+from typing import TYPE_CHECKING, Any
+
+from redis_rpc._message import RedisMessage
+from redis_rpc.errors import SetupError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class _Arg(enum.Enum):
+    BODY = enum.auto()  # the body, decoded by its content type
+    RAW_BODY = enum.auto()  # the body bytes, for a parameter annotated ``bytes``
+    LOGGER = enum.auto()
+    MESSAGE = enum.auto()
+
+
+class Handler:
+    """A user function with its argument plan. Immutable after construction."""
+
+    def __init__(self, func: Callable[..., Any], logger: logging.Logger) -> None:
+        self.func = func
+        self.name = getattr(func, "__qualname__", repr(func))
+        self._logger = logger
+        self._args: list[_Arg] = []  # positional-only parameters, in order
+        self._kwargs: dict[str, _Arg] = {}
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation only loses injection
+            hints = {}
+        body_taken = False
+        for index, param in enumerate(inspect.signature(func).parameters.values()):
+            hint = hints.get(param.name)
+            variadic = param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+            if hint is logging.Logger:
+                arg = _Arg.LOGGER
+            elif hint is RedisMessage:
+                arg = _Arg.MESSAGE
+            elif not body_taken and not variadic:
+                arg, body_taken = (_Arg.RAW_BODY if hint is bytes else _Arg.BODY), True
+            elif param.default is not param.empty or variadic:
+                continue
+            else:
+                msg = (
+                    f"Cannot call handler {self.name}: parameter {param.name!r} is neither the body "
+                    "nor annotated Logger or RedisMessage; give it a default value."
+                )
+                raise SetupError(msg)
+            if param.kind is not param.POSITIONAL_ONLY:
+                self._kwargs[param.name] = arg
+            elif len(self._args) == index:
+                self._args.append(arg)
+            else:  # a defaulted positional-only parameter was skipped before this one
+                msg = f"Cannot call handler {self.name}: positional-only parameter {param.name!r} follows one we must skip."
+                raise SetupError(msg)
+
+    def __call__(self, message: RedisMessage) -> Any:
+        """Call the function for *message*; whatever it raises propagates."""
+        args = [self._value(arg, message) for arg in self._args]
+        kwargs = {name: self._value(arg, message) for name, arg in self._kwargs.items()}
+        return self.func(*args, **kwargs)
+
+    def _value(self, arg: _Arg, message: RedisMessage) -> Any:
+        if arg is _Arg.BODY:
+            return message.decode()
+        if arg is _Arg.RAW_BODY:
+            return message.body
+        if arg is _Arg.LOGGER:
+            return self._logger
+        return message

@@ -1,0 +1,247 @@
+"""The only module that calls redis-py: connections, typed wrappers, error mapping.
+
+Everything else in the package speaks in bytes and in our own exceptions;
+the casts that redis-py's uneven types need live here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import attrs
+import redis
+import redis.client
+import redis.exceptions
+
+from redis_rpc._schemas import ListSub, PubSub
+from redis_rpc.errors import (
+    RedisCommandError,
+    RedisConnectionError,
+    RedisRPCError,
+    SetupError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from redis_rpc._schemas import Destination
+
+STREAM_DATA_FIELD = b"__data__"
+
+# Most specific first; each redis-py error is translated to the first match.
+ERROR_MAP: tuple[tuple[type[Exception], type[RedisRPCError]], ...] = (
+    (redis.exceptions.ConnectionError, RedisConnectionError),
+    (redis.exceptions.TimeoutError, RedisConnectionError),
+    (redis.exceptions.RedisError, RedisCommandError),
+)
+
+
+@contextlib.contextmanager
+def map_errors(address: str) -> Iterator[None]:
+    """Translate redis-py's exceptions into ours, chaining the original."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        ours = next(o for theirs, o in ERROR_MAP if isinstance(exc, theirs))
+        if ours is RedisConnectionError:
+            msg = f"Lost or could not open the connection to Redis at {address}: {exc}. Check that the server is running and reachable."
+        else:
+            msg = f"Redis at {address} refused a command: {exc}."
+        raise ours(msg) from exc
+
+
+@attrs.frozen
+class Publish:
+    channel: str
+    data: bytes
+
+
+@attrs.frozen
+class RPush:
+    key: str
+    data: bytes
+
+
+@attrs.frozen
+class XAdd:
+    stream: str
+    data: bytes
+    maxlen: int | None = None
+
+
+@attrs.frozen
+class XAck:
+    stream: str
+    group: str
+    entry_id: bytes
+
+
+Command: TypeAlias = Publish | RPush | XAdd | XAck
+
+
+def send_command(
+    destination: Destination, data: bytes, maxlen: int | None = None
+) -> Command:
+    """The command that delivers *data* to *destination*.
+
+    *maxlen* trims a stream destination, overriding the ``StreamSub``'s own.
+    """
+    if isinstance(destination, PubSub):
+        return Publish(destination.channel, data)
+    if isinstance(destination, ListSub):
+        return RPush(destination.list, data)
+    return XAdd(
+        destination.stream, data, maxlen if maxlen is not None else destination.maxlen
+    )
+
+
+class Connection:
+    """A pool of connections to one Redis server, in bytes mode.
+
+    Safe to use from any number of threads at once; each call borrows a
+    connection from the pool for its duration.
+    """
+
+    def __init__(
+        self, url: str, *, socket_timeout: float, options: dict[str, Any]
+    ) -> None:
+        if options.get("decode_responses"):
+            msg = "decode_responses=True would corrupt binary frames; leave it unset."
+            raise SetupError(msg)
+        options = {
+            "socket_connect_timeout": 5.0,
+            **options,
+            "socket_timeout": socket_timeout,
+        }
+        with map_errors("the given URL"):
+            self._client = redis.Redis.from_url(url, **options)
+        kwargs = self._client.connection_pool.connection_kwargs
+        # Never the URL itself: it may carry a password.
+        self.address = (
+            f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+        )
+
+    def execute(self, command: Command) -> Any:
+        """Run one command; return what Redis answered."""
+        with map_errors(self.address):
+            return _run(self._client, command)
+
+    def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        """Run several commands in one round trip (a pipeline, not a transaction)."""
+        if len(commands) == 1:
+            return [self.execute(commands[0])]
+        with map_errors(self.address):
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                _run(pipe, command)
+            return pipe.execute()
+
+    def ping(self) -> None:
+        with map_errors(self.address):
+            self._client.ping()
+
+    def blpop(self, key: str, timeout: float) -> bytes | None:
+        """Pop the head of list *key*, waiting up to *timeout* seconds for one."""
+        with map_errors(self.address):
+            item = self._client.blpop([key], timeout=timeout)
+        return None if item is None else cast("bytes", item[1])
+
+    def ensure_group(self, stream: str, group: str) -> None:
+        """Create consumer *group* on *stream* (and the stream) unless it exists."""
+        try:
+            with map_errors(self.address):
+                self._client.xgroup_create(stream, group, id="$", mkstream=True)
+        except RedisCommandError as exc:
+            if "BUSYGROUP" not in str(exc.__cause__):
+                raise
+
+    def xreadgroup(
+        self, stream: str, group: str, consumer: str, block: float
+    ) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """Read one new entry for *consumer*, waiting up to *block* seconds."""
+        with map_errors(self.address):
+            answer: Any = self._client.xreadgroup(
+                group,
+                consumer,
+                {stream: ">"},
+                count=1,
+                block=max(1, round(block * 1000)),
+            )
+        if not answer:
+            return None
+        # [[stream, [(entry_id, fields)]]] with RESP2, {stream: [[(entry_id, fields)]]} with RESP3
+        if isinstance(answer, dict):
+            entry_id, fields = next(iter(answer.values()))[0][0]
+        else:
+            entry_id, fields = answer[0][1][0]
+        return cast("bytes", entry_id), cast("dict[bytes, bytes]", fields or {})
+
+    def subscription(self) -> Subscription:
+        """A new Pub/Sub connection, to be owned by the calling thread."""
+        return Subscription(self._client.pubsub(), self.address)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        with map_errors(self.address):
+            self._client.close()
+
+
+def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
+    if isinstance(command, Publish):
+        return client.publish(command.channel, command.data)
+    if isinstance(command, RPush):
+        return client.rpush(command.key, command.data)
+    if isinstance(command, XAdd):
+        return client.xadd(
+            command.stream,
+            {STREAM_DATA_FIELD: command.data},
+            maxlen=command.maxlen,
+            approximate=True,
+        )
+    return client.xack(command.stream, command.group, command.entry_id)
+
+
+class Subscription:
+    """One Pub/Sub connection.
+
+    Not thread-safe: the thread that creates it must be the only one to use
+    and close it (redis-py's ``PubSub`` is not safe to share).
+    """
+
+    def __init__(self, pubsub: redis.client.PubSub, address: str) -> None:
+        self._pubsub = pubsub
+        self._address = address
+
+    def subscribe(self, channel: str, *, pattern: bool, timeout: float) -> None:
+        """Subscribe to *channel* and wait until Redis confirms it.
+
+        Raises:
+            RedisConnectionError: Redis did not confirm within *timeout* seconds.
+        """
+        with map_errors(self._address):
+            if pattern:
+                self._pubsub.psubscribe(channel)
+            else:
+                self._pubsub.subscribe(channel)
+            deadline = time.monotonic() + timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = self._pubsub.get_message(timeout=remaining)
+                if message and message["type"] in ("subscribe", "psubscribe"):
+                    return
+        msg = f"Redis at {self._address} did not confirm the subscription to {channel!r} within {timeout} s."
+        raise RedisConnectionError(msg)
+
+    def get_message(self, timeout: float) -> tuple[bytes, bytes] | None:
+        """Wait up to *timeout* seconds for a published message; return (channel, data)."""
+        with map_errors(self._address):
+            message = self._pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=timeout
+            )
+        if message is None or message["type"] not in ("message", "pmessage"):
+            return None
+        return cast("bytes", message["channel"]), cast("bytes", message["data"])
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            self._pubsub.close()

@@ -1,0 +1,129 @@
+"""The caller side of ``request()``: one reply subscription, one listener thread.
+
+Each broker subscribes once, by pattern, to ``<prefix>*`` where the prefix
+is random per listener. A request gets its own key and asks for its reply
+on ``<prefix><key>``, so replies are routed by the channel they arrive on,
+never by correlation id: a handler may replace the correlation id. No
+connection and no subscription is opened per request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from redis_rpc.errors import BrokerClosedError, RedisConnectionError
+
+if TYPE_CHECKING:
+    from redis_rpc._redis import Connection, Subscription
+
+logger = logging.getLogger(__name__)
+
+# After losing Redis, wait this long before resubscribing, doubling up to the cap.
+_BACKOFF_START = 0.1
+_BACKOFF_CAP = 5.0
+
+
+class ReplyListener:
+    """Completes the futures of pending requests as their replies arrive.
+
+    ``register()``, ``discard()`` and ``stop()`` are safe to call from any
+    thread; the subscription belongs to the listener's own thread.
+    """
+
+    def __init__(self, connection: Connection, *, poll_interval: float) -> None:
+        self.prefix = f"redis_rpc.reply.{uuid.uuid4().hex}."
+        self.ready = threading.Event()  # set while the reply subscription is confirmed
+        self._connection = connection
+        self._poll_interval = poll_interval
+        self._keys = itertools.count()  # next() is atomic under the GIL
+        self._lock = threading.Lock()  # guards _pending
+        self._pending: dict[bytes, Future[bytes]] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="redis_rpc:replies", daemon=True
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def register(self) -> tuple[str, Future[bytes]]:
+        """Reserve a reply channel; its future gets the raw reply payload."""
+        channel = f"{self.prefix}{next(self._keys)}"
+        future: Future[bytes] = Future()
+        with self._lock:
+            self._pending[channel.encode()] = future
+        return channel, future
+
+    def discard(self, channel: str) -> None:
+        """Forget *channel*; a reply arriving later is dropped."""
+        with self._lock:
+            self._pending.pop(channel.encode(), None)
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread and fail every pending request; True if it ended in time."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._fail_pending(
+            BrokerClosedError("The broker was closed while waiting for a reply.")
+        )
+        return not self._thread.is_alive()
+
+    def _fail_pending(self, error: Exception) -> None:
+        with self._lock:
+            futures, self._pending = list(self._pending.values()), {}
+        for future in futures:
+            future.set_exception(error)
+
+    def _run(self) -> None:
+        delay = _BACKOFF_START
+        while not self._stopping.is_set():
+            subscription = self._connection.subscription()
+            try:
+                subscription.subscribe(
+                    f"{self.prefix}*", pattern=True, timeout=10 * self._poll_interval
+                )
+                if delay > _BACKOFF_START:
+                    logger.warning("Reply listener is subscribed again")
+                self.ready.set()
+                delay = _BACKOFF_START
+                self._listen(subscription)
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any error
+                self.ready.clear()
+                if delay == _BACKOFF_START:
+                    logger.warning(
+                        "Reply listener lost Redis, retrying with backoff: %s", exc
+                    )
+                # Replies sent while we are away are lost: tell their callers now.
+                self._fail_pending(
+                    RedisConnectionError(
+                        f"Lost the reply subscription while waiting: {exc}"
+                    )
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, _BACKOFF_CAP)
+            finally:
+                subscription.close()
+        self.ready.clear()
+
+    def _listen(self, subscription: Subscription) -> None:
+        while not self._stopping.is_set():
+            message = subscription.get_message(self._poll_interval)
+            if message is None:
+                continue
+            channel, payload = message
+            with self._lock:
+                future = self._pending.pop(channel, None)
+            if future is None:
+                logger.debug("Dropped a reply on %r: its request is gone", channel)
+            else:
+                future.set_result(payload)

@@ -1,0 +1,121 @@
+"""Where messages go and come from: ``PubSub``, ``ListSub`` and ``StreamSub``.
+
+Each option object names one Redis destination of one transport. They are
+frozen, so they can be handed between threads freely.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import TypeAlias
+
+import attrs
+
+from redis_rpc.errors import SetupError
+
+DEFAULT_GROUP = "redis_rpc"
+
+
+def _not_empty(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        msg = f"{type(instance).__name__}.{attribute.name} must be a non-empty str, not {value!r}."
+        raise SetupError(msg)
+
+
+def _default_consumer() -> str:
+    # Unique per consumer, readable in XINFO CONSUMERS: host, process, then a tag
+    # that tells apart two subscribers of one stream in the same process.
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@attrs.frozen
+class PubSub:
+    """A Pub/Sub channel; a name containing ``*`` is subscribed as a pattern."""
+
+    channel: str = attrs.field(validator=_not_empty)
+    pattern: bool = attrs.field()
+
+    @pattern.default
+    def _pattern_default(self) -> bool:
+        return "*" in self.channel
+
+    @property
+    def name(self) -> str:
+        return self.channel
+
+    def __str__(self) -> str:
+        return f"channel:{self.channel}"
+
+
+@attrs.frozen
+class ListSub:
+    """A list, consumed from the left with ``BLPOP``; producers ``RPUSH`` (FIFO)."""
+
+    list: str = attrs.field(validator=_not_empty)
+
+    @property
+    def name(self) -> str:
+        return self.list
+
+    def __str__(self) -> str:
+        return f"list:{self.list}"
+
+
+@attrs.frozen
+class StreamSub:
+    """A stream, consumed through a consumer group with ``XREADGROUP``.
+
+    Args:
+        stream: The stream's key.
+        group: The consumer group. Server processes that share a group share
+            the work: each entry is handled by one of them.
+        consumer: This consumer's name in the group; unique by default.
+        maxlen: When publishing to the stream, trim it to about this many
+            entries (``XADD MAXLEN ~``).
+    """
+
+    stream: str = attrs.field(validator=_not_empty)
+    group: str = attrs.field(default=DEFAULT_GROUP, kw_only=True, validator=_not_empty)
+    consumer: str = attrs.field(
+        factory=_default_consumer, kw_only=True, validator=_not_empty
+    )
+    maxlen: int | None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def name(self) -> str:
+        return self.stream
+
+    def __str__(self) -> str:
+        return f"stream:{self.stream}"
+
+
+Destination: TypeAlias = PubSub | ListSub | StreamSub
+
+
+def destination(
+    channel: str | PubSub | None,
+    list: str | ListSub | None,
+    stream: str | StreamSub | None,
+) -> Destination:
+    """Build the one destination named by exactly one of the three keywords.
+
+    Raises:
+        SetupError: None or several of *channel*, *list* and *stream* were given.
+    """
+    given = [
+        (value, kind)
+        for value, kind in ((channel, PubSub), (list, ListSub), (stream, StreamSub))
+        if value is not None
+    ]
+    if len(given) != 1:
+        msg = f"Give exactly one of channel=, list= or stream=; got {len(given)}."
+        raise SetupError(msg)
+    value, kind = given[0]
+    if isinstance(value, str):
+        return kind(value)
+    if not isinstance(value, kind):
+        msg = f"Expected a str or {kind.__name__}, not {type(value).__name__}."
+        raise SetupError(msg)
+    return value
