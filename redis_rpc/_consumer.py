@@ -125,10 +125,10 @@ class Consumer(abc.ABC):
                         self._open()
                         is_open = True
                         self.ready.set()
-                        if failing:
-                            logger.warning("%s is consuming again", self.name)
-                        failing, delay = False, _BACKOFF_START
                     self._step()
+                    if failing:  # only a fetch that worked proves recovery
+                        logger.warning("%s is consuming again", self.name)
+                        failing, delay = False, _BACKOFF_START
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive any error
                     if not failing:
                         level = (

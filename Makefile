@@ -1,0 +1,34 @@
+# Every target creates .venv and installs what it needs, so a fresh clone
+# needs only python3 (3.10 or newer) and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: example test check format clean redis-server
+
+$(BIN)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
+	touch $@
+
+redis-server:
+	@scripts/ensure-redis-server
+
+example: $(BIN)/.installed redis-server
+	$(BIN)/python examples/rpc.py
+
+test: $(BIN)/.installed redis-server
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: $(BIN)/.installed
+	$(BIN)/ruff format --check redis_rpc tests benchmarks examples
+	$(BIN)/ruff check redis_rpc tests benchmarks examples
+	$(BIN)/mypy
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format redis_rpc tests benchmarks examples
+	$(BIN)/ruff check --fix redis_rpc tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
