@@ -51,7 +51,9 @@ def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(threadName)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(threadName)s %(name)s: %(message)s"
+    )
     with RedisServer() as server:
         print(f"started a private redis-server on {server.url}")
         main(server.url)

@@ -341,6 +341,7 @@ class RedisBroker:
         self._check_open("request")
         target = destination(channel, list, stream)
         correlation_id = correlation_id or str(uuid.uuid4())
+        deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._reply_listener()
         if not listener.ready.wait(self._start_timeout if timeout is None else timeout):
             msg = f"Cannot send a request: the reply subscription on Redis at {self._connection.address} is not up."
@@ -351,7 +352,9 @@ class RedisBroker:
                 body, correlation_id=correlation_id, reply_to=reply_to, headers=headers
             )
             self._connection.execute(send_command(target, frame))
-            payload = future.result(timeout)
+            payload = future.result(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
         except FutureTimeoutError:
             msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
             raise RequestTimeoutError(

@@ -10,7 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from redis_rpc import ListSub, PubSub, RedisBroker, RedisMessage, RedisResponse, StreamSub
+from redis_rpc import (
+    ListSub,
+    PubSub,
+    RedisBroker,
+    RedisMessage,
+    RedisResponse,
+    StreamSub,
+)
 from redis_rpc._codec import encode_frame
 from redis_rpc.errors import (
     BrokerClosedError,
@@ -83,7 +90,9 @@ class TestRequest:
         }
         assert reply.correlation_id == "cid-1"
 
-    def test_timeout_is_prompt_and_leaves_nothing_behind(self, make_broker, unique_name):
+    def test_timeout_is_prompt_and_leaves_nothing_behind(
+        self, make_broker, unique_name
+    ):
         """A request nobody answers raises RequestTimeoutError on time and forgets itself."""
         broker = make_broker()
         with broker:
@@ -112,11 +121,16 @@ class TestRequest:
             with pytest.raises(RequestTimeoutError):
                 client.request("slow", list=unique_name, timeout=0.1)
             release.set()
-            assert client.request("fast", list=unique_name, timeout=SHORT_TIMEOUT).decode() == "fast"
+            assert (
+                client.request("fast", list=unique_name, timeout=SHORT_TIMEOUT).decode()
+                == "fast"
+            )
             assert "pending_requests=0" in repr(client)
 
     @pytest.mark.parametrize("kind", TRANSPORTS)
-    def test_replaced_correlation_id_still_reaches_caller(self, make_broker, unique_name, kind):
+    def test_replaced_correlation_id_still_reaches_caller(
+        self, make_broker, unique_name, kind
+    ):
         """Replies are routed by reply channel, so a handler may change the correlation id."""
         broker = make_broker(max_workers=4)
 
@@ -128,7 +142,9 @@ class TestRequest:
             bodies = [f"m{i}" for i in range(40)]
             replies = list(
                 callers.map(
-                    lambda b: broker.request(b, **{kind: unique_name}, timeout=LONG_TIMEOUT),
+                    lambda b: broker.request(
+                        b, **{kind: unique_name}, timeout=LONG_TIMEOUT
+                    ),
                     bodies,
                 )
             )
@@ -144,14 +160,23 @@ class TestRequest:
             return n * 2
 
         def call(i):
-            return [broker.request(i * 100 + j, stream=unique_name, timeout=LONG_TIMEOUT).decode() for j in range(10)]
+            return [
+                broker.request(
+                    i * 100 + j, stream=unique_name, timeout=LONG_TIMEOUT
+                ).decode()
+                for j in range(10)
+            ]
 
         with broker:
             clients_before = len(raw.client_list())
             with ThreadPoolExecutor(16) as pool:
                 results = list(pool.map(call, range(16)))
-            assert results == [[(i * 100 + j) * 2 for j in range(10)] for i in range(16)]
-            pubsub_clients = [c for c in raw.client_list() if c["cmd"] in ("psubscribe", "subscribe")]
+            assert results == [
+                [(i * 100 + j) * 2 for j in range(10)] for i in range(16)
+            ]
+            pubsub_clients = [
+                c for c in raw.client_list() if c["cmd"] in ("psubscribe", "subscribe")
+            ]
             # One pattern subscription for all 160 requests, however many threads asked.
             assert sum(int(c["psub"]) for c in pubsub_clients) == 1
             assert len(raw.client_list()) <= clients_before + 16
@@ -165,7 +190,12 @@ class TestRequest:
             return msg
 
         with server:
-            assert client.request("lazy", channel=unique_name, timeout=SHORT_TIMEOUT).decode() == "lazy"
+            assert (
+                client.request(
+                    "lazy", channel=unique_name, timeout=SHORT_TIMEOUT
+                ).decode()
+                == "lazy"
+            )
             client.close()
 
     def test_close_fails_waiting_request(self, make_broker, unique_name):
@@ -173,7 +203,9 @@ class TestRequest:
         broker = make_broker()
         broker.start()
         with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(broker.request, "x", list=unique_name, timeout=LONG_TIMEOUT)
+            waiting = pool.submit(
+                broker.request, "x", list=unique_name, timeout=LONG_TIMEOUT
+            )
             assert wait_for(lambda: "pending_requests=1" in repr(broker))
             broker.close()
             with pytest.raises(BrokerClosedError):
@@ -181,7 +213,9 @@ class TestRequest:
 
 
 class TestServing:
-    def test_publish_reply_to_sends_result_to_channel(self, make_broker, unique_name, raw):
+    def test_publish_reply_to_sends_result_to_channel(
+        self, make_broker, unique_name, raw
+    ):
         """publish(reply_to=x) makes the handler's result go to channel x."""
         broker = make_broker()
 
@@ -199,7 +233,9 @@ class TestServing:
         assert RedisMessage.from_payload(message["data"]).decode() == "ABC"
 
     @pytest.mark.parametrize("order", ["publisher-inside", "publisher-outside"])
-    def test_publisher_decorator_forwards_result(self, make_broker, unique_name, raw, order):
+    def test_publisher_decorator_forwards_result(
+        self, make_broker, unique_name, raw, order
+    ):
         """@broker.publisher sends the handler's result on, stacked in either order."""
         broker = make_broker()
         out = f"{unique_name}-out"
@@ -213,11 +249,16 @@ class TestServing:
             broker.publisher(list=out)(broker.subscriber(list=unique_name)(handle))
 
         with broker:
-            assert broker.request("a", list=unique_name, timeout=SHORT_TIMEOUT).decode() == "got a"
+            assert (
+                broker.request("a", list=unique_name, timeout=SHORT_TIMEOUT).decode()
+                == "got a"
+            )
         forwarded = RedisMessage.from_payload(raw.lpop(out))
         assert (forwarded.decode(), forwarded.headers) == ("got a", {"h": "1"})
 
-    def test_redis_response_maxlen_trims_stream_publisher(self, make_broker, unique_name, raw):
+    def test_redis_response_maxlen_trims_stream_publisher(
+        self, make_broker, unique_name, raw
+    ):
         """RedisResponse(maxlen=n) trims a stream the result is published to."""
         broker = make_broker()
         out = f"{unique_name}-out"
@@ -231,7 +272,10 @@ class TestServing:
             for i in range(300):
                 broker.publish(i, list=unique_name)
             assert wait_for(lambda: raw.llen(unique_name) == 0, LONG_TIMEOUT)
-            assert wait_for(lambda: raw.xrevrange(out, count=1)[0][1][b"__data__"].endswith(b"299"), LONG_TIMEOUT)
+            assert wait_for(
+                lambda: raw.xrevrange(out, count=1)[0][1][b"__data__"].endswith(b"299"),
+                LONG_TIMEOUT,
+            )
         # MAXLEN ~ trims whole macro nodes (100 entries by default), so "about 10".
         assert raw.xlen(out) < 200
 
@@ -244,7 +288,12 @@ class TestServing:
             return msg
 
         with broker:
-            assert broker.request("p", channel=f"{unique_name}.info", timeout=SHORT_TIMEOUT).decode() == "p"
+            assert (
+                broker.request(
+                    "p", channel=f"{unique_name}.info", timeout=SHORT_TIMEOUT
+                ).decode()
+                == "p"
+            )
 
     def test_handler_error_keeps_consumer_alive(self, make_broker, unique_name, caplog):
         """A handler that raises is logged, sends no reply, and the next message is served."""
@@ -259,7 +308,10 @@ class TestServing:
         with broker:
             with pytest.raises(RequestTimeoutError):
                 broker.request("boom", list=unique_name, timeout=0.3)
-            assert broker.request("ok", list=unique_name, timeout=SHORT_TIMEOUT).decode() == "ok"
+            assert (
+                broker.request("ok", list=unique_name, timeout=SHORT_TIMEOUT).decode()
+                == "ok"
+            )
         errors = [r for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1
         assert errors[0].exc_info[0] is ValueError
@@ -275,7 +327,10 @@ class TestServing:
         with broker:
             with pytest.raises(RequestTimeoutError):
                 broker.request("bad", list=unique_name, timeout=0.3)
-            assert broker.request("ok", list=unique_name, timeout=SHORT_TIMEOUT).decode() == "ok"
+            assert (
+                broker.request("ok", list=unique_name, timeout=SHORT_TIMEOUT).decode()
+                == "ok"
+            )
         assert any(r.exc_info and r.exc_info[0] is TypeError for r in caplog.records)
 
     def test_workers_run_concurrently(self, make_broker, unique_name):
@@ -289,7 +344,10 @@ class TestServing:
             return msg
 
         with broker, ThreadPoolExecutor(3) as callers:
-            replies = callers.map(lambda i: broker.request(i, list=unique_name, timeout=LONG_TIMEOUT), range(3))
+            replies = callers.map(
+                lambda i: broker.request(i, list=unique_name, timeout=LONG_TIMEOUT),
+                range(3),
+            )
             assert sorted(r.decode() for r in replies) == [0, 1, 2]
 
     def test_consumer_pops_no_more_than_workers(self, make_broker, unique_name, raw):
@@ -347,14 +405,19 @@ class TestServing:
         for server in servers:
             server.start()
         with client:
-            replies = [client.request(i, stream=unique_name, timeout=SHORT_TIMEOUT).decode() for i in range(30)]
+            replies = [
+                client.request(i, stream=unique_name, timeout=SHORT_TIMEOUT).decode()
+                for i in range(30)
+            ]
         assert replies == list(range(30))
         assert sorted(msg for _, msg in handled) == list(range(30))
         assert raw.xpending(unique_name, "redis_rpc")["pending"] == 0
         consumers = raw.xinfo_consumers(unique_name, "redis_rpc")
         assert len(consumers) == 2
 
-    def test_stream_handler_error_leaves_entry_pending(self, make_broker, unique_name, raw):
+    def test_stream_handler_error_leaves_entry_pending(
+        self, make_broker, unique_name, raw
+    ):
         """A stream entry whose handler raised is not acknowledged."""
         broker = make_broker()
         done = threading.Event()
@@ -382,11 +445,16 @@ class TestServing:
             done.release()
 
         with broker:
-            raw.rpush(unique_name, json.dumps({"data": "legacy", "headers": {"k": "v"}}))
+            raw.rpush(
+                unique_name, json.dumps({"data": "legacy", "headers": {"k": "v"}})
+            )
             assert done.acquire(timeout=SHORT_TIMEOUT)
             raw.rpush(unique_name, b"plain")
             assert done.acquire(timeout=SHORT_TIMEOUT)
-            raw.rpush(unique_name, encode_frame(b"\x00", {"content-type": "application/octet-stream"}))
+            raw.rpush(
+                unique_name,
+                encode_frame(b"\x00", {"content-type": "application/octet-stream"}),
+            )
             assert done.acquire(timeout=SHORT_TIMEOUT)
             raw.xadd(f"{unique_name}-s", {"a": "1", "b": "2"})
             assert done.acquire(timeout=SHORT_TIMEOUT)
@@ -410,7 +478,9 @@ class TestLifecycle:
             return msg
 
         broker.start()
-        for kind, name in zip(TRANSPORTS, [unique_name, unique_name, f"{unique_name}-s"]):
+        for kind, name in zip(
+            TRANSPORTS, [unique_name, unique_name, f"{unique_name}-s"], strict=True
+        ):
             broker.request("x", **{kind: name}, timeout=SHORT_TIMEOUT)
         ours = [t for t in threading.enumerate() if t.name.startswith("redis_rpc:")]
         assert {t.name for t in ours} >= {
@@ -453,7 +523,9 @@ class TestLifecycle:
 
         server.start()
         with client, ThreadPoolExecutor(2) as pool:
-            reply = pool.submit(client.request, "x", list=unique_name, timeout=LONG_TIMEOUT)
+            reply = pool.submit(
+                client.request, "x", list=unique_name, timeout=LONG_TIMEOUT
+            )
             assert entered.wait(SHORT_TIMEOUT)
             closing = pool.submit(server.close)
             assert not closing.done()
@@ -464,7 +536,10 @@ class TestLifecycle:
     def test_start_fails_clearly_without_redis(self, unique_name):
         """start() against an unreachable server raises RedisConnectionError within start_timeout."""
         broker = RedisBroker(
-            "redis://127.0.0.1:1", poll_interval=POLL_INTERVAL, start_timeout=0.5, socket_connect_timeout=0.2
+            "redis://127.0.0.1:1",
+            poll_interval=POLL_INTERVAL,
+            start_timeout=0.5,
+            socket_connect_timeout=0.2,
         )
 
         @broker.subscriber(list=unique_name)
@@ -487,8 +562,13 @@ class TestLifecycle:
 
         with broker:
             threading.Event().wait(1.0)  # idle: this is the behaviour under test
-            for kind, name in zip(TRANSPORTS, [unique_name, unique_name, f"{unique_name}-s"]):
-                assert broker.request(kind, **{kind: name}, timeout=SHORT_TIMEOUT).decode() == kind
+            for kind, name in zip(
+                TRANSPORTS, [unique_name, unique_name, f"{unique_name}-s"], strict=True
+            ):
+                assert (
+                    broker.request(kind, **{kind: name}, timeout=SHORT_TIMEOUT).decode()
+                    == kind
+                )
 
     def test_bad_declarations_fail_at_once(self, make_broker, unique_name):
         """Bad subscriber declarations raise SetupError when declared, not later."""

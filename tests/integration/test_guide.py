@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from redis_rpc import App, Logger, RedisBroker, RedisMessage, RedisResponse, Response
@@ -14,7 +16,7 @@ def test_full_example_with_app(redis_url, unique_name, caplog):
     """The guide's full example runs under App: three echo handlers answer three requests."""
     broker = RedisBroker(redis_url, poll_interval=POLL_INTERVAL)
     app = App(broker)
-    names = {kind: f"{unique_name}-{kind}" for kind in TRANSPORTS}
+    names: dict[str, Any] = {kind: f"{unique_name}-{kind}" for kind in TRANSPORTS}
     answers = []
 
     @broker.subscriber(channel=names["channel"])
@@ -45,9 +47,9 @@ def test_full_example_with_app(redis_url, unique_name, caplog):
         app.run()
 
     assert answers == ["Hi!", "Hi!", "Hi!"]
-    assert [r.getMessage() for r in caplog.records if r.name == "redis_rpc.handler"] == [
-        "Hi!"
-    ] * 3
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "redis_rpc.handler"
+    ] == ["Hi!"] * 3
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)

@@ -1,0 +1,85 @@
+"""App: hooks in order around the broker's lifecycle, and exit by call or by signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from redis_rpc import App
+from tests.conftest import SHORT_TIMEOUT
+
+
+def test_hooks_run_in_order_around_the_broker(make_broker):
+    """Hooks run in lifecycle order and see the broker new, running, then closed."""
+    broker = make_broker()
+    app = App(broker)
+    seen = []
+
+    def record(stage):
+        def hook():
+            seen.append((stage, repr(broker).split()[1]))
+            if stage == "after_startup":
+                app.exit()
+
+        return hook
+
+    for stage in ("on_startup", "after_startup", "on_shutdown", "after_shutdown"):
+        getattr(app, stage)(record(stage))
+    app.run()
+    assert seen == [
+        ("on_startup", "NEW"),
+        ("after_startup", "RUNNING"),
+        ("on_shutdown", "RUNNING"),
+        ("after_shutdown", "CLOSED"),
+    ]
+
+
+def test_sigterm_shuts_down_and_restores_handler(make_broker):
+    """SIGTERM makes run() close the broker and return, restoring the previous handler."""
+    broker = make_broker()
+    app = App(broker)
+    before = signal.getsignal(signal.SIGTERM)
+
+    @app.after_startup
+    def send_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    runner = threading.Timer(SHORT_TIMEOUT * 5, app.exit)  # a safety net only
+    runner.start()
+    try:
+        app.run()
+    finally:
+        runner.cancel()
+        runner.join(SHORT_TIMEOUT)
+    assert repr(broker).startswith("<RedisBroker CLOSED")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_exit_from_another_thread(make_broker):
+    """exit() called from another thread makes run() return."""
+    broker = make_broker()
+    app = App(broker)
+    started = threading.Event()
+    app.after_startup(started.set)
+    exiter = threading.Thread(target=lambda: started.wait(SHORT_TIMEOUT) and app.exit())
+    exiter.start()
+    app.run()
+    exiter.join(SHORT_TIMEOUT)
+    assert repr(broker).startswith("<RedisBroker CLOSED")
+
+
+def test_failing_hook_still_closes_broker(make_broker):
+    """An exception from an after_startup hook propagates after the broker is closed."""
+    broker = make_broker()
+    app = App(broker)
+
+    @app.after_startup
+    def fail():
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        app.run()
+    assert repr(broker).startswith("<RedisBroker CLOSED")
