@@ -37,8 +37,11 @@ def encode_frame(body: bytes, headers: Mapping[str, Any]) -> bytes:
 
     Raises:
         TypeError: A header key or value is not a ``str``.
-        ValueError: A header key or value is longer than 65,535 bytes.
+        ValueError: More than 65,535 headers, or a key or value longer than 65,535 bytes.
     """
+    if len(headers) > _MAX_U16:
+        msg = f"A frame holds at most {_MAX_U16} headers; got {len(headers)}."
+        raise ValueError(msg)
     parts = [_U16.pack(len(headers))]
     for key, value in headers.items():
         for text in (key, value):
@@ -121,14 +124,12 @@ def decode_payload(data: bytes) -> tuple[bytes, dict[str, Any]]:
     if data[:1] == b"{":
         try:
             envelope = json.loads(data)
-        except ValueError:
-            envelope = None
-        if (
-            isinstance(envelope, dict)
-            and isinstance(envelope.get("data"), str)
-            and isinstance(envelope.get("headers", {}), dict)
-        ):
-            return envelope["data"].encode(), envelope.get("headers", {})
+            if isinstance(envelope, dict) and isinstance(
+                envelope.get("headers", {}), dict
+            ):
+                return envelope["data"].encode(), envelope.get("headers", {})
+        except (ValueError, RecursionError, KeyError, AttributeError):
+            pass  # not an envelope (a lone surrogate in "data" is a UnicodeError, a ValueError)
     return data, {}
 
 
@@ -166,14 +167,14 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
             return body
         try:
             return json.loads(body)
-        except ValueError:  # also UnicodeDecodeError
+        except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError
             return body
     try:
         if content_type == TEXT:
             return body.decode()
         if content_type.startswith(JSON):
             return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         msg = f"The body does not match its content type {content_type!r}: {exc}"
         raise MessageDecodeError(msg) from exc
     return body

@@ -8,9 +8,11 @@ registered, so bad signatures fail at import time rather than per message.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import inspect
 import logging
+import types
 import typing
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +39,7 @@ class Handler:
         self._logger = logger
         self._args: list[_Arg] = []  # positional-only parameters, in order
         self._kwargs: dict[str, _Arg] = {}
-        try:
-            hints = typing.get_type_hints(func)
-        except Exception:  # noqa: BLE001 - an unresolvable annotation only loses injection
-            hints = {}
+        hints = _type_hints(func)
         body_taken = False
         for index, param in enumerate(inspect.signature(func).parameters.values()):
             hint = hints.get(param.name)
@@ -81,3 +80,23 @@ class Handler:
         if arg is _Arg.LOGGER:
             return self._logger
         return message
+
+
+def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
+    """Resolve *func*'s annotations, skipping any that cannot be resolved.
+
+    An annotation imported only under ``TYPE_CHECKING`` must not cost the
+    other parameters their injection, so on failure each one is tried alone.
+    """
+    target = (
+        func if inspect.isroutine(func) else type(func).__call__
+    )  # a callable object
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})
+    hints = {}
+    for name, annotation in inspect.get_annotations(target).items():
+        probe = types.SimpleNamespace(__annotations__={name: annotation})
+        with contextlib.suppress(
+            Exception
+        ):  # an unresolvable annotation is just not injected
+            hints[name] = typing.get_type_hints(probe, globalns=namespace)[name]
+    return hints

@@ -64,7 +64,12 @@ def test_exit_from_another_thread(make_broker):
     app = App(broker)
     started = threading.Event()
     app.after_startup(started.set)
-    exiter = threading.Thread(target=lambda: started.wait(SHORT_TIMEOUT) and app.exit())
+
+    def exit_when_started():
+        if started.wait(SHORT_TIMEOUT):
+            app.exit()
+
+    exiter = threading.Thread(target=exit_when_started)
     exiter.start()
     app.run()
     exiter.join(SHORT_TIMEOUT)

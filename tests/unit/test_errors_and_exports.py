@@ -1,0 +1,250 @@
+"""The public surface: exports, version, the exception tree and where redis-py is used."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import inspect
+import pkgutil
+import types
+from pathlib import Path
+
+import pytest
+
+import redis_rpc
+import redis_rpc.errors
+from redis_rpc import _redis
+from redis_rpc.errors import (
+    BrokerClosedError,
+    BrokerStateError,
+    MessageDecodeError,
+    RedisConnectionError,
+    RedisRPCError,
+    RequestTimeoutError,
+    SetupError,
+)
+
+PACKAGE_DIR = Path(redis_rpc.__file__).parent
+# Dunder names that are part of the public API all the same.
+PUBLIC_DUNDERS = {"__version__"}
+
+
+def _public_names(module: types.ModuleType) -> list[str]:
+    """Names a module exposes: not private, not a module, not a __future__ feature."""
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if (not name.startswith("_") or name in PUBLIC_DUNDERS)
+        and not isinstance(value, types.ModuleType)
+        and type(value).__module__ != "__future__"  # from __future__ import annotations
+    )
+
+
+def _package_modules() -> list[Path]:
+    return sorted(PACKAGE_DIR.glob("*.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module that *path* imports, at any depth."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (getattr(node.func, "id", None) or getattr(node.func, "attr", None))
+            in ("__import__", "import_module")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+class TestExports:
+    def test_all_is_sorted(self):
+        """redis_rpc.__all__ is in sorted order."""
+        assert redis_rpc.__all__ == sorted(redis_rpc.__all__)
+
+    def test_all_equals_public_names(self):
+        """redis_rpc.__all__ lists exactly the public names the package exposes."""
+        assert redis_rpc.__all__ == _public_names(redis_rpc)
+
+    def test_every_exported_name_resolves(self):
+        """Every name in redis_rpc.__all__ is an attribute of the package."""
+        for name in redis_rpc.__all__:
+            assert hasattr(redis_rpc, name), name
+
+    def test_errors_all_is_sorted_and_complete(self):
+        """redis_rpc.errors.__all__ is sorted and lists every public name in the module."""
+        errors_all = redis_rpc.errors.__all__
+        assert errors_all == sorted(errors_all)
+        assert errors_all == _public_names(redis_rpc.errors)
+
+    def test_public_classes_belong_to_the_package(self):
+        """Exported classes are defined inside redis_rpc, except the re-exported Logger."""
+        for name in redis_rpc.__all__:
+            value = getattr(redis_rpc, name)
+            if inspect.isclass(value) and name != "Logger":
+                assert value.__module__.startswith("redis_rpc"), name
+
+    def test_version_matches_metadata(self):
+        """The installed distribution's version equals redis_rpc.__version__."""
+        assert importlib.metadata.version("redis-rpc") == redis_rpc.__version__
+
+    def test_package_logger_has_a_null_handler(self):
+        """The package logger carries a NullHandler so the library never prints by itself."""
+        import logging
+
+        handlers = logging.getLogger("redis_rpc").handlers
+        assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+class TestErrorTree:
+    @pytest.mark.parametrize("name", redis_rpc.errors.__all__)
+    def test_every_error_subclasses_the_base(self, name):
+        """Every exception in redis_rpc.errors subclasses RedisRPCError."""
+        cls = getattr(redis_rpc.errors, name)
+        assert issubclass(cls, RedisRPCError)
+
+    def test_every_exception_class_is_listed(self):
+        """Every exception class defined in redis_rpc.errors is in its __all__."""
+        defined = {
+            name
+            for name, value in vars(redis_rpc.errors).items()
+            if inspect.isclass(value) and issubclass(value, BaseException)
+        }
+        assert defined == set(redis_rpc.errors.__all__)
+
+    @pytest.mark.parametrize(
+        ("ours", "builtin"),
+        [
+            (RequestTimeoutError, TimeoutError),
+            (SetupError, ValueError),
+            (MessageDecodeError, ValueError),
+            (BrokerStateError, RuntimeError),
+            (BrokerClosedError, BrokerStateError),
+            (BrokerClosedError, RuntimeError),
+        ],
+    )
+    def test_builtin_bases(self, ours, builtin):
+        """Our exceptions also subclass the builtin that fits, so old except clauses work."""
+        assert issubclass(ours, builtin)
+
+    def test_request_timeout_attributes(self):
+        """RequestTimeoutError carries its destination, correlation id and timeout."""
+        exc = RequestTimeoutError(
+            "No reply.", destination="list:orders", correlation_id="c", timeout=1.5
+        )
+        assert (exc.destination, exc.correlation_id, exc.timeout) == (
+            "list:orders",
+            "c",
+            1.5,
+        )
+        assert str(exc) == "No reply."
+        with pytest.raises(TimeoutError):
+            raise exc
+
+    def test_no_builtin_names_reused(self):
+        """No exception we define reuses the name of a builtin exception."""
+        import builtins
+
+        for name in redis_rpc.errors.__all__:
+            assert not hasattr(builtins, name), name
+
+
+class TestRedisErrorMapping:
+    def test_every_redis_error_is_mapped(self):
+        """Every RedisError subclass in redis.exceptions is covered by ERROR_MAP."""
+        import redis.exceptions
+
+        keys = tuple(theirs for theirs, _ in _redis.ERROR_MAP)
+        unmapped = [
+            name
+            for name, value in vars(redis.exceptions).items()
+            if inspect.isclass(value)
+            and issubclass(value, redis.exceptions.RedisError)
+            and not issubclass(value, keys)
+        ]
+        assert not unmapped
+
+    def test_map_targets_are_our_errors(self):
+        """ERROR_MAP translates only into redis_rpc errors."""
+        for _, ours in _redis.ERROR_MAP:
+            assert issubclass(ours, RedisRPCError)
+
+    def test_connection_error_is_translated_and_chained(self):
+        """A redis-py ConnectionError becomes RedisConnectionError with the original as __cause__."""
+        import redis.exceptions
+
+        original = redis.exceptions.ConnectionError("Connection refused.")
+        with (
+            pytest.raises(RedisConnectionError) as info,
+            _redis.map_errors("db.example:6380"),
+        ):
+            raise original
+        assert info.value.__cause__ is original
+        assert "db.example:6380" in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("theirs", "ours"),
+        [
+            ("TimeoutError", RedisConnectionError),
+            ("AuthenticationError", RedisConnectionError),
+            ("BusyLoadingError", RedisConnectionError),
+            ("ResponseError", redis_rpc.errors.RedisCommandError),
+            ("DataError", redis_rpc.errors.RedisCommandError),
+        ],
+    )
+    def test_most_specific_class(self, theirs, ours):
+        """Each redis-py error maps to our most specific class, chained."""
+        import redis.exceptions
+
+        original = getattr(redis.exceptions, theirs)("boom")
+        with pytest.raises(ours) as info, _redis.map_errors("h:1"):
+            raise original
+        assert info.value.__cause__ is original
+
+    def test_other_exceptions_pass_through(self):
+        """Exceptions that are not redis-py errors are not translated."""
+        with pytest.raises(KeyError), _redis.map_errors("h:1"):
+            raise KeyError("x")
+
+    def test_connection_address_hides_the_password(self):
+        """A Connection's address, used in error messages, never contains the URL's password."""
+        connection = _redis.Connection(
+            "redis://user:s3cr3t-pw@db.example:6380/0", socket_timeout=1.0, options={}
+        )
+        try:
+            assert connection.address == "db.example:6380"
+            assert "s3cr3t-pw" not in connection.address
+        finally:
+            connection.close()
+
+
+class TestImportRules:
+    @pytest.mark.parametrize(
+        "path", [p for p in _package_modules() if p.name != "_redis.py"], ids=str
+    )
+    def test_only_redis_module_imports_redis(self, path):
+        """No module of redis_rpc but _redis.py imports redis."""
+        assert "redis" not in _imported_modules(path)
+
+    @pytest.mark.parametrize("path", _package_modules(), ids=str)
+    def test_no_pickle(self, path):
+        """No module of redis_rpc imports pickle."""
+        imported = _imported_modules(path)
+        assert not imported & {"pickle", "cPickle", "dill", "cloudpickle", "marshal"}
+
+    def test_scan_sees_every_module(self):
+        """The import scan covers every module that pkgutil finds in the package."""
+        found = {m.name for m in pkgutil.iter_modules(redis_rpc.__path__)}
+        assert found == {p.stem for p in _package_modules() if p.stem != "__init__"}
+
+    def test_scan_detects_redis(self):
+        """The import scan does see redis-py imported by _redis.py."""
+        assert "redis" in _imported_modules(PACKAGE_DIR / "_redis.py")

@@ -1,0 +1,194 @@
+"""Messages: ``RedisMessage``, ``Response``, ``RedisResponse`` and ``build_frame``."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from redis_rpc import RedisMessage, RedisResponse, Response
+from redis_rpc._codec import decode_frame, encode_frame
+from redis_rpc._message import build_frame
+from redis_rpc.errors import MessageDecodeError
+
+
+class TestFromPayload:
+    def test_splits_protocol_headers_from_user_headers(self):
+        """correlation_id, content-type and reply_to become attributes, not user headers."""
+        frame = encode_frame(
+            b'{"a":1}',
+            {
+                "correlation_id": "c-1",
+                "content-type": "application/json",
+                "reply_to": "inbox",
+                "x-user": "u",
+            },
+        )
+        message = RedisMessage.from_payload(frame)
+        assert message == RedisMessage(
+            body=b'{"a":1}',
+            headers={"x-user": "u"},
+            correlation_id="c-1",
+            reply_to="inbox",
+            content_type="application/json",
+        )
+
+    def test_missing_protocol_headers_get_defaults(self):
+        """A frame without protocol headers has empty ids and no content type."""
+        message = RedisMessage.from_payload(encode_frame(b"x", {"k": "v"}))
+        assert message.correlation_id == ""
+        assert message.reply_to == ""
+        assert message.content_type is None
+        assert message.headers == {"k": "v"}
+
+    def test_raw_payload(self):
+        """A payload that is neither frame nor envelope is a body without headers."""
+        message = RedisMessage.from_payload(b"plain")
+        assert message == RedisMessage(body=b"plain")
+
+    def test_legacy_envelope_with_non_string_headers(self):
+        """Legacy envelope protocol headers are turned into strings; user headers are kept as sent."""
+        payload = (
+            b'{"data": "7", "headers": {"correlation_id": 42, "reply_to": "r", "n": 1}}'
+        )
+        message = RedisMessage.from_payload(payload)
+        assert message.body == b"7"
+        assert message.correlation_id == "42"
+        assert message.reply_to == "r"
+        assert message.headers == {"n": 1}
+
+
+class TestDecode:
+    def test_decodes_by_content_type(self):
+        """decode() returns the body decoded by its content type."""
+        message = RedisMessage(body=b"123", content_type="text/plain")
+        assert message.decode() == "123"
+
+    def test_without_content_type_tries_json(self):
+        """decode() parses a body without content type as JSON when it is JSON."""
+        assert RedisMessage(body=b"123").decode() == 123
+        assert RedisMessage(body=b"abc").decode() == b"abc"
+
+    def test_bad_json_raises_decode_error(self):
+        """decode() raises MessageDecodeError when a JSON body is not JSON."""
+        message = RedisMessage(body=b"{", content_type="application/json")
+        with pytest.raises(MessageDecodeError):
+            message.decode()
+
+    def test_round_trip_through_build_frame(self):
+        """A value sent with build_frame comes back from from_payload().decode()."""
+        value = {"items": [1, 2, 3], "name": "ü"}
+        frame = build_frame(value, correlation_id="c")
+        assert RedisMessage.from_payload(frame).decode() == value
+
+    def test_is_frozen(self):
+        """RedisMessage is immutable."""
+        message = RedisMessage(body=b"")
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            message.body = b"x"  # type: ignore[misc]
+
+
+class TestBuildFrame:
+    def test_header_order(self):
+        """Headers go out as correlation_id, content-type, reply_to, then user headers."""
+        frame = build_frame(
+            "hi", correlation_id="c", reply_to="r", headers={"b": "1", "a": "2"}
+        )
+        body, headers = decode_frame(frame)
+        assert body == b"hi"
+        assert list(headers.items()) == [
+            ("correlation_id", "c"),
+            ("content-type", "text/plain"),
+            ("reply_to", "r"),
+            ("b", "1"),
+            ("a", "2"),
+        ]
+
+    def test_correlation_id_is_always_sent(self):
+        """An empty correlation_id is still written; no content type or reply_to for bytes."""
+        _, headers = decode_frame(build_frame(b"raw", correlation_id=""))
+        assert headers == {"correlation_id": ""}
+
+    def test_none_body(self):
+        """A None body is empty and has no content type."""
+        assert decode_frame(build_frame(None, correlation_id="c")) == (
+            b"",
+            {"correlation_id": "c"},
+        )
+
+    def test_json_body(self):
+        """A dict body is compact JSON with application/json."""
+        body, headers = decode_frame(build_frame({"a": 1}, correlation_id="c"))
+        assert body == b'{"a":1}'
+        assert headers["content-type"] == "application/json"
+
+    def test_user_headers_override_protocol_headers(self):
+        """A user header with a protocol name overrides the protocol value in place."""
+        frame = build_frame(
+            "x", correlation_id="c", headers={"content-type": "text/markdown"}
+        )
+        _, headers = decode_frame(frame)
+        assert list(headers.items()) == [
+            ("correlation_id", "c"),
+            ("content-type", "text/markdown"),
+        ]
+
+    def test_non_str_header_is_a_type_error(self):
+        """A non-str user header value raises TypeError."""
+        with pytest.raises(TypeError):
+            build_frame("x", correlation_id="c", headers={"n": 1})  # type: ignore[dict-item]
+
+    def test_unencodable_body_is_a_type_error(self):
+        """A body that is not JSON-serialisable raises TypeError."""
+        with pytest.raises(TypeError):
+            build_frame(object(), correlation_id="c")
+
+    def test_is_keyword_only(self):
+        """build_frame takes everything but the body by keyword."""
+        with pytest.raises(TypeError):
+            build_frame("x", "c")  # type: ignore[call-arg]
+
+
+class TestResponse:
+    def test_defaults(self):
+        """Response defaults to no body, no headers and no correlation id."""
+        response = Response()
+        assert response.body is None
+        assert response.headers == {}
+        assert response.correlation_id is None
+
+    def test_body_is_positional_and_the_rest_keyword_only(self):
+        """Response takes the body positionally and headers and correlation_id by keyword."""
+        response = Response("b", headers={"k": "v"}, correlation_id="c")
+        assert (response.body, response.headers, response.correlation_id) == (
+            "b",
+            {"k": "v"},
+            "c",
+        )
+        with pytest.raises(TypeError):
+            Response("b", {"k": "v"})  # type: ignore[call-arg]
+
+    def test_default_headers_are_not_shared(self):
+        """Each Response gets its own default headers mapping."""
+        assert Response().headers is not Response().headers
+
+    def test_is_frozen(self):
+        """Response is immutable."""
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            Response().body = 1  # type: ignore[misc]
+
+
+class TestRedisResponse:
+    def test_defaults(self):
+        """RedisResponse is a Response whose maxlen defaults to None."""
+        response = RedisResponse()
+        assert isinstance(response, Response)
+        assert response.body is None
+        assert response.headers == {}
+        assert response.correlation_id is None
+        assert response.maxlen is None
+
+    def test_maxlen_is_keyword_only(self):
+        """RedisResponse takes maxlen only by keyword."""
+        assert RedisResponse("b", maxlen=10).maxlen == 10
+        with pytest.raises(TypeError):
+            RedisResponse("b", {}, None, 10)  # type: ignore[call-arg]
