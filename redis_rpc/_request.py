@@ -41,8 +41,11 @@ class ReplyListener:
         self._connection = connection
         self._poll_interval = poll_interval
         self._keys = itertools.count()  # next() is atomic under the GIL
-        self._lock = threading.Lock()  # guards _pending
+        self._lock = threading.Lock()  # guards _pending and _accepting
         self._pending: dict[bytes, Future[bytes]] = {}
+        # True while subscribed: a request registered then is failed if the
+        # subscription drops, never left waiting for a reply that cannot come.
+        self._accepting = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="redis_rpc:replies", daemon=True
@@ -56,10 +59,21 @@ class ReplyListener:
         self._thread.start()
 
     def register(self) -> tuple[str, Future[bytes]]:
-        """Reserve a reply channel; its future gets the raw reply payload."""
+        """Reserve a reply channel; its future gets the raw reply payload.
+
+        Raises:
+            BrokerClosedError: The listener has been stopped.
+            RedisConnectionError: The reply subscription is down.
+        """
         channel = f"{self.prefix}{next(self._keys)}"
         future: Future[bytes] = Future()
         with self._lock:
+            if not self._accepting:
+                if self._stopping.is_set():
+                    msg = "Cannot request: the broker has been closed."
+                    raise BrokerClosedError(msg)
+                msg = "Cannot request: the reply subscription to Redis is down; retry shortly."
+                raise RedisConnectionError(msg)
             self._pending[channel.encode()] = future
         return channel, future
 
@@ -71,18 +85,26 @@ class ReplyListener:
     def stop(self, timeout: float) -> bool:
         """Stop the thread and fail every pending request; True if it ended in time."""
         self._stopping.set()
+        self._set_accepting(
+            False, BrokerClosedError("The broker was closed while waiting for a reply.")
+        )
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._fail_pending(
-            BrokerClosedError("The broker was closed while waiting for a reply.")
-        )
         return not self._thread.is_alive()
 
-    def _fail_pending(self, error: Exception) -> None:
+    def _set_accepting(self, accepting: bool, error: Exception | None = None) -> None:
+        """Open or close registration; closing fails every pending request with *error*."""
         with self._lock:
+            # Checked under the lock, so that stop() closing registration always wins.
+            accepting = accepting and not self._stopping.is_set()
+            self._accepting = accepting
             futures, self._pending = list(self._pending.values()), {}
+        if accepting:
+            self.ready.set()
+        else:
+            self.ready.clear()
         for future in futures:
-            future.set_exception(error)
+            future.set_exception(error or BrokerClosedError())
 
     def _run(self) -> None:
         delay = _BACKOFF_START
@@ -94,26 +116,25 @@ class ReplyListener:
                 )
                 if delay > _BACKOFF_START:
                     logger.warning("Reply listener is subscribed again")
-                self.ready.set()
+                self._set_accepting(True)
                 delay = _BACKOFF_START
                 self._listen(subscription)
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any error
-                self.ready.clear()
                 if delay == _BACKOFF_START:
                     logger.warning(
                         "Reply listener lost Redis, retrying with backoff: %s", exc
                     )
                 # Replies sent while we are away are lost: tell their callers now.
-                self._fail_pending(
+                self._set_accepting(
+                    False,
                     RedisConnectionError(
                         f"Lost the reply subscription while waiting: {exc}"
-                    )
+                    ),
                 )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _BACKOFF_CAP)
             finally:
                 subscription.close()
-        self.ready.clear()
 
     def _listen(self, subscription: Subscription) -> None:
         while not self._stopping.is_set():

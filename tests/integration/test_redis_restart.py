@@ -1,0 +1,61 @@
+"""Losing Redis: waiting callers fail fast, and the broker recovers by itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from redis_rpc import RedisBroker
+from redis_rpc.errors import RedisConnectionError
+from redis_rpc.testing import RedisServer
+from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
+
+
+@pytest.fixture
+def own_server(redis_server):
+    """A private server this test may kill; redis_server only guarantees the binary."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_waiting_caller_fails_fast_and_broker_recovers(own_server, unique_name):
+    """A caller waiting when Redis dies gets RedisConnectionError; after a restart, requests work."""
+    broker = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+
+    @broker.subscriber(list=unique_name)
+    def echo(msg):
+        return msg
+
+    with broker, ThreadPoolExecutor(1) as pool:
+        ours = {t for t in threading.enumerate() if t.name.startswith("redis_rpc:")}
+        waiting = pool.submit(
+            broker.request, "x", list=f"{unique_name}-nobody", timeout=LONG_TIMEOUT
+        )
+        deadline = time.monotonic() + SHORT_TIMEOUT
+        while "pending_requests=1" not in repr(broker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        own_server.kill()
+        with pytest.raises(RedisConnectionError):
+            waiting.result(LONG_TIMEOUT)
+        assert time.monotonic() - started < SHORT_TIMEOUT
+        own_server.start()
+        deadline = time.monotonic() + LONG_TIMEOUT
+        while True:  # the listener and consumer back off, so the first tries may fail
+            try:
+                assert (
+                    broker.request(
+                        "back", list=unique_name, timeout=SHORT_TIMEOUT
+                    ).decode()
+                    == "back"
+                )
+                break
+            except (RedisConnectionError, TimeoutError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert [t.name for t in ours if not t.is_alive()] == []
