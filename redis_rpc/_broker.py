@@ -20,7 +20,7 @@ from redis_rpc._channel import ChannelConsumer
 from redis_rpc._consumer import Consumer, Subscriber, stop_all
 from redis_rpc._handler import Handler
 from redis_rpc._list import ListConsumer
-from redis_rpc._message import RedisMessage, build_frame
+from redis_rpc._message import REPLY_TO, RedisMessage, build_frame
 from redis_rpc._redis import Connection, send_command
 from redis_rpc._request import ReplyListener
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
@@ -337,9 +337,13 @@ class RedisBroker:
             RedisConnectionError: Redis could not be reached, or the reply
                 subscription was lost while waiting.
             TypeError: The body or a header cannot be encoded.
+            SetupError: *headers* names ``reply_to``, which the request sets itself.
         """
         self._check_open("request")
         target = destination(channel, list, stream)
+        if headers and REPLY_TO in headers:
+            msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
+            raise SetupError(msg)
         correlation_id = correlation_id or str(uuid.uuid4())
         deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._reply_listener()

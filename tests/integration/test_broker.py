@@ -571,7 +571,7 @@ class TestLifecycle:
                 )
 
     def test_bad_declarations_fail_at_once(self, make_broker, unique_name):
-        """Bad subscriber declarations raise SetupError when declared, not later."""
+        """Bad declarations and arguments raise SetupError at once, not later."""
         broker = make_broker()
         with pytest.raises(SetupError):
             broker.subscriber(channel=unique_name, list=unique_name)
@@ -583,3 +583,5 @@ class TestLifecycle:
             broker.subscriber(list=unique_name)(lambda body, other: None)
         with pytest.raises(SetupError):
             RedisBroker(decode_responses=True)
+        with pytest.raises(SetupError, match="publish"):
+            broker.request("x", list=unique_name, headers={"reply_to": "elsewhere"})
