@@ -68,13 +68,13 @@ class App:
 
         Signal handlers are installed only when called from the main thread,
         and the previous ones are restored on return. An exception from a
-        startup hook still closes the broker before it propagates.
+        hook still closes the broker before it propagates.
         """
         previous = self._install_signal_handlers()
         try:
-            self._call("on_startup")
-            self.broker.start()
             try:
+                self._call("on_startup")
+                self.broker.start()
                 self._call("after_startup")
                 # A bounded wait, so that Python can run signal handlers meanwhile.
                 while not self._exit.wait(0.5):
@@ -83,7 +83,7 @@ class App:
                 try:
                     self._call("on_shutdown")
                 finally:
-                    self.broker.close()
+                    self.broker.close()  # idempotent, and fine if never started
             self._call("after_shutdown")
         finally:
             for signum, handler in previous.items():

@@ -7,6 +7,7 @@ the reply listener waits for replies.
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
 import threading
 import time
@@ -17,7 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from redis_rpc._channel import ChannelConsumer
-from redis_rpc._consumer import Consumer, Subscriber, stop_all
+from redis_rpc._consumer import (
+    Consumer,
+    Subscriber,
+    in_handler,
+    reader_exit_bound,
+    stop_all,
+)
 from redis_rpc._handler import Handler
 from redis_rpc._list import ListConsumer
 from redis_rpc._message import REPLY_TO, RedisMessage, build_frame
@@ -75,6 +82,9 @@ class RedisBroker:
         start_timeout: Seconds ``start()`` waits for every consumer to come up.
         socket_timeout: Seconds a Redis command may take; must exceed
             *poll_interval*, which blocking reads wait for.
+        health_check_interval: Seconds of silence after which a Pub/Sub
+            connection sends a ``PING``; no answer within *socket_timeout*
+            means the connection is dead, and it is opened again.
         logger: The logger handed to handler parameters annotated ``Logger``.
         **options: Passed to ``redis.Redis.from_url()``.
 
@@ -91,14 +101,12 @@ class RedisBroker:
         graceful_timeout: float = 15.0,
         start_timeout: float = 10.0,
         socket_timeout: float = 10.0,
+        health_check_interval: float = 30.0,
         logger: logging.Logger | None = None,
         **options: Any,
     ) -> None:
         if max_workers < 1:
             msg = f"max_workers must be at least 1, not {max_workers}."
-            raise SetupError(msg)
-        if not 0 < poll_interval < socket_timeout:
-            msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({socket_timeout} s)."
             raise SetupError(msg)
         self._max_workers = max_workers
         self._poll_interval = poll_interval
@@ -106,16 +114,23 @@ class RedisBroker:
         self._start_timeout = start_timeout
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
         self._connection = Connection(
-            url, socket_timeout=socket_timeout, options=options
+            url,
+            socket_timeout=socket_timeout,
+            health_check_interval=health_check_interval,
+            options=options,
         )
-        self._lock = (
-            threading.Lock()
-        )  # guards _state, _subscribers, _consumers, _listener
+        # Checked after the URL's own query options have been applied.
+        if not 0 < poll_interval < self._connection.socket_timeout:
+            msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({self._connection.socket_timeout} s), which blocking reads must not reach."
+            raise SetupError(msg)
+        # Guards _state, _subscribers, _publishers, _consumers and _listener.
+        self._lock = threading.Lock()
         self._state = _State.NEW
         self._subscribers: list[Subscriber] = []
         self._publishers: dict[Callable[..., Any], list[Destination]] = {}
         self._consumers: list[Consumer] = []
         self._listener: ReplyListener | None = None
+        self._closed = threading.Event()  # set once close() has finished
 
     def __repr__(self) -> str:
         pending = self._listener.pending if self._listener else 0
@@ -153,6 +168,9 @@ class RedisBroker:
             raise SetupError(msg)
 
         def register(func: F) -> F:
+            if inspect.iscoroutinefunction(func):
+                msg = f"Handler {func.__qualname__} is async; redis_rpc calls handlers on threads, so define it with def."
+                raise SetupError(msg)
             subscriber = Subscriber(
                 source, Handler(func, self._handler_logger), no_reply, workers
             )
@@ -178,12 +196,15 @@ class RedisBroker:
         ``RedisResponse(maxlen=n)`` trims a stream destination.
 
         Raises:
-            SetupError: Not exactly one destination.
+            SetupError: Not exactly one destination, or called after ``start()``.
         """
         target = destination(channel, list, stream)
 
         def register(func: F) -> F:
             with self._lock:
+                if self._state is not _State.NEW:
+                    msg = f"Cannot add a publisher to {target}: declare publishers before start()."
+                    raise SetupError(msg)
                 self._publishers.setdefault(func, []).append(target)
             return func
 
@@ -212,47 +233,71 @@ class RedisBroker:
                 )
                 for sub in self._subscribers
             ]
-            consumers = list(self._consumers)
-        for consumer in consumers:
-            consumer.start()
+            # Started under the lock, so that a concurrent close() finds them running.
+            for consumer in self._consumers:
+                consumer.start()
+            waiting = [("redis_rpc:replies", listener.ready)]
+            waiting += [(c.name, c.ready) for c in self._consumers]
         deadline = time.monotonic() + self._start_timeout
-        late = [
-            name
-            for name, ready in [("redis_rpc:replies", listener.ready)]
-            + [(c.name, c.ready) for c in consumers]
-            if not ready.wait(max(0.0, deadline - time.monotonic()))
-        ]
-        if late:
+        while late := [name for name, ready in waiting if not ready.is_set()]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._state is not _State.STARTING:
+                break
+            # Short waits, so that a close() from another thread is noticed.
+            next(ready for _, ready in waiting if not ready.is_set()).wait(
+                min(remaining, self._poll_interval)
+            )
+        with self._lock:
+            started = not late and self._state is _State.STARTING
+            if started:
+                self._state = _State.RUNNING
+            closed = self._state in (_State.CLOSING, _State.CLOSED)
+        if closed:
+            msg = "The broker was closed while it was starting."
+            raise BrokerClosedError(msg)
+        if not started:
             self.close()
             msg = f"Could not start {', '.join(late)} within {self._start_timeout} s; is Redis reachable at {self._connection.address}?"
             raise RedisConnectionError(msg)
-        with self._lock:
-            if self._state is _State.STARTING:
-                self._state = _State.RUNNING
-        logger.info("Broker started with %d consumer(s)", len(consumers))
+        logger.info("Broker started with %d consumer(s)", len(waiting) - 1)
 
     def close(self) -> None:
         """Stop consuming, let in-flight handlers finish, fail pending requests, disconnect.
 
-        Idempotent, and safe to call from any thread. Waits up to
-        ``graceful_timeout`` seconds for handlers; after it returns no
-        thread of the broker is running, except handlers that overran it.
+        Idempotent, and safe to call from any thread but a handler's (use
+        ``App.exit()`` there). Waits up to ``graceful_timeout`` seconds for
+        handlers; when it returns, no thread of the broker is running, except
+        handlers that overran that time, which are logged.
+
+        Raises:
+            BrokerStateError: Called from inside a handler of this broker.
         """
+        if in_handler():
+            msg = "Cannot close the broker from inside a handler: it would wait for itself. Call App.exit(), or close() from another thread."
+            raise BrokerStateError(msg)
         with self._lock:
-            if self._state in (_State.CLOSING, _State.CLOSED):
-                return
-            self._state = _State.CLOSING
+            first = self._state not in (_State.CLOSING, _State.CLOSED)
+            if first:
+                self._state = _State.CLOSING
             consumers, listener = list(self._consumers), self._listener
+        if not first:  # another thread is closing: wait until it is done
+            self._closed.wait(
+                self._graceful_timeout + reader_exit_bound(self._poll_interval)
+            )
+            return
         late = stop_all(consumers, self._graceful_timeout)
         if late:
             logger.warning(
-                "Handlers still running after %s s: %s", self._graceful_timeout, late
+                "Still handling after %s s: %s", self._graceful_timeout, late
             )
-        if listener is not None and not listener.stop(self._graceful_timeout):
+        if listener is not None and not listener.stop(
+            reader_exit_bound(self._poll_interval)
+        ):
             logger.warning("The reply listener did not stop in time")
         self._connection.close()
         with self._lock:
             self._state = _State.CLOSED
+        self._closed.set()
         logger.info("Broker closed")
 
     def __enter__(self) -> RedisBroker:

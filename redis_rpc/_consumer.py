@@ -36,6 +36,18 @@ logger = logging.getLogger(__name__)
 _BACKOFF_START = 0.1
 _BACKOFF_CAP = 5.0
 
+_local = threading.local()  # .handling is True on a thread while it runs a handler
+
+
+def in_handler() -> bool:
+    """True when called from inside a handler, on one of our threads."""
+    return getattr(_local, "handling", False)
+
+
+def reader_exit_bound(poll_interval: float) -> float:
+    """How long a reader thread may take to notice a stop: a slot wait, a fetch, a margin."""
+    return 2 * poll_interval + 0.5
+
 
 @attrs.frozen
 class Subscriber:
@@ -89,9 +101,15 @@ class Consumer(abc.ABC):
         self._stopping.set()
 
     def join(self, timeout: float) -> bool:
-        """Wait for the loop and every in-flight handler; True if all finished in time."""
+        """Wait for the loop and every in-flight handler; True if all finished in time.
+
+        The loop always gets long enough to return from the fetch it is in,
+        whatever *timeout* says: a message popped then must still reach a
+        worker, so the workers are shut down only after the loop has ended.
+        """
         deadline = time.monotonic() + timeout
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(max(timeout, reader_exit_bound(self._poll_interval)))
         taken = 0
         # Holding every slot means no handler is running any more.
         while taken < self.subscriber.max_workers and self._slots.acquire(
@@ -99,7 +117,7 @@ class Consumer(abc.ABC):
         ):
             taken += 1
         finished = taken == self.subscriber.max_workers and not self._thread.is_alive()
-        if self._executor is not None:
+        if self._executor is not None and not self._thread.is_alive():
             self._executor.shutdown(wait=finished)
         return finished
 
@@ -117,6 +135,13 @@ class Consumer(abc.ABC):
         """Release what ``_open()`` took; must not raise."""
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            logger.critical("%s died", self.name, exc_info=True)
+            raise
+
+    def _loop(self) -> None:
         is_open, failing, delay = False, False, _BACKOFF_START
         try:
             while not self._stopping.is_set():
@@ -129,7 +154,7 @@ class Consumer(abc.ABC):
                     if failing:  # only a fetch that worked proves recovery
                         logger.warning("%s is consuming again", self.name)
                         failing, delay = False, _BACKOFF_START
-                except Exception as exc:  # noqa: BLE001 - the loop must outlive any error
+                except Exception as exc:  # the loop must outlive any error
                     if not failing:
                         level = (
                             logging.WARNING
@@ -141,6 +166,7 @@ class Consumer(abc.ABC):
                             "%s failed, retrying with backoff: %s",
                             self.name,
                             exc,
+                            exc_info=level == logging.ERROR,  # not ours: show where
                         )
                         failing = True
                     self._close()
@@ -169,12 +195,13 @@ class Consumer(abc.ABC):
 
     def _handle(self, delivery: Delivery) -> None:
         """Handle one message and send what it produces. Never raises."""
+        _local.handling = True
         try:
             message = RedisMessage.from_payload(delivery.payload)
             logger.debug("%s received %r", self.name, message)
             try:
                 commands = self._outgoing(message, self.subscriber.handler(message))
-            except Exception:
+            except BaseException:  # even SystemExit must not end the thread
                 logger.exception(
                     "Handler %s failed on a message from %s (correlation_id=%r)",
                     self.subscriber.handler.name,
@@ -189,6 +216,7 @@ class Consumer(abc.ABC):
         except Exception:
             logger.exception("%s could not send the reply or ack", self.name)
         finally:
+            _local.handling = False
             self._slots.release()
 
     def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:

@@ -105,11 +105,14 @@ class Connection:
     """
 
     def __init__(
-        self, url: str, *, socket_timeout: float, options: dict[str, Any]
+        self,
+        url: str,
+        *,
+        socket_timeout: float,
+        health_check_interval: float,
+        options: dict[str, Any],
     ) -> None:
-        if options.get("decode_responses"):
-            msg = "decode_responses=True would corrupt binary frames; leave it unset."
-            raise SetupError(msg)
+        self._health_check_interval = health_check_interval
         options = {
             "socket_connect_timeout": 5.0,
             **options,
@@ -117,7 +120,12 @@ class Connection:
         }
         with map_errors("the given URL"):
             self._client = redis.Redis.from_url(url, **options)
+        # What the pool will really use: the URL's query options override keywords.
         kwargs = self._client.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses"):
+            msg = "decode_responses=True would corrupt binary frames; leave it unset."
+            raise SetupError(msg)
+        self.socket_timeout: float = kwargs.get("socket_timeout") or float("inf")
         # Never the URL itself: it may carry a password.
         self.address = (
             f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
@@ -180,11 +188,18 @@ class Connection:
 
     def subscription(self) -> Subscription:
         """A new Pub/Sub connection, to be owned by the calling thread."""
-        return Subscription(self._client.pubsub(), self.address)  # type: ignore[no-untyped-call]
+        return Subscription(
+            self._client.pubsub(),  # type: ignore[no-untyped-call]
+            self.address,
+            health_check_interval=self._health_check_interval,
+            socket_timeout=self.socket_timeout,
+        )
 
     def close(self) -> None:
+        """Close the idle connections; one still borrowed by an overrunning
+        handler is left to that thread rather than cut under it."""
         with map_errors(self.address):
-            self._client.close()
+            self._client.connection_pool.disconnect(inuse_connections=False)
 
 
 def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
@@ -203,15 +218,31 @@ def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
 
 
 class Subscription:
-    """One Pub/Sub connection.
+    """One Pub/Sub connection, checked for silent death.
+
+    A connection that a NAT or firewall dropped without a reset looks idle
+    for ever: reads just time out. So after *health_check_interval* seconds
+    without hearing from Redis it sends a ``PING``, and a missing answer
+    after *socket_timeout* more seconds counts as a lost connection.
 
     Not thread-safe: the thread that creates it must be the only one to use
     and close it (redis-py's ``PubSub`` is not safe to share).
     """
 
-    def __init__(self, pubsub: redis.client.PubSub, address: str) -> None:
+    def __init__(
+        self,
+        pubsub: redis.client.PubSub,
+        address: str,
+        *,
+        health_check_interval: float,
+        socket_timeout: float,
+    ) -> None:
         self._pubsub = pubsub
         self._address = address
+        self._health_check_interval = health_check_interval
+        self._socket_timeout = socket_timeout
+        self._last_heard = time.monotonic()
+        self._ping_sent: float | None = None  # when the unanswered PING went out
 
     def subscribe(self, channel: str, *, pattern: bool, timeout: float) -> None:
         """Subscribe to *channel* and wait until Redis confirms it.
@@ -233,14 +264,27 @@ class Subscription:
         raise RedisConnectionError(msg)
 
     def get_message(self, timeout: float) -> tuple[bytes, bytes] | None:
-        """Wait up to *timeout* seconds for a published message; return (channel, data)."""
+        """Wait up to *timeout* seconds for a published message; return (channel, data).
+
+        Raises:
+            RedisConnectionError: The connection failed, or Redis did not answer a PING.
+        """
         with map_errors(self._address):
-            message = self._pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=timeout
-            )
-        if message is None or message["type"] not in ("message", "pmessage"):
-            return None
-        return cast("bytes", message["channel"]), cast("bytes", message["data"])
+            message = self._pubsub.get_message(timeout=timeout)
+        now = time.monotonic()
+        if message is not None:
+            self._last_heard, self._ping_sent = now, None
+            if message["type"] in ("message", "pmessage"):
+                return cast("bytes", message["channel"]), cast("bytes", message["data"])
+        elif self._ping_sent is not None:
+            if now - self._ping_sent > self._socket_timeout:
+                msg = f"Redis at {self._address} did not answer a PING on a Pub/Sub connection within {self._socket_timeout} s."
+                raise RedisConnectionError(msg)
+        elif now - self._last_heard > self._health_check_interval:
+            with map_errors(self._address):
+                self._pubsub.ping()
+            self._ping_sent = now
+        return None
 
     def close(self) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -89,9 +90,20 @@ class RedisServer:
             self._process.wait(timeout=10)
             self._process = None
 
+    def pause(self) -> None:
+        """SIGSTOP the server: its connections stay open but nothing is answered."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Terminate the server, killing it if it does not exit promptly."""
         if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)  # a paused server cannot exit
             self._process.terminate()
             try:
                 self._process.wait(timeout=10)

@@ -88,3 +88,21 @@ def test_failing_hook_still_closes_broker(make_broker):
     with pytest.raises(RuntimeError, match="hook failed"):
         app.run()
     assert repr(broker).startswith("<RedisBroker CLOSED")
+
+
+def test_failing_startup_hook_still_closes_broker(make_broker, unique_name):
+    """An on_startup hook that fails after sending a request still leaves no thread behind."""
+    broker = make_broker()
+    app = App(broker)
+
+    @app.on_startup
+    def fail():
+        with pytest.raises(TimeoutError):
+            broker.request(
+                "x", list=unique_name, timeout=0.05
+            )  # starts the reply listener
+        raise RuntimeError("startup failed")
+
+    with pytest.raises(RuntimeError, match="startup failed"):
+        app.run()
+    assert repr(broker).startswith("<RedisBroker CLOSED")

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 
 import pytest
 import redis
@@ -295,14 +296,17 @@ class TestServing:
                 == "p"
             )
 
-    def test_handler_error_keeps_consumer_alive(self, make_broker, unique_name, caplog):
-        """A handler that raises is logged, sends no reply, and the next message is served."""
+    @pytest.mark.parametrize("error", [ValueError("boom"), SystemExit(3)])
+    def test_handler_error_keeps_consumer_alive(
+        self, make_broker, unique_name, caplog, error
+    ):
+        """A handler that raises, even SystemExit, is logged, sends no reply, and the next message is served."""
         broker = make_broker()
 
         @broker.subscriber(list=unique_name)
         def handle(msg):
             if msg == "boom":
-                raise ValueError("boom")
+                raise error
             return msg
 
         with broker:
@@ -314,7 +318,7 @@ class TestServing:
             )
         errors = [r for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1
-        assert errors[0].exc_info[0] is ValueError
+        assert errors[0].exc_info[0] is type(error)
 
     def test_unencodable_result_is_logged(self, make_broker, unique_name, caplog):
         """A result that cannot be encoded is logged as an error, not sent, and the consumer goes on."""
@@ -528,10 +532,92 @@ class TestLifecycle:
             )
             assert entered.wait(SHORT_TIMEOUT)
             closing = pool.submit(server.close)
-            assert not closing.done()
+            with pytest.raises(FutureTimeoutError):  # close() waits for the handler
+                closing.result(timeout=5 * POLL_INTERVAL)
             release.set()
             closing.result(SHORT_TIMEOUT)
             assert reply.result(SHORT_TIMEOUT).decode() == "finished"
+
+    def test_message_popped_during_close_is_not_lost(
+        self, make_broker, unique_name, raw
+    ):
+        """An item popped by the last fetch before close() stops is handled, even with no grace time."""
+        broker = make_broker(graceful_timeout=0.0, poll_interval=0.5)
+        handled = threading.Event()
+
+        @broker.subscriber(list=unique_name, max_workers=2)
+        def handle(msg):
+            handled.set()
+
+        broker.start()
+        closing = threading.Thread(target=broker.close)
+        closing.start()
+        # The consumer is blocked in BLPOP for up to 0.5 s: this lands in that fetch.
+        raw.rpush(unique_name, encode_frame(b"x", {}))
+        closing.join(LONG_TIMEOUT)
+        assert handled.is_set() or raw.llen(unique_name) == 1
+
+    def test_close_while_starting(self, unique_name):
+        """close() from another thread makes a start() that is still waiting raise at once."""
+        broker = RedisBroker(
+            "redis://127.0.0.1:1",
+            poll_interval=POLL_INTERVAL,
+            start_timeout=LONG_TIMEOUT,
+            socket_connect_timeout=0.1,
+        )
+
+        @broker.subscriber(list=unique_name)
+        def handle(msg):
+            return msg
+
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(broker.start)
+            assert wait_for(lambda: "STARTING" in repr(broker))
+            broker.close()
+            with pytest.raises(BrokerClosedError):
+                starting.result(SHORT_TIMEOUT)
+        assert repr(broker).startswith("<RedisBroker CLOSED")
+
+    def test_close_from_handler_is_refused(self, make_broker, unique_name):
+        """A handler calling close() gets BrokerStateError, and the broker keeps running."""
+        broker = make_broker()
+
+        @broker.subscriber(list=unique_name)
+        def handle(msg):
+            try:
+                broker.close()
+            except BrokerStateError as exc:
+                return str(exc)
+            return "closed"
+
+        with broker:
+            reply = broker.request("x", list=unique_name, timeout=SHORT_TIMEOUT)
+            assert "App.exit()" in reply.decode()
+            assert repr(broker).startswith("<RedisBroker RUNNING")
+
+    def test_second_close_waits_for_the_first(self, make_broker, unique_name):
+        """A close() racing another one returns only once the broker is closed."""
+        broker = make_broker()
+        entered, release = threading.Event(), threading.Event()
+
+        @broker.subscriber(list=unique_name)
+        def slow(msg):
+            entered.set()
+            release.wait(LONG_TIMEOUT)
+
+        broker.start()
+        broker.publish("x", list=unique_name)
+        assert entered.wait(SHORT_TIMEOUT)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(broker.close)
+            assert wait_for(lambda: "CLOSING" in repr(broker))
+            second = pool.submit(broker.close)
+            with pytest.raises(FutureTimeoutError):
+                second.result(timeout=5 * POLL_INTERVAL)
+            release.set()
+            first.result(SHORT_TIMEOUT)
+            second.result(SHORT_TIMEOUT)
+        assert repr(broker).startswith("<RedisBroker CLOSED")
 
     def test_start_fails_clearly_without_redis(self, unique_name):
         """start() against an unreachable server raises RedisConnectionError within start_timeout."""
@@ -585,3 +671,25 @@ class TestLifecycle:
             RedisBroker(decode_responses=True)
         with pytest.raises(SetupError, match="publish"):
             broker.request("x", list=unique_name, headers={"reply_to": "elsewhere"})
+
+        async def handle_async(msg):
+            return msg
+
+        with pytest.raises(SetupError, match="async"):
+            broker.subscriber(list=unique_name)(handle_async)
+
+    def test_url_options_are_checked_too(self, redis_url):
+        """Options given in the URL's query string pass the same checks as keywords."""
+        with pytest.raises(SetupError, match="decode_responses"):
+            RedisBroker(f"{redis_url}?decode_responses=True")
+        with pytest.raises(SetupError, match="socket_timeout"):
+            RedisBroker(f"{redis_url}?socket_timeout=0.5", poll_interval=1.0)
+
+    def test_declarations_after_start_are_refused(self, make_broker, unique_name):
+        """Subscribers and publishers declared after start() raise SetupError instead of being ignored."""
+        broker = make_broker()
+        with broker:
+            with pytest.raises(SetupError):
+                broker.subscriber(list=unique_name)(lambda m: m)
+            with pytest.raises(SetupError):
+                broker.publisher(list=unique_name)(lambda m: m)

@@ -217,7 +217,10 @@ class TestRedisErrorMapping:
     def test_connection_address_hides_the_password(self):
         """A Connection's address, used in error messages, never contains the URL's password."""
         connection = _redis.Connection(
-            "redis://user:s3cr3t-pw@db.example:6380/0", socket_timeout=1.0, options={}
+            "redis://user:s3cr3t-pw@db.example:6380/0",
+            socket_timeout=1.0,
+            health_check_interval=30.0,
+            options={},
         )
         try:
             assert connection.address == "db.example:6380"

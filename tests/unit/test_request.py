@@ -12,7 +12,12 @@ from redis_rpc.errors import BrokerClosedError, RedisConnectionError
 @pytest.fixture
 def listener():
     # Building a client opens no socket; the listener thread is never started.
-    connection = Connection("redis://127.0.0.1:1", socket_timeout=1.0, options={})
+    connection = Connection(
+        "redis://127.0.0.1:1",
+        socket_timeout=1.0,
+        health_check_interval=30.0,
+        options={},
+    )
     return ReplyListener(connection, poll_interval=0.1)
 
 

@@ -59,3 +59,45 @@ def test_waiting_caller_fails_fast_and_broker_recovers(own_server, unique_name):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         assert [t.name for t in ours if not t.is_alive()] == []
+
+
+def test_silent_pubsub_connection_is_detected(own_server, unique_name):
+    """A Pub/Sub connection that stops answering is noticed by PING and opened again."""
+    broker = RedisBroker(
+        own_server.url,
+        poll_interval=POLL_INTERVAL,
+        socket_timeout=0.5,
+        health_check_interval=0.2,
+    )
+
+    @broker.subscriber(channel=unique_name)
+    def echo(msg):
+        return msg
+
+    with broker:
+        listener = broker._listener
+        assert listener is not None
+        # A stopped server keeps its sockets open but answers nothing, as a dropped NAT entry.
+        own_server.pause()
+        try:
+            deadline = time.monotonic() + LONG_TIMEOUT
+            while listener.ready.is_set() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not listener.ready.is_set(), (
+                "the silent connection was never noticed"
+            )
+        finally:
+            own_server.resume()
+        deadline = time.monotonic() + LONG_TIMEOUT
+        while True:
+            try:
+                assert (
+                    broker.request(
+                        "hi", channel=unique_name, timeout=SHORT_TIMEOUT
+                    ).decode()
+                    == "hi"
+                )
+                break
+            except (RedisConnectionError, TimeoutError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
