@@ -341,7 +341,9 @@ class RedisBroker:
         Raises:
             BrokerClosedError: The broker has been closed.
             RedisConnectionError: Redis could not be reached.
-            TypeError: The body or a header cannot be encoded.
+            SetupError: Not exactly one of *channel*, *list* and *stream*.
+            TypeError: The body or a header is of a type that cannot be sent.
+            ValueError: A header is too long for the frame format.
         """
         self._check_open("publish")
         target = destination(channel, list, stream)
@@ -381,8 +383,10 @@ class RedisBroker:
             BrokerClosedError: The broker was closed before or while waiting.
             RedisConnectionError: Redis could not be reached, or the reply
                 subscription was lost while waiting.
-            TypeError: The body or a header cannot be encoded.
-            SetupError: *headers* names ``reply_to``, which the request sets itself.
+            SetupError: Not exactly one of *channel*, *list* and *stream*, or
+                *headers* names ``reply_to``, which the request sets itself.
+            TypeError: The body or a header is of a type that cannot be sent.
+            ValueError: A header is too long for the frame format.
         """
         self._check_open("request")
         target = destination(channel, list, stream)
