@@ -108,6 +108,9 @@ class RedisBroker:
         if max_workers < 1:
             msg = f"max_workers must be at least 1, not {max_workers}."
             raise SetupError(msg)
+        if graceful_timeout < 0 or start_timeout <= 0 or health_check_interval <= 0:
+            msg = "graceful_timeout must not be negative, and start_timeout and health_check_interval must be positive."
+            raise SetupError(msg)
         self._max_workers = max_workers
         self._poll_interval = poll_interval
         self._graceful_timeout = graceful_timeout

@@ -1,0 +1,82 @@
+"""Several server processes on one stream share the work, and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import LONG_TIMEOUT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def start_server(redis_url):
+    """Start stream servers in their own processes; terminate any left at the end."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(stream: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.stream_server",
+                redis_url,
+                stream,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(LONG_TIMEOUT)
+        process.stdout.close()  # type: ignore[union-attr]
+
+
+def wait_ready(process: subprocess.Popen[str]) -> None:
+    """Block until *process* prints its ready line, within LONG_TIMEOUT."""
+    with ThreadPoolExecutor(1) as pool:
+        line = pool.submit(process.stdout.readline).result(LONG_TIMEOUT)  # type: ignore[union-attr]
+    assert line.strip() == "ready"
+
+
+def test_server_processes_share_a_stream(
+    make_broker, start_server, unique_name, redis_url
+):
+    """Two server processes in one consumer group answer every request exactly once."""
+    servers = [start_server(unique_name) for _ in range(2)]
+    for server in servers:
+        wait_ready(server)
+    client = make_broker()
+    with ThreadPoolExecutor(4) as callers:
+        replies = list(
+            callers.map(
+                lambda n: client.request(
+                    n, stream=unique_name, timeout=LONG_TIMEOUT
+                ).decode(),
+                range(60),
+            )
+        )
+    assert [reply["body"] for reply in replies] == list(range(60))
+    assert {reply["pid"] for reply in replies} == {server.pid for server in servers}
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        assert raw.xpending(unique_name, "redis_rpc")["pending"] == 0
+        assert raw.xlen(unique_name) == 60
+    finally:
+        raw.close()
+    for server in servers:
+        server.send_signal(signal.SIGTERM)
+    assert [server.wait(LONG_TIMEOUT) for server in servers] == [0, 0]
