@@ -9,6 +9,7 @@ connection and no subscription is opened per request.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 from redis_rpc.errors import BrokerClosedError, RedisConnectionError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis_rpc._redis import Connection, Subscription
 
 logger = logging.getLogger(__name__)
@@ -86,14 +89,19 @@ class ReplyListener:
         """Stop the thread and fail every pending request; True if it ended in time."""
         self._stopping.set()
         self._set_accepting(
-            False, BrokerClosedError("The broker was closed while waiting for a reply.")
+            False,
+            lambda: BrokerClosedError(
+                "The broker was closed while waiting for a reply."
+            ),
         )
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _set_accepting(self, accepting: bool, error: Exception | None = None) -> None:
-        """Open or close registration; closing fails every pending request with *error*."""
+    def _set_accepting(
+        self, accepting: bool, error: Callable[[], Exception] = BrokerClosedError
+    ) -> None:
+        """Open or close registration; closing fails every pending request with a new *error()*."""
         with self._lock:
             # Checked under the lock, so that stop() closing registration always wins.
             accepting = accepting and not self._stopping.is_set()
@@ -104,7 +112,7 @@ class ReplyListener:
         else:
             self.ready.clear()
         for future in futures:
-            future.set_exception(error or BrokerClosedError())
+            future.set_exception(error())  # one each: callers re-raise it concurrently
 
     def _run(self) -> None:
         delay = _BACKOFF_START
@@ -125,11 +133,9 @@ class ReplyListener:
                         "Reply listener lost Redis, retrying with backoff: %s", exc
                     )
                 # Replies sent while we are away are lost: tell their callers now.
+                reason = f"Lost the reply subscription while waiting: {exc}"
                 self._set_accepting(
-                    False,
-                    RedisConnectionError(
-                        f"Lost the reply subscription while waiting: {exc}"
-                    ),
+                    False, functools.partial(RedisConnectionError, reason)
                 )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _BACKOFF_CAP)
