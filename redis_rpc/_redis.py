@@ -118,8 +118,11 @@ class Connection:
             **options,
             "socket_timeout": socket_timeout,
         }
-        with map_errors("the given URL"):
+        try:
             self._client = redis.Redis.from_url(url, **options)
+        except ValueError as exc:  # redis-py's messages never repeat the URL
+            msg = f"Cannot use that Redis URL: {exc}."
+            raise SetupError(msg) from exc
         # What the pool will really use: the URL's query options override keywords.
         kwargs = self._client.connection_pool.connection_kwargs
         if kwargs.get("decode_responses"):

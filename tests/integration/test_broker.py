@@ -682,6 +682,9 @@ class TestLifecycle:
         """Options given in the URL's query string pass the same checks as keywords."""
         with pytest.raises(SetupError, match="decode_responses"):
             RedisBroker(f"{redis_url}?decode_responses=True")
+        with pytest.raises(SetupError, match="scheme") as info:
+            RedisBroker("http://user:s3cret@localhost")
+        assert "s3cret" not in str(info.value)
         with pytest.raises(SetupError, match="socket_timeout"):
             RedisBroker(f"{redis_url}?socket_timeout=0.5", poll_interval=1.0)
 
