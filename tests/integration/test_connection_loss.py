@@ -12,6 +12,7 @@ from redis_rpc import RedisBroker
 from redis_rpc.errors import RedisConnectionError
 from redis_rpc.testing import RedisServer
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
+from tests.helpers import request_eventually, wait_for
 
 
 @pytest.fixture
@@ -36,28 +37,14 @@ def test_waiting_caller_fails_fast_and_broker_recovers(own_server, unique_name):
         waiting = pool.submit(
             broker.request, "x", list=f"{unique_name}-nobody", timeout=LONG_TIMEOUT
         )
-        deadline = time.monotonic() + SHORT_TIMEOUT
-        while "pending_requests=1" not in repr(broker) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_for(lambda: "pending_requests=1" in repr(broker))
         started = time.monotonic()
         own_server.kill()
         with pytest.raises(RedisConnectionError):
             waiting.result(LONG_TIMEOUT)
         assert time.monotonic() - started < SHORT_TIMEOUT
         own_server.start()
-        deadline = time.monotonic() + LONG_TIMEOUT
-        while True:  # the listener and consumer back off, so the first tries may fail
-            try:
-                assert (
-                    broker.request(
-                        "back", list=unique_name, timeout=SHORT_TIMEOUT
-                    ).decode()
-                    == "back"
-                )
-                break
-            except (RedisConnectionError, TimeoutError):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        assert request_eventually(broker, "back", list=unique_name) == "back"
         assert [t.name for t in ours if not t.is_alive()] == []
 
 
@@ -80,24 +67,8 @@ def test_silent_pubsub_connection_is_detected(own_server, unique_name):
         # A stopped server keeps its sockets open but answers nothing, as a dropped NAT entry.
         own_server.pause()
         try:
-            deadline = time.monotonic() + LONG_TIMEOUT
-            while listener.ready.is_set() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert not listener.ready.is_set(), (
-                "the silent connection was never noticed"
-            )
+            noticed = wait_for(lambda: not listener.ready.is_set(), LONG_TIMEOUT)
+            assert noticed, "the silent connection was never noticed"
         finally:
             own_server.resume()
-        deadline = time.monotonic() + LONG_TIMEOUT
-        while True:
-            try:
-                assert (
-                    broker.request(
-                        "hi", channel=unique_name, timeout=SHORT_TIMEOUT
-                    ).decode()
-                    == "hi"
-                )
-                break
-            except (RedisConnectionError, TimeoutError):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        assert request_eventually(broker, "hi", channel=unique_name) == "hi"
