@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from redis_rpc._consumer import Consumer, Delivery
+from redis_rpc._schemas import PubSub
 
 if TYPE_CHECKING:
     from redis_rpc._redis import Subscription
@@ -19,10 +20,17 @@ if TYPE_CHECKING:
 class ChannelConsumer(Consumer):
     """Consumes one channel or pattern; its thread owns the subscription."""
 
+    @property
+    def _source(self) -> PubSub:
+        source = self.subscriber.source
+        # The broker picks the consumer class by the source type.
+        assert isinstance(source, PubSub)
+        return source
+
     _subscription: Subscription | None = None
 
     def _open(self) -> None:
-        source: PubSub = self.subscriber.source  # type: ignore[assignment]
+        source = self._source
         self._subscription = self._connection.subscription()
         # Confirming may take a while on a loaded server; allow several polls.
         self._subscription.subscribe(

@@ -8,24 +8,28 @@ not acknowledged, so it stays in the group's pending list.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from redis_rpc._consumer import Consumer, Delivery
 from redis_rpc._redis import STREAM_DATA_FIELD, XAck
-
-if TYPE_CHECKING:
-    from redis_rpc._schemas import StreamSub
+from redis_rpc._schemas import StreamSub
 
 
 class StreamConsumer(Consumer):
     """Consumes one stream as one named consumer of its group."""
 
+    @property
+    def _source(self) -> StreamSub:
+        source = self.subscriber.source
+        # The broker picks the consumer class by the source type.
+        assert isinstance(source, StreamSub)
+        return source
+
     def _open(self) -> None:
-        source: StreamSub = self.subscriber.source  # type: ignore[assignment]
+        source = self._source
         self._connection.ensure_group(source.stream, source.group)
 
     def _fetch(self, timeout: float) -> Delivery | None:
-        source: StreamSub = self.subscriber.source  # type: ignore[assignment]
+        source = self._source
         entry = self._connection.xreadgroup(
             source.stream, source.group, source.consumer, timeout
         )
