@@ -83,20 +83,18 @@ class Handler:
 
 
 def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
-    """Resolve *func*'s annotations, skipping any that cannot be resolved.
+    """Resolve *func*'s annotations one by one, skipping any that cannot be resolved.
 
-    An annotation imported only under ``TYPE_CHECKING`` must not cost the
-    other parameters their injection, so on failure each one is tried alone.
+    One at a time, so that an annotation imported only under ``TYPE_CHECKING``
+    does not cost the other parameters their injection.
     """
-    target = (
-        func if inspect.isroutine(func) else type(func).__call__
-    )  # a callable object
+    # A callable object's annotations live on its class's __call__.
+    target = func if inspect.isroutine(func) else type(func).__call__
     namespace = getattr(inspect.unwrap(target), "__globals__", {})
     hints = {}
     for name, annotation in inspect.get_annotations(target).items():
         probe = types.SimpleNamespace(__annotations__={name: annotation})
-        with contextlib.suppress(
-            Exception
-        ):  # an unresolvable annotation is just not injected
+        # An unresolvable annotation is simply not injected.
+        with contextlib.suppress(Exception):
             hints[name] = typing.get_type_hints(probe, globalns=namespace)[name]
     return hints
