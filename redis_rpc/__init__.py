@@ -11,8 +11,10 @@ from logging import Logger
 
 from redis_rpc._app import App
 from redis_rpc._broker import RedisBroker
+from redis_rpc._convert import make_converter
 from redis_rpc._message import RedisMessage, RedisResponse, Response
 from redis_rpc._schemas import ListSub, PubSub, StreamSub
+from redis_rpc.errors import RemoteError
 
 __version__ = "0.1.0"
 
@@ -26,7 +28,9 @@ __all__ = [
     "RedisBroker",
     "RedisMessage",
     "RedisResponse",
+    "RemoteError",
     "Response",
     "StreamSub",
     "__version__",
+    "make_converter",
 ]

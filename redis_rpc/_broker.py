@@ -20,22 +20,33 @@ import attrs
 from redis_rpc._channel import ChannelConsumer
 from redis_rpc._consumer import (
     Consumer,
+    Policy,
     Subscriber,
     in_handler,
     reader_exit_bound,
     stop_all,
 )
+from redis_rpc._convert import make_converter
 from redis_rpc._handler import Handler
 from redis_rpc._list import ListConsumer
-from redis_rpc._message import REPLY_TO, RedisMessage, build_frame
-from redis_rpc._redis import Connection, send_command
+from redis_rpc._message import (
+    ACCEPT_ERRORS,
+    DEADLINE,
+    REPLY_TO,
+    RedisMessage,
+    build_frame,
+    check_size,
+)
+from redis_rpc._redis import Connection, Publish, send_command
 from redis_rpc._request import ReplyListener
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
 from redis_rpc._stream import StreamConsumer
 from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,
+    NoSubscriberError,
     RedisConnectionError,
+    RemoteError,
     RequestTimeoutError,
     SetupError,
 )
@@ -44,11 +55,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from types import TracebackType
 
+    import cattrs
+
     from redis_rpc._schemas import Destination
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound="Callable[..., Any]")
+
+# Large enough for any sensible RPC payload, small enough that one bad
+# message cannot make a process swallow hundreds of megabytes.
+DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
 _CONSUMERS: dict[type[Destination], type[Consumer]] = {
     PubSub: ChannelConsumer,
@@ -85,6 +102,15 @@ class RedisBroker:
         health_check_interval: Seconds of silence after which a Pub/Sub
             connection sends a ``PING``; no answer within *socket_timeout*
             means the connection is dead, and it is opened again.
+        max_message_size: The longest frame, in bytes, this broker sends or
+            handles (8 MiB by default; ``None`` for no limit). A longer
+            request or reply fails before it is sent; a longer incoming
+            message is not handled.
+        converter: The ``cattrs.Converter`` that structures typed bodies and
+            unstructures attrs instances, dataclasses and datetimes; see
+            ``make_converter()``. Each broker builds its own by default.
+        send_tracebacks: Put the handler's traceback in error replies. Off by
+            default: a traceback tells callers about the server's code.
         logger: The logger handed to handler parameters annotated ``Logger``.
         **options: Passed to ``redis.Redis.from_url()``.
 
@@ -102,6 +128,9 @@ class RedisBroker:
         start_timeout: float = 10.0,
         socket_timeout: float = 10.0,
         health_check_interval: float = 30.0,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        converter: cattrs.Converter | None = None,
+        send_tracebacks: bool = False,
         logger: logging.Logger | None = None,
         **options: Any,
     ) -> None:
@@ -115,6 +144,12 @@ class RedisBroker:
         self._poll_interval = poll_interval
         self._graceful_timeout = graceful_timeout
         self._start_timeout = start_timeout
+        if max_message_size is not None and max_message_size <= 0:
+            msg = f"max_message_size must be positive or None, not {max_message_size}."
+            raise SetupError(msg)
+        self._max_message_size = max_message_size
+        self._converter = converter or make_converter()
+        self._policy = Policy(max_message_size, send_tracebacks)
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
         self._connection = Connection(
             url,
@@ -155,11 +190,15 @@ class RedisBroker:
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of one channel, list or stream.
 
-        The handler's first parameter receives the decoded body; parameters
-        annotated ``Logger`` or ``RedisMessage`` receive a logger and the
-        message. Its return value (or a ``Response``) is published to the
-        request's ``reply_to`` channel, unless *no_reply* is set. The
-        function itself is returned unchanged.
+        The handler's first parameter receives the body, structured into
+        its annotation (an attrs class, a dataclass, ``list[int]``, ...)
+        when it has one; parameters annotated ``Logger`` or ``RedisMessage``
+        receive a logger and the message. Its return value (or a
+        ``Response``) is published to the request's ``reply_to`` channel,
+        unless *no_reply* is set. A body that does not fit, or a handler that
+        raises, gets an error reply when the caller is a redis_rpc broker;
+        a FastStream caller gets no reply, as from FastStream. The function
+        itself is returned unchanged.
 
         Raises:
             SetupError: Not exactly one source, a bad signature, or called after ``start()``.
@@ -174,9 +213,8 @@ class RedisBroker:
             if inspect.iscoroutinefunction(func):
                 msg = f"Handler {func.__qualname__} is async; redis_rpc calls handlers on threads, so define it with def."
                 raise SetupError(msg)
-            subscriber = Subscriber(
-                source, Handler(func, self._handler_logger), no_reply, workers
-            )
+            handler = Handler(func, self._handler_logger, self._converter)
+            subscriber = Subscriber(source, handler, no_reply, workers)
             with self._lock:
                 if self._state is not _State.NEW:
                     msg = f"Cannot add a subscriber to {source}: declare subscribers before start()."
@@ -233,6 +271,7 @@ class RedisBroker:
                     _with_publishers(sub, self._publishers),
                     self._connection,
                     poll_interval=self._poll_interval,
+                    policy=self._policy,
                 )
                 for sub in self._subscribers
             ]
@@ -331,7 +370,9 @@ class RedisBroker:
     ) -> int | str:
         """Send *body* to one channel, list or stream without waiting for a reply.
 
-        Safe to call from any number of threads at once.
+        Safe to call from any number of threads at once. A body that is not
+        ``None``, ``bytes`` or ``str`` is sent as JSON, unstructured by the
+        broker's converter (attrs instances, dataclasses, datetimes, ...).
 
         Args:
             reply_to: A channel for the handler's result.
@@ -345,6 +386,7 @@ class RedisBroker:
             BrokerClosedError: The broker has been closed.
             RedisConnectionError: Redis could not be reached.
             SetupError: Not exactly one of *channel*, *list* and *stream*.
+            MessageTooLargeError: The frame is over ``max_message_size``; nothing was sent.
             TypeError: The body or a header is of a type that cannot be sent.
             ValueError: A header is too long for the frame format.
         """
@@ -355,7 +397,9 @@ class RedisBroker:
             correlation_id=correlation_id or str(uuid.uuid4()),
             reply_to=reply_to,
             headers=headers,
+            converter=self._converter,
         )
+        check_size(frame, self._max_message_size, "The message")
         result = self._connection.execute(send_command(target, frame, maxlen))
         return result.decode() if isinstance(result, bytes) else int(result)
 
@@ -369,23 +413,38 @@ class RedisBroker:
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         timeout: float | None = 30.0,
+        fail_fast: bool = True,
     ) -> RedisMessage:
         """Send *body* to one channel, list or stream and block until the reply arrives.
 
         Safe to call from any number of threads at once. The reply always
-        comes back over Pub/Sub, whatever carried the request.
+        comes back over Pub/Sub, whatever carried the request. The body is
+        encoded as by ``publish()``; ``request(...).decode(Item)`` structures
+        the reply. The request tells the server when the caller will stop
+        waiting, so that a server with a backlog skips it after that, and
+        that the caller understands error replies.
 
         Args:
             timeout: Seconds to wait for the reply; ``None`` waits forever.
+            fail_fast: On a channel, raise ``NoSubscriberError`` at once
+                when Redis reports that nobody received the request. Turn
+                it off where that count is unreliable (Redis Cluster
+                counts only one node's subscribers).
 
         Returns:
             The reply, as a ``RedisMessage``.
 
         Raises:
+            RemoteError: The handler raised, or the request did not fit its
+                parameter type (``type_name`` is then ``"ValidationError"``).
+            NoSubscriberError: Nobody subscribes to the channel (see *fail_fast*).
             RequestTimeoutError: No reply within *timeout* (also a ``TimeoutError``).
             BrokerClosedError: The broker was closed before or while waiting.
             RedisConnectionError: Redis could not be reached, or the reply
                 subscription was lost while waiting.
+            MessageTooLargeError: The request or its reply is over
+                ``max_message_size``.
+            MessageDecodeError: The reply is not a readable frame.
             SetupError: Not exactly one of *channel*, *list* and *stream*, or
                 *headers* names ``reply_to``, which the request sets itself.
             TypeError: The body or a header is of a type that cannot be sent.
@@ -398,6 +457,9 @@ class RedisBroker:
             raise SetupError(msg)
         correlation_id = correlation_id or str(uuid.uuid4())
         deadline = None if timeout is None else time.monotonic() + timeout
+        ours = {ACCEPT_ERRORS: "1"}
+        if timeout is not None:  # the server's clock: Unix time, to the millisecond
+            ours[DEADLINE] = f"{time.time() + timeout:.3f}"
         listener = self._reply_listener()
         if not listener.ready.wait(self._start_timeout if timeout is None else timeout):
             msg = f"Cannot send a request: the reply subscription on Redis at {self._connection.address} is not up."
@@ -405,9 +467,18 @@ class RedisBroker:
         reply_to, future = listener.register()
         try:
             frame = build_frame(
-                body, correlation_id=correlation_id, reply_to=reply_to, headers=headers
+                body,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                headers={**headers, **ours} if headers else ours,
+                converter=self._converter,
             )
-            self._connection.execute(send_command(target, frame))
+            check_size(frame, self._max_message_size, "The request")
+            command = send_command(target, frame)
+            receivers = self._connection.execute(command)
+            if fail_fast and isinstance(command, Publish) and receivers == 0:
+                msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
+                raise NoSubscriberError(msg, destination=str(target))
             payload = future.result(
                 None if deadline is None else max(0.0, deadline - time.monotonic())
             )
@@ -421,7 +492,14 @@ class RedisBroker:
             ) from None
         finally:
             listener.discard(reply_to)
-        return RedisMessage.from_payload(payload)
+        check_size(payload, self._max_message_size, "The reply")
+        reply = RedisMessage.from_payload(payload, self._converter)
+        error = reply.error_details()
+        if error is not None:
+            raise RemoteError(
+                **error, destination=str(target), correlation_id=correlation_id
+            )
+        return reply
 
     def _check_open(self, action: str) -> None:
         if self._state in (_State.CLOSING, _State.CLOSED):

@@ -114,13 +114,15 @@ def _read_text(data: bytes, offset: int) -> tuple[str, int]:
 def decode_payload(data: bytes) -> tuple[bytes, dict[str, Any]]:
     """Read any payload FastStream may send: a frame, the legacy envelope, or raw bytes.
 
-    Never raises: what is neither a frame nor an envelope is a raw body.
+    What is neither a frame nor an envelope is a raw body.
+
+    Raises:
+        MessageDecodeError: *data* starts like a frame but is not a valid
+            one (truncated, or lying about its lengths). FastStream would
+            hand such bytes to the handler as a raw body; we refuse them.
     """
     if data.startswith(MAGIC):
-        try:
-            return decode_frame(data)
-        except MessageDecodeError:
-            pass  # FastStream falls through to the other formats too
+        return decode_frame(data)
     if data[:1] == b"{":
         try:
             envelope = json.loads(data)

@@ -13,14 +13,27 @@ import abc
 import logging
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from redis_rpc._message import RedisMessage, RedisResponse, Response, build_frame
-from redis_rpc._redis import Command, Publish, XAck, send_command
-from redis_rpc.errors import RedisRPCError
+from redis_rpc._message import (
+    RedisMessage,
+    RedisResponse,
+    Response,
+    build_error_frame,
+    build_frame,
+    check_size,
+)
+from redis_rpc._redis import Command, Publish, send_command
+from redis_rpc.errors import (
+    MessageDecodeError,
+    MessageTooLargeError,
+    RedisRPCError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -61,11 +74,28 @@ class Subscriber:
 
 
 @attrs.frozen
+class Policy:
+    """What the broker decides for all its consumers."""
+
+    max_message_size: int | None = None
+    send_tracebacks: bool = False
+
+
+@attrs.frozen
 class Delivery:
-    """One message taken out of Redis, and how to acknowledge it, if at all."""
+    """One message taken out of Redis, and how to acknowledge it, if at all.
+
+    Attributes:
+        payload: The message as stored.
+        ack: The command that settles it once it is done with, if any.
+        where: Where to find it again in a log line, such as ``"entry 1-0"``.
+        deliveries: How many times it has been handed to a consumer, this one included.
+    """
 
     payload: bytes
-    ack: XAck | None = None
+    ack: Command | None = None
+    where: str = ""
+    deliveries: int = 1
 
 
 class Consumer(abc.ABC):
@@ -76,9 +106,15 @@ class Consumer(abc.ABC):
     """
 
     def __init__(
-        self, subscriber: Subscriber, connection: Connection, *, poll_interval: float
+        self,
+        subscriber: Subscriber,
+        connection: Connection,
+        *,
+        poll_interval: float,
+        policy: Policy = Policy(),
     ) -> None:
         self.subscriber = subscriber
+        self._policy = policy
         self.name = f"redis_rpc:{subscriber.source}"
         self.ready = threading.Event()  # set once the source is open for the first time
         self._connection = connection
@@ -191,33 +227,105 @@ class Consumer(abc.ABC):
         else:
             self._executor.submit(self._handle, delivery)
 
+    # -- failure policy, per transport --------------------------------------
+
+    def _can_retry(self, delivery: Delivery) -> bool:
+        """Whether leaving a failed message unsettled gets it delivered again."""
+        return False
+
+    def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
+        """The commands that set aside a message that will never succeed."""
+        return [] if delivery.ack is None else [delivery.ack]
+
     # -- any worker ----------------------------------------------------------
 
     def _handle(self, delivery: Delivery) -> None:
         """Handle one message and send what it produces. Never raises."""
         _local.handling = True
         try:
-            message = RedisMessage.from_payload(delivery.payload)
-            logger.debug("%s received %r", self.name, message)
-            try:
-                commands = self._outgoing(message, self.subscriber.handler(message))
-            except BaseException:  # even SystemExit must not end the thread
-                logger.exception(
-                    "Handler %s failed on a message from %s (correlation_id=%r)",
-                    self.subscriber.handler.name,
-                    self.subscriber.source,
-                    message.correlation_id,
-                )
-                return  # no reply and no ack: a stream entry stays pending
-            if delivery.ack is not None:
-                commands.append(delivery.ack)
+            commands, atomic = self._process(delivery)
             if commands:
-                self._connection.execute_many(commands)
+                self._connection.execute_many(commands, atomic=atomic)
         except Exception:
             logger.exception("%s could not send the reply or ack", self.name)
         finally:
             _local.handling = False
             self._slots.release()
+
+    def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:
+        """Run the handler on *delivery*; return what to send, and whether atomically."""
+        settle = [] if delivery.ack is None else [delivery.ack]
+        handler = self.subscriber.handler
+        try:
+            check_size(delivery.payload, self._policy.max_message_size, "The message")
+            message = RedisMessage.from_payload(delivery.payload, handler.converter)
+        except (MessageDecodeError, MessageTooLargeError) as exc:
+            self._log_rejected(delivery, None, exc)
+            return self._dead_letter(delivery, exc), True
+        logger.debug("%s received %r", self.name, message)
+        if message.deadline is not None and message.deadline < time.time():
+            logger.warning(
+                "%s skipped %s (correlation_id=%r): its caller stopped waiting %.3f s ago",
+                self.name,
+                delivery.where or "a request",
+                message.correlation_id,
+                time.time() - message.deadline,
+            )
+            return settle, False
+        try:
+            args, kwargs = handler.arguments(message)
+        except (MessageDecodeError, ValidationError) as exc:
+            self._log_rejected(delivery, message, exc)
+            return self._error_reply(message, exc) + self._dead_letter(
+                delivery, exc
+            ), True
+        try:
+            return self._outgoing(
+                message, handler.func(*args, **kwargs)
+            ) + settle, False
+        except BaseException as exc:  # even SystemExit must not end the thread
+            logger.exception(
+                "Handler %s failed on %s from %s (correlation_id=%r, delivery %d)",
+                handler.name,
+                delivery.where or "a message",
+                self.subscriber.source,
+                message.correlation_id,
+                delivery.deliveries,
+            )
+            reply = self._error_reply(message, exc)
+            if reply:  # the caller has its answer: retrying would help nobody
+                return reply + settle, False
+            if self._can_retry(delivery):
+                return [], False  # left unsettled, to be delivered again
+            return self._dead_letter(delivery, exc), True
+
+    def _log_rejected(
+        self, delivery: Delivery, message: RedisMessage | None, error: Exception
+    ) -> None:
+        logger.warning(
+            "%s rejected %s (correlation_id=%r, %d bytes, starting %r): %s",
+            self.name,
+            delivery.where or "a message",
+            "" if message is None else message.correlation_id,
+            len(delivery.payload),
+            delivery.payload[:32],
+            error,
+        )
+
+    def _error_reply(
+        self, message: RedisMessage, error: BaseException
+    ) -> list[Command]:
+        """An error reply, if the caller understands one; FastStream callers get none."""
+        if (
+            not (message.reply_to and message.accepts_errors)
+            or self.subscriber.no_reply
+        ):
+            return []
+        tb = traceback.format_exc() if self._policy.send_tracebacks else None
+        frame = build_error_frame(
+            error, correlation_id=message.correlation_id, traceback=tb
+        )
+        return [Publish(message.reply_to, frame)]
 
     def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:
         reply = bool(message.reply_to) and not self.subscriber.no_reply
@@ -228,7 +336,9 @@ class Consumer(abc.ABC):
             response.body,
             correlation_id=response.correlation_id or message.correlation_id,
             headers=response.headers,
+            converter=self.subscriber.handler.converter,
         )
+        check_size(frame, self._policy.max_message_size, "The handler's result")
         maxlen = response.maxlen if isinstance(response, RedisResponse) else None
         commands = [
             send_command(dest, frame, maxlen) for dest in self.subscriber.publishers

@@ -1,9 +1,12 @@
 """Calling a user's handler: which argument goes to which parameter.
 
-The first parameter that is not injected gets the decoded body; a parameter
-annotated ``Logger`` gets a logger, one annotated ``RedisMessage`` the
-incoming message. The plan is worked out once, when the handler is
-registered, so bad signatures fail at import time rather than per message.
+The first parameter that is not injected gets the body: structured into its
+annotation by the broker's converter (``Item``, ``list[int]``, ...), as
+bytes when annotated ``bytes``, and as decoded when it has no annotation or
+``Any``. A parameter annotated ``Logger`` gets a logger, one annotated
+``RedisMessage`` the incoming message. The plan is worked out once, when
+the handler is registered, so bad signatures fail at import time rather
+than per message.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any
 
+from redis_rpc import _convert
 from redis_rpc._message import RedisMessage
 from redis_rpc.errors import SetupError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import cattrs
+
 
 class _Arg(enum.Enum):
     BODY = enum.auto()  # the body, decoded by its content type
+    TYPED_BODY = enum.auto()  # the body, structured into the parameter's annotation
     RAW_BODY = enum.auto()  # the body bytes, for a parameter annotated ``bytes``
     LOGGER = enum.auto()
     MESSAGE = enum.auto()
@@ -33,10 +40,17 @@ class _Arg(enum.Enum):
 class Handler:
     """A user function with its argument plan. Immutable after construction."""
 
-    def __init__(self, func: Callable[..., Any], logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        logger: logging.Logger,
+        converter: cattrs.Converter | None = None,
+    ) -> None:
         self.func = func
         self.name = getattr(func, "__qualname__", repr(func))
         self._logger = logger
+        self.converter = converter or _convert.make_converter()
+        self._body_type: Any = None  # what a TYPED_BODY is structured into
         self._args: list[_Arg] = []  # positional-only parameters, in order
         self._kwargs: dict[str, _Arg] = {}
         hints = _type_hints(func)
@@ -49,7 +63,7 @@ class Handler:
             elif hint is RedisMessage:
                 arg = _Arg.MESSAGE
             elif not body_taken and not variadic:
-                arg, body_taken = (_Arg.RAW_BODY if hint is bytes else _Arg.BODY), True
+                arg, body_taken = self._body_arg(param.name, hint), True
             elif param.default is not param.empty or variadic:
                 continue
             else:
@@ -68,13 +82,38 @@ class Handler:
 
     def __call__(self, message: RedisMessage) -> Any:
         """Call the function for *message*; whatever it raises propagates."""
+        args, kwargs = self.arguments(message)
+        return self.func(*args, **kwargs)
+
+    def arguments(self, message: RedisMessage) -> tuple[list[Any], dict[str, Any]]:
+        """Work out the arguments for *message*, without calling the function.
+
+        Raises:
+            MessageDecodeError: The body is not what its content type says.
+            ValidationError: The body does not fit the body parameter's annotation.
+        """
         args = [self._value(arg, message) for arg in self._args]
         kwargs = {name: self._value(arg, message) for name, arg in self._kwargs.items()}
-        return self.func(*args, **kwargs)
+        return args, kwargs
+
+    def _body_arg(self, name: str, hint: Any) -> _Arg:
+        if hint is None or not _convert.needs_structuring(hint):
+            return _Arg.BODY
+        if hint is bytes:
+            return _Arg.RAW_BODY
+        try:  # cattrs builds (and caches) the hook now, so a type it cannot handle fails here
+            self.converter.get_structure_hook(hint)
+        except Exception as exc:
+            msg = f"Cannot structure the body of handler {self.name} into {hint!r} (parameter {name!r}): {exc}"
+            raise SetupError(msg) from exc
+        self._body_type = hint
+        return _Arg.TYPED_BODY
 
     def _value(self, arg: _Arg, message: RedisMessage) -> Any:
         if arg is _Arg.BODY:
             return message.decode()
+        if arg is _Arg.TYPED_BODY:
+            return message.decode(self._body_type)
         if arg is _Arg.RAW_BODY:
             return message.body
         if arg is _Arg.LOGGER:

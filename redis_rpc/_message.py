@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import cattrs
 
-from redis_rpc import _codec
+from redis_rpc import _codec, _convert
+from redis_rpc.errors import MessageTooLargeError, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+# FastStream's protocol headers.
 CORRELATION_ID = "correlation_id"
 CONTENT_TYPE = "content-type"
 REPLY_TO = "reply_to"
-_PROTOCOL_HEADERS = frozenset((CORRELATION_ID, CONTENT_TYPE, REPLY_TO))
+# Ours, which FastStream neither sends nor reads. On a request: the caller
+# understands error replies ("1"), and the Unix time after which it stops
+# waiting. On a reply: the reply reports a failure; the value is the type name.
+ACCEPT_ERRORS = "x-redis-rpc-accept-errors"
+DEADLINE = "x-redis-rpc-deadline"
+ERROR = "x-redis-rpc-error"
+_PROTOCOL_HEADERS = frozenset(
+    (CORRELATION_ID, CONTENT_TYPE, REPLY_TO, ACCEPT_ERRORS, DEADLINE, ERROR)
+)
+
+# Used only by messages built outside a broker; never mutated.
+_DEFAULT_CONVERTER = _convert.make_converter()
 
 
 @attrs.frozen
@@ -29,6 +45,11 @@ class RedisMessage:
         correlation_id: The correlation id, ``""`` when the sender set none.
         reply_to: The channel the sender waits on for a reply, ``""`` for none.
         content_type: How the body is encoded, such as ``"text/plain"``, or ``None``.
+        deadline: The Unix time (``time.time()``) after which the caller
+            stops waiting, or ``None`` when it did not say (FastStream
+            callers never do).
+        accepts_errors: Whether the sender understands error replies;
+            redis_rpc callers do, FastStream callers do not.
     """
 
     body: bytes
@@ -36,27 +57,89 @@ class RedisMessage:
     correlation_id: str = ""
     reply_to: str = ""
     content_type: str | None = None
+    deadline: float | None = None
+    # What an error reply reports: the remote exception's type name.
+    accepts_errors: bool = False
+    _error: str | None = attrs.field(default=None, repr=False, alias="error")
+    _converter: cattrs.Converter = attrs.field(
+        default=_DEFAULT_CONVERTER, eq=False, repr=False, alias="converter"
+    )
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> RedisMessage:
-        """Parse whatever FastStream may put in Redis; never raises."""
+    def from_payload(
+        cls, payload: bytes, converter: cattrs.Converter = _DEFAULT_CONVERTER
+    ) -> RedisMessage:
+        """Parse whatever FastStream may put in Redis.
+
+        *converter* is what ``decode(SomeType)`` will use.
+
+        Raises:
+            MessageDecodeError: *payload* starts like a binary frame but is not one.
+        """
         body, headers = _codec.decode_payload(payload)
         content_type = headers.get(CONTENT_TYPE)
+        error = headers.get(ERROR)
         return cls(
             body=body,
             headers={k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS},
             correlation_id=str(headers.get(CORRELATION_ID) or ""),
             reply_to=str(headers.get(REPLY_TO) or ""),
             content_type=None if content_type is None else str(content_type),
+            deadline=_parse_deadline(headers.get(DEADLINE)),
+            accepts_errors=headers.get(ACCEPT_ERRORS) == "1",
+            error=None if error is None else str(error),
+            converter=converter,
         )
 
-    def decode(self) -> Any:
-        """Return the body as a value, by its content type (see FastStream's decoder).
+    def decode(self, into: Any = None) -> Any:
+        """Return the body as a value: by its content type, then structured *into* a type.
+
+        Without *into*, ``text/plain`` gives a ``str``, JSON gives what
+        ``json.loads()`` does, and anything else the bytes (FastStream's
+        rules). With *into*, that value is structured by the broker's
+        converter: ``decode(Item)``, ``decode(list[int])``. An empty body
+        without a content type counts as ``None``.
 
         Raises:
             MessageDecodeError: The body is not what its content type says.
+            ValidationError: The value does not fit *into*; ``errors`` names each field.
         """
-        return _codec.decode_body(self.body, self.content_type)
+        value = _codec.decode_body(self.body, self.content_type)
+        if into is None:
+            return value
+        if not self.body and self.content_type is None:
+            value = None
+        return _convert.structure(self._converter, value, into)
+
+    def error_details(self) -> dict[str, Any] | None:
+        """What an error reply reports, as ``RemoteError``'s keywords; ``None`` for a normal reply.
+
+        Only strings are taken from the wire, whatever else the body holds.
+        """
+        if self._error is None:
+            return None
+        try:
+            details = json.loads(self.body)
+        except (ValueError, RecursionError):
+            details = None
+        if not isinstance(details, dict):
+            details = {"message": self.body.decode(errors="replace")}
+        errors = details.get("errors")
+        traceback = details.get("traceback")
+        return {
+            "type_name": str(details.get("type") or self._error),
+            "remote_message": str(details.get("message", "")),
+            "errors": [str(e) for e in errors] if isinstance(errors, list) else [],
+            "traceback": None if traceback is None else str(traceback),
+        }
+
+
+def _parse_deadline(value: Any) -> float | None:
+    try:
+        deadline = float(value)
+    except (TypeError, ValueError):
+        return None
+    return deadline if math.isfinite(deadline) else None
 
 
 @attrs.frozen
@@ -94,12 +177,18 @@ def build_frame(
     correlation_id: str,
     reply_to: str = "",
     headers: Mapping[str, str] | None = None,
+    converter: cattrs.Converter = _DEFAULT_CONVERTER,
 ) -> bytes:
     """Encode *body* with its protocol and user headers, in FastStream's header order.
+
+    A body that is not ``None``, ``bytes`` or ``str`` is unstructured by
+    *converter* first, so attrs classes, dataclasses and datetimes become JSON.
 
     Raises:
         TypeError: The body or a header cannot be encoded.
     """
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = _convert.unstructure(converter, body)
     data, content_type = _codec.encode_body(body)
     all_headers = {CORRELATION_ID: correlation_id}
     if content_type:
@@ -109,3 +198,40 @@ def build_frame(
     if headers:
         all_headers.update(headers)
     return _codec.encode_frame(data, all_headers)
+
+
+def build_error_frame(
+    error: BaseException, *, correlation_id: str, traceback: str | None = None
+) -> bytes:
+    """Encode an error reply: a JSON body describing *error*, flagged by the ``ERROR`` header.
+
+    Only strings go out: the type's name, the message, the failing fields
+    of a validation error, and the traceback when the server opts in.
+    """
+    type_name = type(error).__name__
+    details = {
+        "type": type_name,
+        "message": str(error),
+        "errors": list(error.errors) if isinstance(error, ValidationError) else [],
+        "traceback": traceback,
+    }
+    data, content_type = _codec.encode_body(details)
+    return _codec.encode_frame(
+        data,
+        {
+            CORRELATION_ID: correlation_id,
+            CONTENT_TYPE: content_type or "",
+            ERROR: type_name,
+        },
+    )
+
+
+def check_size(frame: bytes, limit: int | None, what: str) -> None:
+    """Refuse *frame* when it is longer than *limit* bytes (``None``: no limit).
+
+    Raises:
+        MessageTooLargeError: It is.
+    """
+    if limit is not None and len(frame) > limit:
+        msg = f"{what} is {len(frame)} bytes, over max_message_size ({limit}); send less, or raise the limit on both sides."
+        raise MessageTooLargeError(msg)

@@ -69,6 +69,8 @@ class XAdd:
     stream: str
     data: bytes
     maxlen: int | None = None
+    # More fields beside __data__, such as a dead letter's reason.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -139,12 +141,14 @@ class Connection:
         with map_errors(self.address):
             return _run(self._client, command)
 
-    def execute_many(self, commands: Sequence[Command]) -> list[Any]:
-        """Run several commands in one round trip (a pipeline, not a transaction)."""
+    def execute_many(
+        self, commands: Sequence[Command], *, atomic: bool = False
+    ) -> list[Any]:
+        """Run several commands in one round trip; in a ``MULTI`` when *atomic*."""
         if len(commands) == 1:
             return [self.execute(commands[0])]
         with map_errors(self.address):
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._client.pipeline(transaction=atomic)
             for command in commands:
                 _run(pipe, command)
             return pipe.execute()
@@ -189,6 +193,38 @@ class Connection:
             entry_id, fields = answer[0][1][0]
         return cast("bytes", entry_id), cast("dict[bytes, bytes]", fields or {})
 
+    def xautoclaim(
+        self, stream: str, group: str, consumer: str, min_idle: float, start: bytes
+    ) -> tuple[bytes, tuple[bytes, dict[bytes, bytes] | None] | None]:
+        """Claim for *consumer* the first entry from *start* on pending for *min_idle* seconds.
+
+        Returns the cursor to continue from (``b"0-0"`` after the last
+        pending entry) and the claimed entry, if any; its fields are
+        ``None`` when it was deleted from the stream meanwhile.
+        """
+        with map_errors(self.address):
+            answer: Any = self._client.xautoclaim(
+                stream,
+                group,
+                consumer,
+                min_idle_time=max(0, round(min_idle * 1000)),
+                start_id=start,
+                count=1,
+            )
+        cursor, entries = answer[0], answer[1]
+        if not entries:
+            return cursor, None
+        entry_id, fields = entries[0]
+        return cursor, (cast("bytes", entry_id), fields or None)
+
+    def deliveries(self, stream: str, group: str, entry_id: bytes) -> int:
+        """How many times *entry_id* has been delivered in *group*; 0 if it is not pending."""
+        with map_errors(self.address):
+            pending: Any = self._client.xpending_range(
+                stream, group, min=entry_id, max=entry_id, count=1
+            )
+        return int(pending[0]["times_delivered"]) if pending else 0
+
     def subscription(self) -> Subscription:
         """A new Pub/Sub connection, to be owned by the calling thread."""
         return Subscription(
@@ -213,7 +249,7 @@ def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
     if isinstance(command, XAdd):
         return client.xadd(
             command.stream,
-            {STREAM_DATA_FIELD: command.data},
+            {STREAM_DATA_FIELD: command.data, **dict(command.extra)},
             maxlen=command.maxlen,
             approximate=True,
         )

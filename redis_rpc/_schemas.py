@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -22,6 +22,19 @@ def _not_empty(instance: object, attribute: attrs.Attribute[str], value: str) ->
     if not isinstance(value, str) or not value:
         msg = f"{type(instance).__name__}.{attribute.name} must be a non-empty str, not {value!r}."
         raise SetupError(msg)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{type(instance).__name__}.{attribute.name} must be a positive number, not {value!r}."
+        raise SetupError(msg)
+
+
+def _positive_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: Any
+) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
 
 
 def _default_consumer() -> str:
@@ -74,6 +87,17 @@ class StreamSub:
         consumer: This consumer's name in the group; unique by default.
         maxlen: When publishing to the stream, trim it to about this many
             entries (``XADD MAXLEN ~``).
+        claim_idle_time: Seconds an entry may stay pending (read but not
+            acknowledged) before a consumer of the group claims it
+            (``XAUTOCLAIM``) and handles it again: an entry whose consumer
+            died, or whose handler raised. Keep it above the slowest
+            handler's run time, or a live consumer's entry is taken over.
+            ``None`` never claims.
+        max_deliveries: After this many failed deliveries an entry is moved
+            to the dead-letter stream instead of being retried.
+        dead_letter: The dead-letter stream's key; ``"<stream>:dead"`` by
+            default. Its entries keep the original ``__data__`` and add
+            ``error``, ``stream``, ``group``, ``entry_id`` and ``deliveries``.
     """
 
     stream: str = attrs.field(validator=_not_empty)
@@ -82,6 +106,15 @@ class StreamSub:
         factory=_default_consumer, kw_only=True, validator=_not_empty
     )
     maxlen: int | None = attrs.field(default=None, kw_only=True)
+    claim_idle_time: float | None = attrs.field(
+        default=60.0, kw_only=True, validator=_positive_or_none
+    )
+    max_deliveries: int = attrs.field(default=3, kw_only=True, validator=_positive)
+    dead_letter: str = attrs.field(kw_only=True, validator=_not_empty)
+
+    @dead_letter.default
+    def _dead_letter_default(self) -> str:
+        return f"{self.stream}:dead"
 
     @property
     def name(self) -> str:

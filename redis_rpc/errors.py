@@ -9,7 +9,11 @@ The hierarchy, kept current::
     ├── RedisConnectionError(RedisRPCError)               Redis unreachable; __cause__ is redis-py's error
     ├── RedisCommandError(RedisRPCError)                  Redis refused a command; __cause__ is redis-py's error
     ├── RequestTimeoutError(RedisRPCError, TimeoutError)  no reply in time
-    └── MessageDecodeError(RedisRPCError, ValueError)     bytes we cannot parse
+    ├── NoSubscriberError(RedisRPCError)                  a request PUBLISHed to nobody
+    ├── RemoteError(RedisRPCError)                        the handler failed; carries its error as strings
+    ├── MessageDecodeError(RedisRPCError, ValueError)     bytes we cannot parse
+    ├── MessageTooLargeError(RedisRPCError, ValueError)   a frame over max_message_size
+    └── ValidationError(RedisRPCError, ValueError)        a body that does not fit its type
 
 Catch :class:`RedisRPCError` to catch everything this library raises.
 Where a builtin exception fits, ours subclass it too, so that existing
@@ -19,15 +23,24 @@ raises) keep working.
 
 from __future__ import annotations
 
+import typing
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = [
     "BrokerClosedError",
     "BrokerStateError",
     "MessageDecodeError",
+    "MessageTooLargeError",
+    "NoSubscriberError",
     "RedisCommandError",
     "RedisConnectionError",
     "RedisRPCError",
+    "RemoteError",
     "RequestTimeoutError",
     "SetupError",
+    "ValidationError",
 ]
 
 
@@ -81,3 +94,77 @@ class RequestTimeoutError(RedisRPCError, TimeoutError):
 
 class MessageDecodeError(RedisRPCError, ValueError):
     """Bytes read from Redis could not be parsed as a message or body."""
+
+
+class MessageTooLargeError(RedisRPCError, ValueError):
+    """A frame is longer than the broker's ``max_message_size``.
+
+    Raised before an oversized frame is sent; an oversized frame that
+    arrives is not handled.
+    """
+
+
+class ValidationError(RedisRPCError, ValueError):
+    """A body does not fit the type it is structured into.
+
+    Attributes:
+        errors: One line per failure, each naming where it is, such as
+            ``"invalid value for type, expected int @ $.price"``.
+    """
+
+    def __init__(self, message: str, *, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors = tuple(errors)
+
+
+class NoSubscriberError(RedisRPCError):
+    """A request was published to a channel that nobody subscribes to.
+
+    Redis said so at once (``PUBLISH`` returned 0), so the request was not
+    delivered and waiting for its reply would be in vain.
+
+    Attributes:
+        destination: The channel, such as ``"channel:orders"``.
+    """
+
+    def __init__(self, message: str, *, destination: str) -> None:
+        super().__init__(message)
+        self.destination = destination
+
+
+class RemoteError(RedisRPCError):
+    """The handler that took a request failed, and its server said so.
+
+    The remote exception is described by strings only: no class named by
+    data from the wire is ever looked up or instantiated.
+
+    Attributes:
+        type_name: The remote exception's class name, such as ``"KeyError"``,
+            or ``"ValidationError"`` when the request did not fit the
+            handler's parameter type.
+        remote_message: The remote exception's message.
+        errors: For a validation failure, one line per failing field.
+        traceback: The remote traceback, when the server sends tracebacks.
+        destination: Where the request was sent, such as ``"list:orders"``.
+        correlation_id: The request's correlation id.
+    """
+
+    def __init__(
+        self,
+        *,
+        type_name: str,
+        remote_message: str,
+        errors: Sequence[str] = (),
+        traceback: str | None = None,
+        destination: str = "",
+        correlation_id: str = "",
+    ) -> None:
+        super().__init__(
+            f"The handler of {destination or 'the request'} raised {type_name}: {remote_message}"
+        )
+        self.type_name = type_name
+        self.remote_message = remote_message
+        self.errors = tuple(errors)
+        self.traceback = traceback
+        self.destination = destination
+        self.correlation_id = correlation_id

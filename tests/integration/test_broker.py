@@ -24,6 +24,7 @@ from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,
     RedisConnectionError,
+    RemoteError,
     RequestTimeoutError,
     SetupError,
 )
@@ -300,7 +301,7 @@ class TestServing:
     def test_failed_message_keeps_consumer_alive(
         self, make_broker, unique_name, caplog, fault, logged
     ):
-        """A handler that raises (even SystemExit) or returns what cannot be sent is logged, sends no reply, and the next message is served."""
+        """A handler that raises (even SystemExit) or returns what cannot be sent is logged, the caller gets RemoteError, and the next message is served."""
         broker = make_broker()
 
         @broker.subscriber(list=unique_name)
@@ -312,8 +313,9 @@ class TestServing:
             raise fault
 
         with broker:
-            with pytest.raises(RequestTimeoutError):
-                broker.request("bad", list=unique_name, timeout=0.3)
+            with pytest.raises(RemoteError) as raised:
+                broker.request("bad", list=unique_name, timeout=SHORT_TIMEOUT)
+            assert raised.value.type_name == logged.__name__
             assert (
                 broker.request("ok", list=unique_name, timeout=SHORT_TIMEOUT).decode()
                 == "ok"

@@ -221,10 +221,10 @@ class TestDecodePayload:
         """A payload that is neither a frame nor an envelope is the whole body."""
         assert decode_payload(payload) == (payload, {})
 
-    def test_broken_frame_falls_through_to_raw_bytes(self):
-        """A payload with the magic but a broken frame is a raw body."""
-        payload = WORKED_EXAMPLE[:30]
-        assert decode_payload(payload) == (payload, {})
+    def test_broken_frame_is_refused(self):
+        """A payload with the magic but a broken frame raises, rather than pass as a raw body."""
+        with pytest.raises(MessageDecodeError, match="past its end"):
+            decode_payload(WORKED_EXAMPLE[:30])
 
     def test_envelope_with_lone_surrogate_does_not_raise(self):
         """An envelope whose data holds a lone surrogate escape does not raise."""
@@ -375,11 +375,15 @@ class TestProperties:
         | st.binary(max_size=300).map(MAGIC.__add__)
         | st.binary(max_size=300).map(b"{".__add__)
     )
-    def test_decode_payload_never_raises(self, data):
-        """decode_payload on arbitrary bytes always returns a body and headers."""
-        body, headers = decode_payload(data)
-        assert isinstance(body, bytes)
-        assert isinstance(headers, dict)
+    def test_decode_payload_returns_or_raises_ours(self, data):
+        """decode_payload on arbitrary bytes returns a body and headers, or raises MessageDecodeError for a broken frame."""
+        try:
+            body, headers = decode_payload(data)
+        except MessageDecodeError:
+            assert data.startswith(MAGIC)
+        else:
+            assert isinstance(body, bytes)
+            assert isinstance(headers, dict)
 
     @PROPERTY_SETTINGS
     @given(
