@@ -1,4 +1,4 @@
-"""Several server processes on one stream share the work, and stop cleanly on SIGTERM."""
+"""Several server processes on one stream share the work, stop cleanly on SIGTERM, and take over a killed one's entries."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def start_server(redis_url):
     """Start stream servers in their own processes; terminate any left at the end."""
     processes: list[subprocess.Popen[str]] = []
 
-    def start(stream: str) -> subprocess.Popen[str]:
+    def start(stream: str, *mode: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -29,6 +29,7 @@ def start_server(redis_url):
                 "tests.integration.stream_server",
                 redis_url,
                 stream,
+                *mode,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -45,11 +46,11 @@ def start_server(redis_url):
         process.stdout.close()  # type: ignore[union-attr]
 
 
-def wait_ready(process: subprocess.Popen[str]) -> None:
-    """Block until *process* prints its ready line, within LONG_TIMEOUT."""
+def wait_ready(process: subprocess.Popen[str], line: str = "ready") -> None:
+    """Block until *process* prints *line*, within LONG_TIMEOUT."""
     with ThreadPoolExecutor(1) as pool:
-        line = pool.submit(process.stdout.readline).result(LONG_TIMEOUT)  # type: ignore[union-attr]
-    assert line.strip() == "ready"
+        printed = pool.submit(process.stdout.readline).result(LONG_TIMEOUT)  # type: ignore[union-attr]
+    assert printed.strip() == line
 
 
 def test_server_processes_share_a_stream(
@@ -80,3 +81,33 @@ def test_server_processes_share_a_stream(
     for server in servers:
         server.send_signal(signal.SIGTERM)
     assert [server.wait(LONG_TIMEOUT) for server in servers] == [0, 0]
+
+
+def test_killed_servers_entry_is_claimed_and_answered(
+    make_broker, start_server, unique_name, redis_url
+):
+    """A server SIGKILLed in the middle of a handler leaves its entry pending; a live
+    server of the group claims it after claim_idle_time and every request is answered."""
+    doomed = start_server(unique_name, "hang")
+    wait_ready(doomed)
+    client = make_broker()
+    with ThreadPoolExecutor(5) as callers:
+        replies = callers.map(
+            lambda n: client.request(n, stream=unique_name, timeout=LONG_TIMEOUT),
+            range(5),
+        )
+        wait_ready(doomed, "handling")  # it holds one entry, read but not acknowledged
+        doomed.kill()
+        assert doomed.wait(LONG_TIMEOUT) == -signal.SIGKILL
+        survivor = start_server(unique_name)
+        wait_ready(survivor)
+        answered = [reply.decode() for reply in replies]
+    assert sorted(reply["body"] for reply in answered) == list(range(5))
+    assert {reply["pid"] for reply in answered} == {survivor.pid}
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        assert raw.xpending(unique_name, "redis_rpc")["pending"] == 0
+    finally:
+        raw.close()
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(LONG_TIMEOUT) == 0

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redis_rpc import _codec
+from redis_rpc import RedisMessage, _codec
 from redis_rpc._codec import (
     MAGIC,
     decode_body,
@@ -395,6 +395,37 @@ class TestProperties:
         frame = encode_frame(b"body", {"k": "v"})[: 18 + cut % 9] + data
         with contextlib.suppress(MessageDecodeError):
             decode_frame(frame)
+
+    @PROPERTY_SETTINGS
+    @given(
+        body=st.binary(max_size=100),
+        headers=st.dictionaries(_header_text, _header_text, max_size=4),
+        edits=st.lists(
+            st.tuples(
+                st.integers(min_value=0), st.integers(0, 255), st.sampled_from("sdi")
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+    )
+    def test_mutated_frames_parse_or_raise_ours(self, body, headers, edits):
+        """A valid frame with bytes set, dropped or inserted anywhere parses into a
+        message or raises MessageDecodeError, never anything else."""
+        data = bytearray(encode_frame(body, {**headers, "x-redis-rpc-deadline": "1.5"}))
+        for position, byte, kind in edits:
+            index = position % (len(data) + 1)
+            if kind == "s" and index < len(data):
+                data[index] = byte
+            elif kind == "d":
+                del data[index : index + 1]
+            else:
+                data.insert(index, byte)
+        try:
+            message = RedisMessage.from_payload(bytes(data))
+        except MessageDecodeError:
+            return
+        assert isinstance(message.body, bytes)
+        assert message.deadline is None or isinstance(message.deadline, float)
 
 
 def test_magic_constant():
