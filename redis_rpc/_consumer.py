@@ -257,9 +257,8 @@ class Consumer(abc.ABC):
         settle = [] if delivery.ack is None else [delivery.ack]
         handler = self.subscriber.handler
         try:
-            check_size(delivery.payload, self._policy.max_message_size, "The message")
             message = RedisMessage.from_payload(delivery.payload, handler.converter)
-        except (MessageDecodeError, MessageTooLargeError) as exc:
+        except MessageDecodeError as exc:  # no reply_to to answer on
             self._log_rejected(delivery, None, exc)
             return self._dead_letter(delivery, exc), True
         logger.debug("%s received %r", self.name, message)
@@ -273,8 +272,9 @@ class Consumer(abc.ABC):
             )
             return settle, False
         try:
+            check_size(delivery.payload, self._policy.max_message_size, "The message")
             args, kwargs = handler.arguments(message)
-        except (MessageDecodeError, ValidationError) as exc:
+        except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
             return self._error_reply(message, exc) + self._dead_letter(
                 delivery, exc
