@@ -169,6 +169,15 @@ class RedisBroker:
         if workers < 1:
             msg = f"max_workers must be at least 1, not {workers}."
             raise SetupError(msg)
+        # One poll may last two poll intervals, and heartbeats come every third
+        # of recover_after: below this, a live consumer could look dead.
+        if (
+            isinstance(source, ListSub)
+            and source.reliable
+            and source.recover_after <= 6 * self._poll_interval
+        ):
+            msg = f"{source}: recover_after ({source.recover_after} s) must exceed six poll intervals ({6 * self._poll_interval} s), or live consumers would look dead."
+            raise SetupError(msg)
 
         def register(func: F) -> F:
             if inspect.iscoroutinefunction(func):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from redis_rpc._message import RedisMessage, RedisResponse, Response, build_frame
-from redis_rpc._redis import Command, Publish, XAck, send_command
+from redis_rpc._redis import Command, Publish, send_command
 from redis_rpc.errors import RedisRPCError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Delivery:
     """One message taken out of Redis, and how to acknowledge it, if at all."""
 
     payload: bytes
-    ack: XAck | None = None
+    ack: Command | None = None  # sent with the reply once the handler has finished
 
 
 class Consumer(abc.ABC):
