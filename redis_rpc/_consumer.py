@@ -179,6 +179,9 @@ class Consumer(abc.ABC):
     def _step(self) -> None:
         if not self._slots.acquire(timeout=self._poll_interval):
             return  # every worker is busy: leave the message in Redis
+        if self._stopping.is_set():  # stop() came while we waited for a worker
+            self._slots.release()
+            return
         try:
             delivery = self._fetch(self._poll_interval)
         except BaseException:
