@@ -32,6 +32,9 @@ LIFETIME = 60.0  # a safety net: tests always end the process well before
 HOLD = 20.0  # how long a held handler waits for its release, at most
 RECOVER_AFTER = 0.5  # reliable mode: a killed server's items come back this fast
 SLOW_DELAY = 0.03  # longer than the soak test's short request timeout
+SLOW_WORKERS = 16
+# The most threads the soak server ever runs: main, timer, two consumers, workers.
+SOAK_THREADS = 4 + SLOW_WORKERS
 
 
 def say(line: str) -> None:
@@ -88,7 +91,7 @@ def main(url: str, mode: str, name: str) -> None:
         def echo(body):
             return body
 
-        @broker.subscriber(list=f"{name}:slow", max_workers=16)
+        @broker.subscriber(list=f"{name}:slow", max_workers=SLOW_WORKERS)
         def slow(body):
             threading.Event().wait(SLOW_DELAY)
             return body
