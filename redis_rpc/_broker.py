@@ -9,9 +9,11 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import os
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -74,6 +76,19 @@ _CONSUMERS: dict[type[Destination], type[Consumer]] = {
 }
 
 
+# Every broker of this process, so that a forked child can reset them all.
+_brokers: weakref.WeakSet[RedisBroker] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    # Runs in a forked child before anything else: the child has one thread.
+    for broker in list(_brokers):
+        broker._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 class _State(enum.Enum):
     NEW = "NEW"  # subscribers may be declared; publish() and request() already work
     STARTING = "STARTING"  # start() is bringing consumers up
@@ -88,6 +103,11 @@ class RedisBroker:
     One broker serves a whole process: it is safe to share between any
     number of threads, which may all call ``publish()`` and ``request()``
     at once. Declare subscribers before ``start()``.
+
+    A broker survives ``os.fork()``: in the child it opens its own
+    connections and reply listener when first used. Consumers never cross a
+    fork: a broker started before the fork cannot be started in the child
+    (create or start brokers after forking, as in gunicorn's ``post_fork``).
 
     Args:
         url: A redis-py URL, such as ``"redis://localhost:6379/0"``.
@@ -169,6 +189,10 @@ class RedisBroker:
         self._consumers: list[Consumer] = []
         self._listener: ReplyListener | None = None
         self._closed = threading.Event()  # set once close() has finished
+        self._started_before_fork = (
+            False  # start() ran in a process we were forked from
+        )
+        _brokers.add(self)
 
     def __repr__(self) -> str:
         pending = self._listener.pending if self._listener else 0
@@ -207,6 +231,15 @@ class RedisBroker:
         workers = self._max_workers if max_workers is None else max_workers
         if workers < 1:
             msg = f"max_workers must be at least 1, not {workers}."
+            raise SetupError(msg)
+        # One poll may last two poll intervals, and heartbeats come every third
+        # of recover_after: below this, a live consumer could look dead.
+        if (
+            isinstance(source, ListSub)
+            and source.reliable
+            and source.recover_after <= 6 * self._poll_interval
+        ):
+            msg = f"{source}: recover_after ({source.recover_after} s) must exceed six poll intervals ({6 * self._poll_interval} s), or live consumers would look dead."
             raise SetupError(msg)
 
         def register(func: F) -> F:
@@ -263,6 +296,9 @@ class RedisBroker:
         with self._lock:
             if self._state is not _State.NEW:
                 msg = f"Cannot start a broker that is {self._state.name}; create a new one."
+                raise BrokerStateError(msg)
+            if self._started_before_fork:
+                msg = "Cannot start this broker: it was started before this process was forked, and consumers do not survive a fork. Create or start brokers in each child after forking (gunicorn: in post_fork)."
                 raise BrokerStateError(msg)
             self._state = _State.STARTING
             listener = self._ensure_listener_locked()
@@ -523,6 +559,23 @@ class RedisBroker:
             )
             self._listener.start()
         return self._listener
+
+    def _after_fork(self) -> None:
+        """Forget everything of the parent's but the declarations; runs alone in a forked child.
+
+        The parent's threads do not exist here, so a lock one of them held
+        stays held for ever, its listener's ``ready`` event stays set, and
+        its sockets are shared with the parent: replace them all. redis-py's
+        pool notices the new pid and opens fresh connections by itself.
+        """
+        self._lock = threading.Lock()
+        self._consumers, self._listener = [], None
+        closed = self._state in (_State.CLOSING, _State.CLOSED)
+        self._started_before_fork |= self._state in (_State.STARTING, _State.RUNNING)
+        self._state = _State.CLOSED if closed else _State.NEW
+        self._closed = threading.Event()
+        if closed:
+            self._closed.set()
 
 
 def _with_publishers(

@@ -81,6 +81,9 @@ class Policy:
     send_tracebacks: bool = False
 
 
+DEFAULT_POLICY = Policy()
+
+
 @attrs.frozen
 class Delivery:
     """One message taken out of Redis, and how to acknowledge it, if at all.
@@ -111,7 +114,7 @@ class Consumer(abc.ABC):
         connection: Connection,
         *,
         poll_interval: float,
-        policy: Policy = Policy(),
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         self.subscriber = subscriber
         self._policy = policy
@@ -215,6 +218,9 @@ class Consumer(abc.ABC):
     def _step(self) -> None:
         if not self._slots.acquire(timeout=self._poll_interval):
             return  # every worker is busy: leave the message in Redis
+        if self._stopping.is_set():  # stop() came while we waited for a worker
+            self._slots.release()
+            return
         try:
             delivery = self._fetch(self._poll_interval)
         except BaseException:
@@ -325,6 +331,11 @@ class Consumer(abc.ABC):
         frame = build_error_frame(
             error, correlation_id=message.correlation_id, traceback=tb
         )
+        limit = self._policy.max_message_size
+        if limit is not None and len(frame) > limit:  # say less, rather than nothing
+            frame = build_error_frame(
+                error, correlation_id=message.correlation_id, brief=True
+            )
         return [Publish(message.reply_to, frame)]
 
     def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:

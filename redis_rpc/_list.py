@@ -1,17 +1,66 @@
 """List consumer: ``BLPOP`` from the left of a list that producers ``RPUSH`` to.
 
-A popped item is gone from Redis, which is why the consume loop only pops
-when a worker is free to start on it at once.
+By default a popped item is gone from Redis (at most once), which is why the
+consume loop only pops when a worker is free to start on it at once.
+
+In reliable mode (at least once) each item is moved with ``BLMOVE`` into a
+processing list of its consumer and removed with ``LREM``, in the same round
+trip as the reply, after the handler finished. An item that fails with no
+caller to tell, or can never succeed, moves to the dead-letter list instead. For list ``L`` and a consumer
+id ``C`` the keys are:
+
+- ``L:redis_rpc:consumers``: a set of the ids that may hold items of ``L``;
+- ``L:redis_rpc:processing:C``: the items ``C`` took and has not finished;
+- ``L:redis_rpc:alive:C``: ``C``'s heartbeat, which expires after
+  ``recover_after`` seconds unless ``C`` refreshes it.
+
+On start, and every ``recover_after`` seconds, a consumer moves the processing
+list of every registered consumer without a heartbeat back to the head of
+``L`` (a Lua script, so that check and move are one atomic step). A consumer
+takes a new id each time it (re)connects, so an item whose ``BLMOVE`` answer
+was lost with a connection is recovered the same way as a dead consumer's.
 """
 
 from __future__ import annotations
 
-from redis_rpc._consumer import Consumer, Delivery
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from redis_rpc._consumer import DEFAULT_POLICY, Consumer, Delivery
+from redis_rpc._redis import LRem, RPush
 from redis_rpc._schemas import ListSub
+
+if TYPE_CHECKING:
+    from redis_rpc._consumer import Policy, Subscriber
+    from redis_rpc._redis import Command, Connection
+
+logger = logging.getLogger(__name__)
+
+# The heartbeat is refreshed this many times per recover_after, so that a
+# slow poll or two never lets it expire under a live consumer.
+_BEATS_PER_TTL = 3
 
 
 class ListConsumer(Consumer):
-    """Consumes one list, first in, first out."""
+    """Consumes one list, first in, first out; reliably when its ``ListSub`` says so."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        connection: Connection,
+        *,
+        poll_interval: float,
+        policy: Policy = DEFAULT_POLICY,
+    ) -> None:
+        super().__init__(
+            subscriber, connection, poll_interval=poll_interval, policy=policy
+        )
+        self._id = ""  # this connection's consumer id; set by _open() in reliable mode
+        self._next_beat = self._next_recovery = 0.0
 
     @property
     def _source(self) -> ListSub:
@@ -20,10 +69,68 @@ class ListConsumer(Consumer):
         assert isinstance(source, ListSub)
         return source
 
+    def _key(self, kind: str, consumer: str = "") -> str:
+        return f"{self._source.list}:redis_rpc:{kind}" + (
+            f":{consumer}" if consumer else ""
+        )
+
     def _open(self) -> None:
-        self._connection.ping()
+        if not self._source.reliable:
+            self._connection.ping()
+            return
+        self._id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._beat()
+        self._recover()
+
+    def _step(self) -> None:
+        if self._source.reliable:
+            now = time.monotonic()
+            if now >= self._next_beat:
+                self._beat()
+            if now >= self._next_recovery:
+                self._recover()
+        super()._step()
 
     def _fetch(self, timeout: float) -> Delivery | None:
         source = self._source
-        payload = self._connection.blpop(source.list, timeout)
-        return None if payload is None else Delivery(payload)
+        if not source.reliable:
+            payload = self._connection.blpop(source.list, timeout)
+            return None if payload is None else Delivery(payload)
+        processing = self._key("processing", self._id)
+        payload = self._connection.blmove(source.list, processing, timeout)
+        return None if payload is None else Delivery(payload, LRem(processing, payload))
+
+    def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
+        """In reliable mode, move the item out of the processing list to the dead-letter list."""
+        if delivery.ack is None:  # popped: nothing is left in Redis to move
+            return []
+        return [RPush(self._source.dead_letter, delivery.payload), delivery.ack]
+
+    def _beat(self) -> None:
+        ttl = self._source.recover_after
+        self._connection.heartbeat(
+            self._key("consumers"), self._id, self._key("alive", self._id), ttl
+        )
+        self._next_beat = time.monotonic() + ttl / _BEATS_PER_TTL
+
+    def _recover(self) -> None:
+        """Hand the in-flight items of every consumer that has died back to the list."""
+        source = self._source
+        for member in self._connection.members(self._key("consumers")):
+            if member == self._id:
+                continue
+            moved = self._connection.requeue_if_dead(
+                alive=self._key("alive", member),
+                processing=self._key("processing", member),
+                source=source.list,
+                registry=self._key("consumers"),
+                member=member,
+            )
+            if moved:
+                logger.warning(
+                    "%s moved %d unfinished item(s) of dead consumer %s back to the list",
+                    self.name,
+                    moved,
+                    member,
+                )
+        self._next_recovery = time.monotonic() + source.recover_after

@@ -80,7 +80,27 @@ class XAck:
     entry_id: bytes
 
 
-Command: TypeAlias = Publish | RPush | XAdd | XAck
+@attrs.frozen
+class LRem:
+    """Remove one copy of *data* from list *key*: a reliable list's acknowledgement."""
+
+    key: str
+    data: bytes
+
+
+Command: TypeAlias = Publish | RPush | XAdd | XAck | LRem
+
+# Moves every item of a dead consumer's processing list back to the head of
+# its source list, oldest first in line, then forgets the consumer; all in one
+# atomic step, so that a consumer whose heartbeat returns meanwhile is never
+# robbed. KEYS: heartbeat, processing list, source list, registry; ARGV: id.
+_REQUEUE_IF_DEAD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local moved = 0
+while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'LEFT') do moved = moved + 1 end
+redis.call('SREM', KEYS[4], ARGV[1])
+return moved
+"""
 
 
 def send_command(
@@ -135,6 +155,7 @@ class Connection:
         self.address = (
             f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         )
+        self._requeue_if_dead = self._client.register_script(_REQUEUE_IF_DEAD)
 
     def execute(self, command: Command) -> Any:
         """Run one command; return what Redis answered."""
@@ -162,6 +183,48 @@ class Connection:
         with map_errors(self.address):
             item = self._client.blpop([key], timeout=timeout)
         return None if item is None else cast("bytes", item[1])
+
+    def blmove(self, source: str, destination: str, timeout: float) -> bytes | None:
+        """Move the head of list *source* to the head of *destination*, waiting up to *timeout* seconds."""
+        with map_errors(self.address):
+            item = self._client.blmove(
+                source,
+                destination,
+                timeout,  # type: ignore[arg-type]  # Redis takes fractions of a second
+                src="LEFT",
+                dest="LEFT",
+            )
+        return cast("bytes | None", item)
+
+    def heartbeat(self, registry: str, member: str, alive: str, ttl: float) -> None:
+        """Set key *alive* to expire in *ttl* seconds, and add *member* to set *registry*."""
+        with map_errors(self.address):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(alive, 1, px=max(1, round(ttl * 1000)))
+            pipe.sadd(registry, member)
+            pipe.execute()
+
+    def members(self, key: str) -> list[str]:
+        """The members of set *key*, decoded."""
+        with map_errors(self.address):
+            found = cast("set[bytes]", self._client.smembers(key))
+        return sorted(m.decode(errors="replace") for m in found)
+
+    def requeue_if_dead(
+        self, *, alive: str, processing: str, source: str, registry: str, member: str
+    ) -> int | None:
+        """Unless key *alive* exists, move list *processing* back to the head of *source*.
+
+        Returns:
+            How many items moved, or None when *member* is alive.
+        """
+        with map_errors(self.address):
+            moved = int(
+                self._requeue_if_dead(
+                    keys=[alive, processing, source, registry], args=[member]
+                )
+            )
+        return None if moved < 0 else moved
 
     def ensure_group(self, stream: str, group: str) -> None:
         """Create consumer *group* on *stream* (and the stream) unless it exists."""
@@ -253,6 +316,9 @@ def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
             maxlen=command.maxlen,
             approximate=True,
         )
+    if isinstance(command, LRem):
+        # Counted from the tail, where the oldest in-flight items are.
+        return client.lrem(command.key, -1, command.data)  # type: ignore[arg-type]
     return client.xack(command.stream, command.group, command.entry_id)
 
 

@@ -64,9 +64,33 @@ class PubSub:
 
 @attrs.frozen
 class ListSub:
-    """A list, consumed from the left with ``BLPOP``; producers ``RPUSH`` (FIFO)."""
+    """A list, consumed from the left with ``BLPOP``; producers ``RPUSH`` (FIFO).
+
+    Args:
+        list: The list's key.
+        reliable: Consume at least once rather than at most once: each item
+            is moved (``BLMOVE``) into a processing list of this consumer and
+            removed from it only after its handler finished and the reply
+            was sent. The items of a consumer that died are moved back to
+            the head of the list by a live consumer. Ignored when publishing.
+        recover_after: In reliable mode, seconds a consumer may go without
+            refreshing its heartbeat before it counts as dead and its
+            in-flight items are handed out again. With ``max_workers=1`` the
+            handler runs on the consumer thread, which does not refresh the
+            heartbeat meanwhile, so keep this above the longest handler run.
+        dead_letter: In reliable mode, the list that an item whose handler
+            failed (with no caller to tell) is moved to; ``"<list>:dead"``
+            by default.
+    """
 
     list: str = attrs.field(validator=_not_empty)
+    reliable: bool = attrs.field(default=False, kw_only=True)
+    recover_after: float = attrs.field(default=30.0, kw_only=True, validator=_positive)
+    dead_letter: str = attrs.field(kw_only=True, validator=_not_empty)
+
+    @dead_letter.default
+    def _dead_letter_default(self) -> str:
+        return f"{self.list}:dead"
 
     @property
     def name(self) -> str:

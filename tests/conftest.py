@@ -23,12 +23,17 @@ LONG_TIMEOUT = 10.0
 POLL_INTERVAL = 0.05
 
 _INTEGRATION = Path(__file__).parent / "integration"
+_FAULT = Path(__file__).parent / "fault"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _INTEGRATION in Path(item.fspath).parents:
+        parents = Path(item.fspath).parents
+        if _INTEGRATION in parents:
             item.add_marker(pytest.mark.integration)
+        if _FAULT in parents:  # real servers too, so also integration tests
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.fault)
 
 
 @pytest.fixture(scope="session")

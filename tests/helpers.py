@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from redis_rpc import RedisBroker
-from redis_rpc.errors import RedisConnectionError
+from redis_rpc.errors import NoSubscriberError, RedisConnectionError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 
 
@@ -21,10 +21,12 @@ def wait_for(predicate, timeout=SHORT_TIMEOUT, interval=0.01):
 def request_eventually(broker: RedisBroker, body: Any, **target: Any) -> Any:
     """Retry a request while the broker recovers from losing Redis; return the decoded reply."""
     deadline = time.monotonic() + LONG_TIMEOUT
-    while True:  # the listener and consumers back off, so the first tries may fail
+    # The listener and consumers back off, so the first tries may fail, and a
+    # channel consumer may not have subscribed again yet (NoSubscriberError).
+    while True:
         try:
             return broker.request(body, **target, timeout=SHORT_TIMEOUT).decode()
-        except (RedisConnectionError, TimeoutError):
+        except (RedisConnectionError, NoSubscriberError, TimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

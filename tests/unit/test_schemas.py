@@ -132,6 +132,21 @@ class TestListSub:
         with pytest.raises(SetupError):
             ListSub("")
 
+    def test_reliable_mode_is_off_by_default(self):
+        """A ListSub consumes at most once unless reliable=True, with a 30 s recovery delay."""
+        assert (ListSub("jobs").reliable, ListSub("jobs").recover_after) == (
+            False,
+            30.0,
+        )
+        sub = ListSub("jobs", reliable=True, recover_after=2.5)
+        assert (sub.reliable, sub.recover_after) == (True, 2.5)
+
+    @pytest.mark.parametrize("recover_after", [0, -1.0, True, "5"])
+    def test_recover_after_must_be_positive_seconds(self, recover_after):
+        """A recover_after that is not a positive number raises SetupError."""
+        with pytest.raises(SetupError, match="recover_after"):
+            ListSub("jobs", reliable=True, recover_after=recover_after)
+
 
 class TestStreamSub:
     def test_defaults(self):

@@ -1,0 +1,139 @@
+"""A broker created before os.fork() works in the child on its own connections and listener."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+
+import pytest
+
+from redis_rpc import RedisBroker
+from redis_rpc.errors import BrokerStateError
+from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
+from tests.fault.conftest import our_threads
+
+# Python 3.12 warns about fork() in a process with threads; forking one is the point.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
+
+def pid_echo(body):
+    return {"pid": os.getpid(), "body": body}
+
+
+def run_in_child(check):
+    """Fork; in the child, run *check()* and send back its JSON result; return it in the parent."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(read)
+            result = check()
+            os.write(write, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    chunks, deadline = [], time.monotonic() + LONG_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read], [], [], 0.1)
+            if ready:
+                if not (chunk := os.read(read, 65536)):
+                    break  # the child closed its end: it has exited
+                chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the child did not finish in time")
+    finally:
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+    return json.loads(b"".join(chunks))
+
+
+def test_forked_child_gets_fresh_connections_and_listener(own_server, raw, unique_name):
+    """A broker that served and requested before fork() requests in the child on new connections, and the parent goes on."""
+    broker = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    broker.subscriber(list=unique_name)(pid_echo)
+    with broker:
+        parent_pid = os.getpid()
+        assert broker.request(1, list=unique_name, timeout=SHORT_TIMEOUT).decode() == {
+            "pid": parent_pid,
+            "body": 1,
+        }
+        parent_threads = our_threads()
+        parent_listener = broker._listener
+        assert parent_listener is not None
+        parent_prefix = parent_listener.prefix
+        parent_clients = {c["id"] for c in raw.client_list()}
+
+        def check():
+            reply = broker.request(2, list=unique_name, timeout=SHORT_TIMEOUT)
+            listener = broker._listener
+            assert listener is not None
+            try:
+                broker.start()
+                start_error = ""
+            except BrokerStateError as exc:
+                start_error = str(exc)
+            result = {
+                "reply": reply.decode(),
+                "fresh_listener": listener.prefix != parent_prefix
+                and listener._thread.is_alive(),
+                "client_id": str(broker._connection._client.client_id()),
+                "start_error": start_error,
+                "subscribers": sum(
+                    c["psub"] == "1" for c in broker._connection._client.client_list()
+                ),
+            }
+            broker.close()
+            return result
+
+        child = run_in_child(check)
+        # The parent's consumer answered the child, and the child's reply reached it.
+        assert child["reply"] == {"pid": parent_pid, "body": 2}
+        assert child["fresh_listener"]
+        assert child["client_id"] not in parent_clients
+        assert "forked" in child["start_error"]
+        assert (
+            child["subscribers"] == 2
+        )  # the parent's reply subscription and the child's
+        # The parent's own threads, connections and listener are untouched.
+        assert our_threads() == parent_threads
+        assert broker._listener is parent_listener
+        assert broker.request(3, list=unique_name, timeout=SHORT_TIMEOUT).decode() == {
+            "pid": parent_pid,
+            "body": 3,
+        }
+
+
+def test_broker_declared_before_fork_serves_in_the_child(own_server, unique_name):
+    """A broker declared at import time, as in a pre-fork server, starts and serves in the child."""
+    broker = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    broker.subscriber(list=unique_name)(pid_echo)
+    client = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    client.request  # noqa: B018 - created, as pre-fork apps do, but not used yet
+
+    def check():
+        with broker:
+            reply = client.request("hi", list=unique_name, timeout=SHORT_TIMEOUT)
+        client.close()
+        return {"reply": reply.decode(), "pid": os.getpid()}
+
+    try:
+        child = run_in_child(check)
+        assert child["reply"] == {"pid": child["pid"], "body": "hi"}
+        assert child["pid"] != os.getpid()
+        # The parent never started it, so it may start it too.
+        with broker:
+            reply = client.request("parent", list=unique_name, timeout=SHORT_TIMEOUT)
+            assert reply.decode() == {"pid": os.getpid(), "body": "parent"}
+    finally:
+        client.close()
+        broker.close()
