@@ -147,6 +147,15 @@ def encode_body(value: Any) -> tuple[bytes, str | None]:
         return value, None
     if isinstance(value, str):
         return value.encode(), TEXT
+    return encode_json(value)
+
+
+def encode_json(value: Any) -> tuple[bytes, str]:
+    """Encode *value* as compact JSON, with its content type.
+
+    Raises:
+        TypeError: *value* is not JSON-serialisable.
+    """
     try:
         return json.dumps(value, separators=(",", ":")).encode(), JSON
     except (TypeError, ValueError) as exc:

@@ -10,6 +10,7 @@ strings, enums by value) made strict about JSON's primitive types: a
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import cattrs
@@ -31,6 +32,13 @@ def make_converter() -> cattrs.Converter:
         broker = RedisBroker(url, converter=converter)
     """
     converter = cattrs.preconf.json.make_converter()
+    from_json_bytes = converter.get_structure_hook(bytes)  # base85 text, in JSON
+
+    def structure_bytes(value: Any, target: type) -> bytes:
+        # A raw body is already bytes; only bytes inside JSON are text.
+        return value if isinstance(value, bytes) else from_json_bytes(value, target)
+
+    converter.register_structure_hook(bytes, structure_bytes)
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(float, _structure_float)
@@ -41,6 +49,31 @@ def make_converter() -> cattrs.Converter:
 def needs_structuring(annotation: Any) -> bool:
     """True when a body parameter annotated *annotation* gets a structured value."""
     return annotation not in _AS_DECODED
+
+
+def check_structurable(converter: cattrs.Converter, target: Any) -> None:
+    """Make sure *converter* can structure *target* and every type inside it.
+
+    cattrs builds hooks for unions, optionals and sets lazily, so a member
+    type it cannot handle would only fail on the first body; look inside.
+
+    Raises:
+        cattrs.errors.StructureHandlerNotFoundError: Some type inside has no hook.
+    """
+    converter.get_structure_hook(target)
+    origin = typing.get_origin(target)
+    if origin is typing.Literal:
+        return  # its arguments are values, not types
+    arguments = typing.get_args(target)
+    if origin is typing.Annotated:
+        arguments = arguments[:1]  # the rest is metadata
+    for argument in arguments:
+        if (
+            argument is not Ellipsis
+            and argument is not type(None)
+            and needs_structuring(argument)
+        ):
+            check_structurable(converter, argument)
 
 
 def structure(converter: cattrs.Converter, value: Any, target: Any) -> Any:

@@ -101,8 +101,8 @@ class Handler:
             return _Arg.BODY
         if hint is bytes:
             return _Arg.RAW_BODY
-        try:  # cattrs builds (and caches) the hook now, so a type it cannot handle fails here
-            self.converter.get_structure_hook(hint)
+        try:  # a type the converter cannot handle fails here, not on every body
+            _convert.check_structurable(self.converter, hint)
         except Exception as exc:
             msg = f"Cannot structure the body of handler {self.name} into {hint!r} (parameter {name!r}): {exc}"
             raise SetupError(msg) from exc
@@ -113,7 +113,7 @@ class Handler:
         if arg is _Arg.BODY:
             return message.decode()
         if arg is _Arg.TYPED_BODY:
-            return message.decode(self._body_type)
+            return message.decode(self._body_type, self.converter)
         if arg is _Arg.RAW_BODY:
             return message.body
         if arg is _Arg.LOGGER:

@@ -91,25 +91,30 @@ class RedisMessage:
             converter=converter,
         )
 
-    def decode(self, into: Any = None) -> Any:
+    def decode(
+        self, into: Any = None, converter: cattrs.Converter | None = None
+    ) -> Any:
         """Return the body as a value: by its content type, then structured *into* a type.
 
         Without *into*, ``text/plain`` gives a ``str``, JSON gives what
         ``json.loads()`` does, and anything else the bytes (FastStream's
         rules). With *into*, that value is structured by the broker's
-        converter: ``decode(Item)``, ``decode(list[int])``. An empty body
-        without a content type counts as ``None``.
+        converter (or *converter*): ``decode(Item)``, ``decode(list[int])``.
+        An empty body without a content type counts as ``None``; ``bytes``
+        gives the raw body.
 
         Raises:
             MessageDecodeError: The body is not what its content type says.
             ValidationError: The value does not fit *into*; ``errors`` names each field.
         """
+        if into is bytes:
+            return self.body
         value = _codec.decode_body(self.body, self.content_type)
         if into is None:
             return value
         if not self.body and self.content_type is None:
             value = None
-        return _convert.structure(self._converter, value, into)
+        return _convert.structure(converter or self._converter, value, into)
 
     def error_details(self) -> dict[str, Any] | None:
         """What an error reply reports, as ``RemoteError``'s keywords; ``None`` for a normal reply.
@@ -128,10 +133,18 @@ class RedisMessage:
         traceback = details.get("traceback")
         return {
             "type_name": str(details.get("type") or self._error),
-            "remote_message": str(details.get("message", "")),
+            "remote_message": str(details.get("message") or ""),
             "errors": [str(e) for e in errors] if isinstance(errors, list) else [],
             "traceback": None if traceback is None else str(traceback),
         }
+
+
+# Error replies stay small: a runaway message or traceback is cut.
+_MESSAGE_CHARS, _TRACEBACK_CHARS, _BRIEF_CHARS, _MAX_ERRORS = 2_000, 20_000, 200, 50
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _parse_deadline(value: Any) -> float | None:
@@ -187,9 +200,10 @@ def build_frame(
     Raises:
         TypeError: The body or a header cannot be encoded.
     """
-    if body is not None and not isinstance(body, (bytes, str)):
-        body = _convert.unstructure(converter, body)
-    data, content_type = _codec.encode_body(body)
+    if body is None or isinstance(body, (bytes, str)):
+        data, content_type = _codec.encode_body(body)
+    else:  # always JSON, even when it unstructures to a str (a datetime, an enum)
+        data, content_type = _codec.encode_json(_convert.unstructure(converter, body))
     all_headers = {CORRELATION_ID: correlation_id}
     if content_type:
         all_headers[CONTENT_TYPE] = content_type
@@ -200,20 +214,38 @@ def build_frame(
     return _codec.encode_frame(data, all_headers)
 
 
+def describe(error: BaseException) -> str:
+    """``str(error)``, even for an exception whose ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - any user __str__ may fail
+        return f"<{type(error).__name__} whose str() failed>"
+
+
 def build_error_frame(
-    error: BaseException, *, correlation_id: str, traceback: str | None = None
+    error: BaseException,
+    *,
+    correlation_id: str,
+    traceback: str | None = None,
+    brief: bool = False,
 ) -> bytes:
     """Encode an error reply: a JSON body describing *error*, flagged by the ``ERROR`` header.
 
     Only strings go out: the type's name, the message, the failing fields
-    of a validation error, and the traceback when the server opts in.
+    of a validation error, and the traceback when the server opts in. Long
+    ones are cut; *brief* cuts the message short and leaves the rest out,
+    for a reply that must fit a small ``max_message_size``.
     """
     type_name = type(error).__name__
+    message = describe(error)
+    errors = list(error.errors) if isinstance(error, ValidationError) else []
+    if brief:
+        message, errors, traceback = _cut(message, _BRIEF_CHARS), [], None
     details = {
         "type": type_name,
-        "message": str(error),
-        "errors": list(error.errors) if isinstance(error, ValidationError) else [],
-        "traceback": traceback,
+        "message": _cut(message, _MESSAGE_CHARS),
+        "errors": errors[:_MAX_ERRORS],
+        "traceback": None if traceback is None else traceback[-_TRACEBACK_CHARS:],
     }
     data, content_type = _codec.encode_body(details)
     return _codec.encode_frame(

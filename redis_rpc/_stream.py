@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from redis_rpc._consumer import Consumer, Delivery
+from redis_rpc._message import describe
 from redis_rpc._redis import STREAM_DATA_FIELD, XAck, XAdd
 from redis_rpc._schemas import StreamSub
 
@@ -124,7 +125,7 @@ class StreamConsumer(Consumer):
         """Copy the entry to the dead-letter stream with why it failed, and acknowledge it."""
         source = self._source
         assert isinstance(delivery.ack, XAck)
-        reason = f"{type(error).__name__}: {error}"
+        reason = f"{type(error).__name__}: {describe(error)}"
         return [
             XAdd(
                 source.dead_letter,

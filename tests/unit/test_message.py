@@ -7,7 +7,7 @@ import pytest
 
 from redis_rpc import RedisMessage, RedisResponse, Response
 from redis_rpc._codec import decode_frame, encode_frame
-from redis_rpc._message import build_frame
+from redis_rpc._message import build_error_frame, build_frame
 from redis_rpc.errors import MessageDecodeError
 
 
@@ -192,3 +192,42 @@ class TestRedisResponse:
         assert RedisResponse("b", maxlen=10).maxlen == 10
         with pytest.raises(TypeError):
             RedisResponse("b", {}, None, 10)  # type: ignore[call-arg]
+
+
+class TestErrorFrames:
+    def test_long_message_and_traceback_are_cut(self):
+        """An error reply carries at most 2,000 characters of message and the last 20,000 of traceback."""
+        frame = build_error_frame(
+            ValueError("x" * 5_000), correlation_id="c", traceback="t" * 50_000 + "END"
+        )
+        details = RedisMessage.from_payload(frame).error_details()
+        assert details is not None
+        assert len(details["remote_message"]) == 2_000
+        assert details["remote_message"].endswith("...")
+        assert len(details["traceback"]) == 20_000
+        assert details["traceback"].endswith("END")
+
+    def test_brief_frame_keeps_type_and_start_of_message(self):
+        """A brief error reply, for a small max_message_size, keeps the type and 200 characters."""
+        frame = build_error_frame(
+            KeyError("k" * 1_000), correlation_id="c", traceback="tb", brief=True
+        )
+        assert len(frame) < 400
+        details = RedisMessage.from_payload(frame).error_details()
+        assert details is not None
+        assert details["type_name"] == "KeyError"
+        assert len(details["remote_message"]) == 200
+        assert details["traceback"] is None
+
+    def test_exception_whose_str_raises_is_described(self):
+        """An exception whose __str__ raises still makes an error reply."""
+
+        class OddError(Exception):
+            def __str__(self):
+                raise RuntimeError
+
+        details = RedisMessage.from_payload(
+            build_error_frame(OddError(), correlation_id="c")
+        ).error_details()
+        assert details is not None
+        assert details["remote_message"] == "<OddError whose str() failed>"
