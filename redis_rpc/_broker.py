@@ -497,9 +497,7 @@ class RedisBroker:
         if timeout is not None:  # the server's clock: Unix time, to the millisecond
             ours[DEADLINE] = f"{time.time() + timeout:.3f}"
         listener = self._reply_listener()
-        if not listener.ready.wait(self._start_timeout if timeout is None else timeout):
-            msg = f"Cannot send a request: the reply subscription on Redis at {self._connection.address} is not up."
-            raise RedisConnectionError(msg)
+        listener.wait_ready(self._start_timeout if timeout is None else timeout)
         reply_to, future = listener.register()
         try:
             frame = build_frame(

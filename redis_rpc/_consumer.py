@@ -252,6 +252,8 @@ class Consumer(abc.ABC):
             commands, atomic = self._process(delivery)
             if commands:
                 self._connection.execute_many(commands, atomic=atomic)
+        except RedisRPCError as exc:  # Redis went away: the consume loop says so too
+            logger.warning("%s could not send the reply or ack: %s", self.name, exc)
         except Exception:
             logger.exception("%s could not send the reply or ack", self.name)
         finally:

@@ -230,7 +230,10 @@ class Connection:
         """Create consumer *group* on *stream* (and the stream) unless it exists."""
         try:
             with map_errors(self.address):
-                self._client.xgroup_create(stream, group, id="$", mkstream=True)
+                # From the start, not "$" (FastStream's choice): requests added
+                # before the group exists, as after Redis restarted empty, are
+                # answered rather than skipped; expired ones are skipped cheaply.
+                self._client.xgroup_create(stream, group, id="0", mkstream=True)
         except RedisCommandError as exc:
             if "BUSYGROUP" not in str(exc.__cause__):
                 raise

@@ -44,11 +44,14 @@ class ReplyListener:
         self._connection = connection
         self._poll_interval = poll_interval
         self._keys = itertools.count()  # next() is atomic under the GIL
-        self._lock = threading.Lock()  # guards _pending and _accepting
+        self._lock = threading.Lock()  # guards _pending, _accepting and _down
+        self._changed = threading.Condition(self._lock)  # _accepting or _down changed
         self._pending: dict[bytes, Future[bytes]] = {}
         # True while subscribed: a request registered then is failed if the
         # subscription drops, never left waiting for a reply that cannot come.
         self._accepting = False
+        # Why the last attempt to subscribe failed, until one succeeds.
+        self._down: str | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="redis_rpc:replies", daemon=True
@@ -60,6 +63,30 @@ class ReplyListener:
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the reply subscription is up, for at most *timeout* seconds.
+
+        Raises:
+            BrokerClosedError: The listener has been stopped.
+            RedisConnectionError: The subscription is down (known at once
+                after a failed attempt), or did not come up in time.
+        """
+        with self._changed:
+            up = self._changed.wait_for(
+                lambda: (
+                    self._accepting or self._down is not None or self._stopping.is_set()
+                ),
+                timeout,
+            )
+            if self._accepting:
+                return
+            if self._stopping.is_set():
+                msg = "Cannot request: the broker has been closed."
+                raise BrokerClosedError(msg)
+            reason = self._down if up else f"no confirmation within {timeout} s"
+        msg = f"Cannot send a request: the reply subscription to Redis is down ({reason}); retry shortly."
+        raise RedisConnectionError(msg)
 
     def register(self) -> tuple[str, Future[bytes]]:
         """Reserve a reply channel; its future gets the raw reply payload.
@@ -99,14 +126,21 @@ class ReplyListener:
         return not self._thread.is_alive()
 
     def _set_accepting(
-        self, accepting: bool, error: Callable[[], Exception] = BrokerClosedError
+        self,
+        accepting: bool,
+        error: Callable[[], Exception] = BrokerClosedError,
+        down: str | None = None,
     ) -> None:
-        """Open or close registration; closing fails every pending request with a new *error()*."""
+        """Open or close registration; closing fails every pending request with a new *error()*.
+
+        *down* says why the subscription is down, for callers arriving meanwhile.
+        """
         with self._lock:
             # Checked under the lock, so that stop() closing registration always wins.
             accepting = accepting and not self._stopping.is_set()
-            self._accepting = accepting
+            self._accepting, self._down = accepting, down
             futures, self._pending = list(self._pending.values()), {}
+            self._changed.notify_all()
         if accepting:
             self.ready.set()
         else:
@@ -135,7 +169,7 @@ class ReplyListener:
                 # Replies sent while we are away are lost: tell their callers now.
                 reason = f"Lost the reply subscription while waiting: {exc}"
                 self._set_accepting(
-                    False, functools.partial(RedisConnectionError, reason)
+                    False, functools.partial(RedisConnectionError, reason), str(exc)
                 )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _BACKOFF_CAP)

@@ -107,6 +107,11 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
                 assert wait_for(
                     lambda: all(logged(n, DOWN) for n in names), LONG_TIMEOUT
                 )
+                # A caller arriving while the loss is known fails at once, too.
+                arrived = time.monotonic()
+                with pytest.raises(RedisConnectionError, match="down"):
+                    broker.request("late", **targets[1], timeout=LONG_TIMEOUT)
+                assert time.monotonic() - arrived < SHORT_TIMEOUT
                 time.sleep(OUTAGE)  # the outage itself, long enough for several retries
                 own_server.start()
                 before = next(answered)

@@ -683,3 +683,23 @@ class TestLifecycle:
                 broker.subscriber(list=unique_name)(lambda m: m)
             with pytest.raises(SetupError):
                 broker.publisher(list=unique_name)(lambda m: m)
+
+
+def test_stream_request_sent_before_any_consumer_is_answered(
+    make_broker, unique_name, raw
+):
+    """A stream's group reads from the start, so a request added before the first
+    consumer created the group (or after Redis restarted empty) is answered."""
+    client, server = make_broker(), make_broker()
+
+    @server.subscriber(stream=unique_name)
+    def echo(body):
+        return body
+
+    with ThreadPoolExecutor(1) as caller:
+        reply = caller.submit(
+            client.request, "early", stream=unique_name, timeout=LONG_TIMEOUT
+        )
+        assert wait_for(lambda: raw.xlen(unique_name) == 1)
+        with server:
+            assert reply.result(LONG_TIMEOUT).decode() == "early"
