@@ -147,7 +147,9 @@ def announce() -> None:
 
 def watch_stdin(stop: threading.Event) -> None:
     """Set *stop* once stdin reaches end of file: the benchmark has gone."""
-    while sys.stdin.buffer.read(1024):
+    # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader
+    # at interpreter exit makes CPython abort ("could not acquire lock").
+    while os.read(sys.stdin.fileno(), 1024):
         pass
     stop.set()
 
