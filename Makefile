@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: example test check format clean redis-server
+.PHONY: example test check format clean redis-server bench
 
 $(BIN)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ example: $(BIN)/.installed redis-server
 
 test: $(BIN)/.installed redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The full run takes a few minutes; BENCH_ARGS=--quick about half a minute.
+bench: $(BIN)/.installed redis-server
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m benchmarks.request_latency $(BENCH_ARGS)
 
 check: $(BIN)/.installed
 	$(BIN)/ruff format --check redis_rpc tests benchmarks examples

@@ -1,7 +1,12 @@
-"""The latency benchmark script runs end to end against a private redis-server."""
+"""The benchmark script runs end to end against a private redis-server.
+
+Benchmarks are not timed tests: nothing here asserts on a number, only that
+the script finishes, prints its table and writes JSON holding the same rows.
+"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +14,47 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADER = ["name", "requests", "p50", "ms", "p99", "ms", "requests/s", "p50/floor"]
+HEADER = [
+    "name",
+    "via",
+    "n",
+    "reqs",
+    "p50_ms",
+    "p99_ms",
+    "req/s",
+    "conn/1k",
+    "p50/floor",
+    "rate/floor",
+    "rate/FS",
+]
+# FastStream is in the test extra, so its rows are expected too.
+ROWS = {
+    (name, via, callers)
+    for name, transports in [
+        ("floor", ["list"]),
+        ("redis_rpc", ["channel", "list", "stream"]),
+        ("faststream", ["channel", "list", "stream"]),
+    ]
+    for via in transports
+    for callers in ["1", "8", "32"]
+}
 
 
 # redis_server for conftest's rule: skip without redis-server locally, fail in CI.
 @pytest.mark.usefixtures("redis_server")
 @pytest.mark.timeout(90)
-def test_quick_benchmark_prints_floor_and_every_transport():
-    """The quick benchmark exits cleanly and prints the floor, channel, list and stream rows."""
+def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
+    """The smallest benchmark run exits cleanly, prints every row with its ratios, and writes them as JSON."""
+    out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.request_latency", "--quick"],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.request_latency",
+            "--smoke",
+            "--json",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,5 +64,23 @@ def test_quick_benchmark_prints_floor_and_every_transport():
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in done.stdout.splitlines() if line.strip()]
     assert HEADER in lines, done.stdout
-    names = {words[0] for words in lines}
-    assert {"floor", "channel", "list", "stream"} <= names, done.stdout
+    printed = {tuple(words[:3]) for words in lines if len(words) == len(HEADER)}
+    assert printed >= ROWS, done.stdout
+    assert "Targets" in done.stdout
+
+    summary = json.loads(out.read_text())
+    assert summary["mode"] == "smoke"
+    written = {
+        (row["name"], row["transport"], str(row["callers"]))
+        for row in summary["results"]
+    }
+    assert written == ROWS
+    for row in summary["results"]:
+        assert row["p50_ms"] > 0
+        assert row["p50_ms"] <= row["p99_ms"]
+        assert row["requests_per_s"] > 0
+        assert row["p50_vs_floor"] > 0
+    leaks = summary["leak_check"]
+    assert leaks["timed_out"] == leaks["requests"] // 10
+    assert len(leaks["rss_mb"]) == len(leaks["threads"]) == 10
+    assert {c["target"] for c in summary["targets"]}

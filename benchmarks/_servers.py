@@ -1,0 +1,179 @@
+"""Echo servers for the benchmark, each run in a process of its own.
+
+Run as ``python -m benchmarks._servers KIND URL [--max-workers N]``, where
+KIND is one of:
+
+``floor``
+    Plain redis-py, the shape every RPC over Redis needs at least: one
+    thread BLPOPs a list and PUBLISHes the body to the reply channel that
+    prefixes it.
+``redis_rpc``
+    A ``redis_rpc.RedisBroker`` serving ``echo`` on a channel, a list and a
+    stream, and ``slow`` (which sleeps past the callers' short timeout) on a
+    channel of its own, for the leak check.
+``faststream``
+    A FastStream ``RedisBroker`` serving ``echo`` on a channel, a list and a
+    stream, on one asyncio event loop.
+
+Each prints ``ready`` on stdout once serving and exits on SIGTERM, on
+SIGINT, or when its stdin closes (so it cannot outlive the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from redis_rpc import RedisBroker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+KINDS = ("floor", "redis_rpc", "faststream")
+CHANNEL, LIST, STREAM = "bench.channel", "bench.list", "bench.stream"
+SLOW_CHANNEL = "bench.slow"  # served by a handler that outlasts SLOW_TIMEOUT
+FLOOR_LIST = "bench.floor.requests"  # items are b"<reply channel> <body>"
+FLOOR_SEPARATOR = b" "
+STREAM_GROUP = "bench"  # FastStream needs a group to share a stream like we do
+POLL_INTERVAL = 0.1  # seconds each blocking read waits; bounds how long stopping takes
+SOCKET_TIMEOUT = 2.0  # above POLL_INTERVAL, so an idle blocking read never times out
+SLOW_TIMEOUT = 0.02  # seconds a leak-check caller waits for the slow handler
+SLOW_SLEEP = 0.05  # seconds the slow handler takes: always past SLOW_TIMEOUT
+SLOW_WORKERS = 64  # enough sleepers that the slow channel never backs up for long
+LIFETIME = 1800.0  # a safety net: the benchmark always stops its servers well before
+READY = "ready"
+
+
+def echo(body: bytes) -> bytes:
+    return body
+
+
+def slow(body: bytes) -> bytes:
+    time.sleep(SLOW_SLEEP)
+    return body
+
+
+def serve_floor(url: str, stop: threading.Event, max_workers: int) -> None:
+    """BLPOP and PUBLISH on *max_workers* threads until *stop* is set."""
+    client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT)
+
+    def serve() -> None:
+        while not stop.is_set():
+            item: Any = client.blpop([FLOOR_LIST], timeout=POLL_INTERVAL)
+            if item is not None:
+                channel, _, body = item[1].partition(FLOOR_SEPARATOR)
+                client.publish(channel, body)
+
+    threads = [
+        threading.Thread(target=serve, name=f"bench:floor:{n}", daemon=True)
+        for n in range(max_workers)
+    ]
+    for thread in threads:
+        thread.start()
+    client.ping()
+    announce()
+    stop.wait(LIFETIME)
+    stop.set()
+    for thread in threads:
+        thread.join(2 * POLL_INTERVAL + SOCKET_TIMEOUT)
+    client.close()
+
+
+def serve_redis_rpc(url: str, stop: threading.Event, max_workers: int) -> None:
+    broker = RedisBroker(
+        url,
+        max_workers=max_workers,
+        poll_interval=POLL_INTERVAL,
+        socket_timeout=SOCKET_TIMEOUT,
+        graceful_timeout=SOCKET_TIMEOUT,
+    )
+    broker.subscriber(CHANNEL)(echo)
+    broker.subscriber(list=LIST)(echo)
+    broker.subscriber(stream=STREAM)(echo)
+    broker.subscriber(SLOW_CHANNEL, max_workers=SLOW_WORKERS)(slow)
+    with broker:
+        announce()
+        stop.wait(LIFETIME)
+
+
+def serve_faststream(url: str, stop: threading.Event, max_workers: int) -> None:
+    import faststream.redis
+
+    async def main() -> None:
+        # Messages logged at DEBUG, which its logger drops, as redis_rpc does:
+        # FastStream's default INFO line per message would cost it time.
+        broker = faststream.redis.RedisBroker(url, log_level=logging.DEBUG)
+        concurrency: dict[str, Any] = (
+            {"max_workers": max_workers} if max_workers > 1 else {}
+        )
+        sources: list[dict[str, Any]] = [
+            {"channel": CHANNEL},
+            {"list": LIST},
+            {
+                "stream": faststream.redis.StreamSub(
+                    STREAM, group=STREAM_GROUP, consumer=f"bench-{os.getpid()}"
+                )
+            },
+        ]
+        for source in sources:
+            broker.subscriber(**source, **concurrency)(_async_echo)
+        await broker.start()
+        try:
+            announce()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, stop.wait, LIFETIME)
+        finally:
+            await broker.stop()
+
+    asyncio.run(main())
+
+
+async def _async_echo(body: bytes) -> bytes:
+    return body
+
+
+def announce() -> None:
+    print(READY, flush=True)
+
+
+def watch_stdin(stop: threading.Event) -> None:
+    """Set *stop* once stdin reaches end of file: the benchmark has gone."""
+    # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader
+    # at interpreter exit makes CPython abort ("could not acquire lock").
+    while os.read(sys.stdin.fileno(), 1024):
+        pass
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("url")
+    parser.add_argument("--max-workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(
+        target=watch_stdin, args=(stop,), name="bench:stdin", daemon=True
+    ).start()
+    serve: dict[str, Callable[[str, threading.Event, int], None]] = {
+        "floor": serve_floor,
+        "redis_rpc": serve_redis_rpc,
+        "faststream": serve_faststream,
+    }
+    serve[args.kind](args.url, stop, args.max_workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
