@@ -37,10 +37,11 @@ class ChannelConsumer(Consumer):
             source.channel, pattern=source.pattern, timeout=10 * self._poll_interval
         )
 
-    def _fetch(self, timeout: float) -> Delivery | None:
+    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
+        # One at a time: messages not read yet wait in the socket anyway.
         assert self._subscription is not None
         message = self._subscription.get_message(timeout)
-        return None if message is None else Delivery(message[1])
+        return [] if message is None else [Delivery(message[1])]
 
     def _close(self) -> None:
         if self._subscription is not None:

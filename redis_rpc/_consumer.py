@@ -4,7 +4,9 @@ One consumer thread per subscriber fetches messages and hands each to the
 subscriber's handler, inline when ``max_workers == 1`` (which keeps order)
 or on a ``ThreadPoolExecutor`` otherwise. A slot from a bounded semaphore is
 taken *before* each fetch and given back when the handler is done, so a
-consumer never takes out of Redis more than its workers can start on.
+consumer never takes out of Redis more than its workers can start on. Under
+a backlog, one fetch takes several messages, one per free worker: the batch
+doubles while fetches come back full, and falls back to one when they do not.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Consumer(abc.ABC):
         self._connection = connection
         self._poll_interval = poll_interval
         self._stopping = threading.Event()
+        self._batch = 1  # how many messages the next fetch may take
         workers = subscriber.max_workers
         self._slots = threading.BoundedSemaphore(workers)
         self._executor = (
@@ -167,8 +170,8 @@ class Consumer(abc.ABC):
         """Subscribe, create the group, or check the connection."""
 
     @abc.abstractmethod
-    def _fetch(self, timeout: float) -> Delivery | None:
-        """Take at most one message, waiting up to *timeout* seconds."""
+    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
+        """Take at most *count* messages, waiting up to *timeout* seconds for the first."""
 
     def _close(self) -> None:  # noqa: B027 - most transports hold nothing to release
         """Release what ``_open()`` took; must not raise."""
@@ -221,17 +224,24 @@ class Consumer(abc.ABC):
         if self._stopping.is_set():  # stop() came while we waited for a worker
             self._slots.release()
             return
+        taken = 1  # slots held: one message may be fetched per slot, never more
+        while taken < self._batch and self._slots.acquire(blocking=False):
+            taken += 1
         try:
-            delivery = self._fetch(self._poll_interval)
+            deliveries = self._fetch(self._poll_interval, taken)
         except BaseException:
-            self._slots.release()
+            for _ in range(taken):
+                self._slots.release()
             raise
-        if delivery is None:
+        for _ in range(taken - len(deliveries)):
             self._slots.release()
-        elif self._executor is None:
-            self._handle(delivery)
-        else:
-            self._executor.submit(self._handle, delivery)
+        full = len(deliveries) == taken
+        self._batch = min(2 * taken, self.subscriber.max_workers) if full else 1
+        for delivery in deliveries:
+            if self._executor is None:
+                self._handle(delivery)
+            else:
+                self._executor.submit(self._handle, delivery)
 
     # -- failure policy, per transport --------------------------------------
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from redis_rpc._consumer import DEFAULT_POLICY, Consumer, Delivery
 from redis_rpc._redis import LRem, RPush
 from redis_rpc._schemas import ListSub
+from redis_rpc.errors import RedisCommandError
 
 if TYPE_CHECKING:
     from redis_rpc._consumer import Policy, Subscriber
@@ -60,6 +61,7 @@ class ListConsumer(Consumer):
             subscriber, connection, poll_interval=poll_interval, policy=policy
         )
         self._id = ""  # this connection's consumer id; set by _open() in reliable mode
+        self._batching = True  # whether Redis has BLMPOP, until it says otherwise
         self._next_beat = self._next_recovery = 0.0
 
     @property
@@ -91,14 +93,27 @@ class ListConsumer(Consumer):
                 self._recover()
         super()._step()
 
-    def _fetch(self, timeout: float) -> Delivery | None:
+    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
         source = self._source
-        if not source.reliable:
-            payload = self._connection.blpop(source.list, timeout)
-            return None if payload is None else Delivery(payload)
-        processing = self._key("processing", self._id)
-        payload = self._connection.blmove(source.list, processing, timeout)
-        return None if payload is None else Delivery(payload, LRem(processing, payload))
+        if source.reliable:  # BLMOVE moves one item at a time
+            processing = self._key("processing", self._id)
+            payload = self._connection.blmove(source.list, processing, timeout)
+            return (
+                []
+                if payload is None
+                else [Delivery(payload, LRem(processing, payload))]
+            )
+        if count > 1 and self._batching:
+            try:
+                payloads = self._connection.blmpop(source.list, timeout, count)
+            except RedisCommandError as exc:  # Redis before 7.0 has no BLMPOP
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._batching = False
+            else:
+                return [Delivery(payload) for payload in payloads]
+        payload = self._connection.blpop(source.list, timeout)
+        return [] if payload is None else [Delivery(payload)]
 
     def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
         """In reliable mode, move the item out of the processing list to the dead-letter list."""

@@ -184,6 +184,19 @@ class Connection:
             item = self._client.blpop([key], timeout=timeout)
         return None if item is None else cast("bytes", item[1])
 
+    def blmpop(self, key: str, timeout: float, count: int) -> list[bytes]:
+        """Pop up to *count* items from the head of list *key*, waiting up to
+        *timeout* seconds for the first (``BLMPOP``, Redis 7.0 or newer)."""
+        with map_errors(self.address):
+            answer: Any = self._client.blmpop(
+                timeout,  # Redis takes fractions of a second
+                1,
+                key,
+                direction="LEFT",
+                count=count,
+            )
+        return [] if answer is None else cast("list[bytes]", answer[1])
+
     def blmove(self, source: str, destination: str, timeout: float) -> bytes | None:
         """Move the head of list *source* to the head of *destination*, waiting up to *timeout* seconds."""
         with map_errors(self.address):
@@ -239,25 +252,27 @@ class Connection:
                 raise
 
     def xreadgroup(
-        self, stream: str, group: str, consumer: str, block: float
-    ) -> tuple[bytes, dict[bytes, bytes]] | None:
-        """Read one new entry for *consumer*, waiting up to *block* seconds."""
+        self, stream: str, group: str, consumer: str, block: float, count: int = 1
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Read up to *count* new entries for *consumer*, waiting up to *block* seconds."""
         with map_errors(self.address):
             answer: Any = self._client.xreadgroup(
                 group,
                 consumer,
                 {stream: ">"},
-                count=1,
+                count=count,
                 block=max(1, round(block * 1000)),
             )
         if not answer:
-            return None
+            return []
         # [[stream, [(entry_id, fields)]]] with RESP2, {stream: [[(entry_id, fields)]]} with RESP3
-        if isinstance(answer, dict):
-            entry_id, fields = next(iter(answer.values()))[0][0]
-        else:
-            entry_id, fields = answer[0][1][0]
-        return cast("bytes", entry_id), cast("dict[bytes, bytes]", fields or {})
+        entries = (
+            next(iter(answer.values()))[0] if isinstance(answer, dict) else answer[0][1]
+        )
+        return [
+            (cast("bytes", entry_id), cast("dict[bytes, bytes]", fields or {}))
+            for entry_id, fields in entries
+        ]
 
     def xautoclaim(
         self, stream: str, group: str, consumer: str, min_idle: float, start: bytes

@@ -50,17 +50,15 @@ class StreamConsumer(Consumer):
         source = self._source
         self._connection.ensure_group(source.stream, source.group)
 
-    def _fetch(self, timeout: float) -> Delivery | None:
+    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
         source = self._source
         claimed = self._claim()
         if claimed is not None:
-            return claimed
-        entry = self._connection.xreadgroup(
-            source.stream, source.group, source.consumer, timeout
+            return [claimed]
+        entries = self._connection.xreadgroup(
+            source.stream, source.group, source.consumer, timeout, count
         )
-        if entry is None:
-            return None
-        return self._delivery(*entry, deliveries=1)
+        return [self._delivery(*entry, deliveries=1) for entry in entries]
 
     def _claim(self) -> Delivery | None:
         """Claim one entry pending longer than ``claim_idle_time``, if it is time to look."""

@@ -703,3 +703,38 @@ def test_stream_request_sent_before_any_consumer_is_answered(
         assert wait_for(lambda: raw.xlen(unique_name) == 1)
         with server:
             assert reply.result(LONG_TIMEOUT).decode() == "early"
+
+
+@pytest.mark.parametrize("transport", ["list", "stream"])
+def test_backlog_is_fetched_in_batches_but_never_beyond_free_workers(
+    make_broker, unique_name, raw, transport
+):
+    """With a backlog, a consumer takes several messages per fetch, yet never more than
+    it has free workers: the rest stays in Redis until a worker is free."""
+    broker, client = make_broker(), make_broker()
+    running = threading.Semaphore(0)
+    release = threading.Event()
+    handled = []
+
+    @broker.subscriber(**{transport: unique_name}, max_workers=4)
+    def hold(body):
+        running.release()
+        release.wait(LONG_TIMEOUT)
+        handled.append(body)
+
+    def waiting():
+        if transport == "list":
+            return raw.llen(unique_name)
+        groups = raw.xinfo_groups(unique_name)
+        return groups[0]["lag"] if groups else raw.xlen(unique_name)
+
+    with broker:
+        for n in range(20):
+            client.publish(n, **{transport: unique_name})
+        for _ in range(4):
+            assert running.acquire(timeout=SHORT_TIMEOUT)
+        assert not running.acquire(timeout=0.2)  # a fifth would have started by now
+        assert waiting() == 16
+        release.set()
+        assert wait_for(lambda: len(handled) == 20, LONG_TIMEOUT)
+    assert sorted(handled) == list(range(20))
