@@ -350,7 +350,7 @@ class RedisBroker:
         Raises:
             BrokerStateError: Called from inside a handler of this broker.
         """
-        if in_handler():
+        if in_handler(self._consumers):
             msg = "Cannot close the broker from inside a handler: it would wait for itself. Call App.exit(), or close() from another thread."
             raise BrokerStateError(msg)
         with self._lock:
@@ -497,7 +497,14 @@ class RedisBroker:
         if timeout is not None:  # the server's clock: Unix time, to the millisecond
             ours[DEADLINE] = f"{time.time() + timeout:.3f}"
         listener = self._reply_listener()
-        listener.wait_ready(self._start_timeout if timeout is None else timeout)
+        if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
+            msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
+            raise RequestTimeoutError(
+                msg,
+                destination=str(target),
+                correlation_id=correlation_id,
+                timeout=timeout or 0.0,
+            )
         reply_to, future = listener.register()
         try:
             frame = build_frame(

@@ -51,12 +51,12 @@ logger = logging.getLogger(__name__)
 _BACKOFF_START = 0.1
 _BACKOFF_CAP = 5.0
 
-_local = threading.local()  # .handling is True on a thread while it runs a handler
+_local = threading.local()  # .consumer: whose handler the thread is running, if any
 
 
-def in_handler() -> bool:
-    """True when called from inside a handler, on one of our threads."""
-    return getattr(_local, "handling", False)
+def in_handler(consumers: Sequence[Consumer]) -> bool:
+    """True when called from inside a handler of one of *consumers*."""
+    return getattr(_local, "consumer", None) in consumers
 
 
 def reader_exit_bound(poll_interval: float) -> float:
@@ -257,7 +257,7 @@ class Consumer(abc.ABC):
 
     def _handle(self, delivery: Delivery) -> None:
         """Handle one message and send what it produces. Never raises."""
-        _local.handling = True
+        _local.consumer = self
         try:
             commands, atomic = self._process(delivery)
             if commands:
@@ -267,7 +267,7 @@ class Consumer(abc.ABC):
         except Exception:
             logger.exception("%s could not send the reply or ack", self.name)
         finally:
-            _local.handling = False
+            _local.consumer = None
             self._slots.release()
 
     def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:
@@ -276,7 +276,7 @@ class Consumer(abc.ABC):
         handler = self.subscriber.handler
         try:
             message = RedisMessage.from_payload(delivery.payload, handler.converter)
-        except MessageDecodeError as exc:  # no reply_to to answer on
+        except Exception as exc:  # noqa: BLE001 - unreadable, so no reply_to to answer on
             self._log_rejected(delivery, None, exc)
             return self._dead_letter(delivery, exc), True
         logger.debug("%s received %r", self.name, message)
@@ -339,16 +339,26 @@ class Consumer(abc.ABC):
             or self.subscriber.no_reply
         ):
             return []
-        tb = traceback.format_exc() if self._policy.send_tracebacks else None
-        frame = build_error_frame(
-            error, correlation_id=message.correlation_id, traceback=tb
-        )
         limit = self._policy.max_message_size
-        if limit is not None and len(frame) > limit:  # say less, rather than nothing
-            frame = build_error_frame(
-                error, correlation_id=message.correlation_id, brief=True
-            )
-        return [Publish(message.reply_to, frame)]
+        tb = traceback.format_exc() if self._policy.send_tracebacks else None
+        for brief in (False, True):  # say less rather than nothing, but never too much
+            try:
+                frame = build_error_frame(
+                    error,
+                    correlation_id=message.correlation_id,
+                    traceback=None if brief else tb,
+                    brief=brief,
+                )
+            except (TypeError, ValueError):  # a header the frame format cannot hold
+                continue
+            if limit is None or len(frame) <= limit:
+                return [Publish(message.reply_to, frame)]
+        logger.warning(
+            "%s could not fit an error reply to %r within max_message_size",
+            self.name,
+            message.correlation_id[:100],
+        )
+        return []
 
     def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:
         reply = bool(message.reply_to) and not self.subscriber.no_reply

@@ -143,6 +143,13 @@ class RedisMessage:
 _MESSAGE_CHARS, _TRACEBACK_CHARS, _BRIEF_CHARS, _MAX_ERRORS = 2_000, 20_000, 200, 50
 
 
+def _text(value: object) -> str:
+    try:
+        return value if isinstance(value, str) else repr(value)
+    except Exception:  # noqa: BLE001 - any user __repr__ may fail
+        return f"<{type(value).__name__}>"
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -150,7 +157,7 @@ def _cut(text: str, limit: int) -> str:
 def _parse_deadline(value: Any) -> float | None:
     try:
         deadline = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an int too large for a float
         return None
     return deadline if math.isfinite(deadline) else None
 
@@ -238,9 +245,12 @@ def build_error_frame(
     """
     type_name = type(error).__name__
     message = describe(error)
-    errors = list(error.errors) if isinstance(error, ValidationError) else []
+    errors = (
+        [_text(e) for e in error.errors] if isinstance(error, ValidationError) else []
+    )
     if brief:
         message, errors, traceback = _cut(message, _BRIEF_CHARS), [], None
+        correlation_id = _cut(correlation_id, _BRIEF_CHARS)
     details = {
         "type": type_name,
         "message": _cut(message, _MESSAGE_CHARS),

@@ -64,13 +64,16 @@ class ReplyListener:
     def start(self) -> None:
         self._thread.start()
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> bool:
         """Wait until the reply subscription is up, for at most *timeout* seconds.
+
+        Returns:
+            Whether it is up; ``False`` when it is still coming up.
 
         Raises:
             BrokerClosedError: The listener has been stopped.
-            RedisConnectionError: The subscription is down (known at once
-                after a failed attempt), or did not come up in time.
+            RedisConnectionError: The subscription is down: its last attempt
+                to subscribe failed (known at once, without waiting).
         """
         with self._changed:
             up = self._changed.wait_for(
@@ -80,11 +83,13 @@ class ReplyListener:
                 timeout,
             )
             if self._accepting:
-                return
+                return True
             if self._stopping.is_set():
                 msg = "Cannot request: the broker has been closed."
                 raise BrokerClosedError(msg)
-            reason = self._down if up else f"no confirmation within {timeout} s"
+            if not up:
+                return False
+            reason = self._down
         msg = f"Cannot send a request: the reply subscription to Redis is down ({reason}); retry shortly."
         raise RedisConnectionError(msg)
 

@@ -90,7 +90,10 @@ class StreamConsumer(Consumer):
                 source.stream, source.group, entry_id
             )
             return self._delivery(entry_id, fields, deliveries=max(deliveries, 1))
-        return None  # more pending entries to scan: go on from the cursor next time
+        # More pending entries to scan: go on from the cursor soon, but not on
+        # every fetch, which would slow down reading new entries.
+        self._next_claim = now + _CLAIM_CHECK_MIN
+        return None
 
     def _delivery(
         self, entry_id: bytes, fields: dict[bytes, bytes], *, deliveries: int
