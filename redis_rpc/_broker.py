@@ -497,14 +497,18 @@ class RedisBroker:
         if timeout is not None:  # the server's clock: Unix time, to the millisecond
             ours[DEADLINE] = f"{time.time() + timeout:.3f}"
         listener = self._reply_listener()
-        if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
-            msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
-            raise RequestTimeoutError(
+
+        def timed_out(msg: str) -> RequestTimeoutError:
+            return RequestTimeoutError(
                 msg,
                 destination=str(target),
                 correlation_id=correlation_id,
                 timeout=timeout or 0.0,
             )
+
+        if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
+            msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
+            raise timed_out(msg)
         reply_to, future = listener.register()
         try:
             frame = build_frame(
@@ -525,12 +529,7 @@ class RedisBroker:
             )
         except FutureTimeoutError:
             msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
-            raise RequestTimeoutError(
-                msg,
-                destination=str(target),
-                correlation_id=correlation_id,
-                timeout=timeout or 0.0,
-            ) from None
+            raise timed_out(msg) from None
         finally:
             listener.discard(reply_to)
         check_size(payload, self._max_message_size, "The reply")
