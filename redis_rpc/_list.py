@@ -30,14 +30,13 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from redis_rpc._consumer import DEFAULT_POLICY, Consumer, Delivery
+from redis_rpc._consumer import Consumer, Delivery
 from redis_rpc._redis import LRem, RPush
 from redis_rpc._schemas import ListSub
 from redis_rpc.errors import RedisCommandError
 
 if TYPE_CHECKING:
-    from redis_rpc._consumer import Policy, Subscriber
-    from redis_rpc._redis import Command, Connection
+    from redis_rpc._redis import Command
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +48,10 @@ _BEATS_PER_TTL = 3
 class ListConsumer(Consumer):
     """Consumes one list, first in, first out; reliably when its ``ListSub`` says so."""
 
-    def __init__(
-        self,
-        subscriber: Subscriber,
-        connection: Connection,
-        *,
-        poll_interval: float,
-        policy: Policy = DEFAULT_POLICY,
-    ) -> None:
-        super().__init__(
-            subscriber, connection, poll_interval=poll_interval, policy=policy
-        )
-        self._id = ""  # this connection's consumer id; set by _open() in reliable mode
-        self._batching = True  # whether Redis has BLMPOP, until it says otherwise
-        self._next_beat = self._next_recovery = 0.0
+    # State of the consumer thread alone; each instance sets its own copies.
+    _id = ""  # this connection's consumer id; set by _open() in reliable mode
+    _batching = True  # whether Redis has BLMPOP, until it says otherwise
+    _next_beat = _next_recovery = 0.0  # time.monotonic() of the next beat and recovery
 
     @property
     def _source(self) -> ListSub:
