@@ -7,6 +7,7 @@ the reply listener waits for replies.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import inspect
 import logging
 import os
@@ -24,6 +25,7 @@ from redis_rpc._consumer import (
     Consumer,
     Policy,
     Subscriber,
+    current_handling,
     in_handler,
     reader_exit_bound,
     stop_all,
@@ -47,7 +49,9 @@ from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,
     NoSubscriberError,
+    RedisCommandError,
     RedisConnectionError,
+    RedisRPCError,
     RemoteError,
     RequestTimeoutError,
     SetupError,
@@ -314,17 +318,15 @@ class RedisBroker:
             # Started under the lock, so that a concurrent close() finds them running.
             for consumer in self._consumers:
                 consumer.start()
-            waiting = [("redis_rpc:replies", listener.ready)]
-            waiting += [(c.name, c.ready) for c in self._consumers]
+            parts: list[ReplyListener | Consumer] = [listener, *self._consumers]
         deadline = time.monotonic() + self._start_timeout
-        while late := [name for name, ready in waiting if not ready.is_set()]:
+        while late := [part for part in parts if not part.ready.is_set()]:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._state is not _State.STARTING:
+            hopeless = any(_permanent(part.error) for part in late)
+            if hopeless or remaining <= 0 or self._state is not _State.STARTING:
                 break
             # Short waits, so that a close() from another thread is noticed.
-            next(ready for _, ready in waiting if not ready.is_set()).wait(
-                min(remaining, self._poll_interval)
-            )
+            late[0].ready.wait(min(remaining, self._poll_interval))
         with self._lock:
             started = not late and self._state is _State.STARTING
             if started:
@@ -335,17 +337,43 @@ class RedisBroker:
             raise BrokerClosedError(msg)
         if not started:
             self.close()
-            msg = f"Could not start {', '.join(late)} within {self._start_timeout} s; is Redis reachable at {self._connection.address}?"
-            raise RedisConnectionError(msg)
-        logger.info("Broker started with %d consumer(s)", len(waiting) - 1)
+            raise self._start_error(late)
+        logger.info("Broker started with %d consumer(s)", len(parts) - 1)
+
+    def _start_error(self, late: list[ReplyListener | Consumer]) -> RedisRPCError:
+        """Why start() failed: each part that did not come up, with its own cause."""
+        causes = "; ".join(
+            f"{part.name}: {part.error}".rstrip(".")
+            if part.error is not None
+            else f"{part.name}: not up yet"
+            for part in late
+        )
+        first = next(
+            (
+                part.error
+                for part in late
+                if isinstance(part.error, (RedisConnectionError, RedisCommandError))
+            ),
+            None,
+        )
+        if first is None:
+            msg = f"Could not start within {self._start_timeout} s ({causes}); is Redis reachable at {self._connection.address}?"
+            return RedisConnectionError(msg, reason="timeout")
+        msg = f"Could not start within {self._start_timeout} s: {causes}."
+        error = type(first)(msg, reason=first.reason)
+        error.__cause__ = first
+        return error
 
     def close(self) -> None:
         """Stop consuming, let in-flight handlers finish, fail pending requests, disconnect.
 
         Idempotent, and safe to call from any thread but a handler's (use
         ``App.exit()`` there). Waits up to ``graceful_timeout`` seconds for
-        handlers; when it returns, no thread of the broker is running, except
-        handlers that overran that time, which are logged.
+        handlers, and returns within that plus about two poll intervals
+        whatever the handlers do. When it returns, no thread of the broker
+        is running, except handlers that overran ``graceful_timeout``: they
+        are named in a warning and left on daemon threads, which do not
+        keep the process from exiting.
 
         Raises:
             BrokerStateError: Called from inside a handler of this broker.
@@ -366,7 +394,9 @@ class RedisBroker:
         late = stop_all(consumers, self._graceful_timeout)
         if late:
             logger.warning(
-                "Still handling after %s s: %s", self._graceful_timeout, late
+                "Still running after graceful_timeout (%s s), left behind on daemon threads: %s",
+                self._graceful_timeout,
+                "; ".join(late),
             )
         if listener is not None and not listener.stop(
             reader_exit_bound(self._poll_interval)
@@ -462,6 +492,9 @@ class RedisBroker:
 
         Args:
             timeout: Seconds to wait for the reply; ``None`` waits forever.
+                From inside a handler, never longer than the caller of
+                the message being handled waits, and the shorter deadline
+                is sent on.
             fail_fast: On a channel, raise ``NoSubscriberError`` at once
                 when Redis reports that nobody received the request. Turn
                 it off where that count is unreliable (Redis Cluster
@@ -474,7 +507,10 @@ class RedisBroker:
             RemoteError: The handler raised, or the request did not fit its
                 parameter type (``type_name`` is then ``"ValidationError"``).
             NoSubscriberError: Nobody subscribes to the channel (see *fail_fast*).
-            RequestTimeoutError: No reply within *timeout* (also a ``TimeoutError``).
+            RequestTimeoutError: No reply within *timeout* (also a ``TimeoutError``),
+                or, from a handler, its caller's deadline has already passed.
+            BrokerStateError: Called from a handler to that handler's own
+                single-worker subscriber, which could not answer in time.
             BrokerClosedError: The broker was closed before or while waiting.
             RedisConnectionError: Redis could not be reached, or the reply
                 subscription was lost while waiting.
@@ -488,6 +524,7 @@ class RedisBroker:
         """
         self._check_open("request")
         target = destination(channel, list, stream)
+        timeout = self._nested_timeout(target, timeout)
         if headers and REPLY_TO in headers:
             msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
             raise SetupError(msg)
@@ -541,6 +578,49 @@ class RedisBroker:
             )
         return reply
 
+    def _nested_timeout(
+        self, target: Destination, timeout: float | None
+    ) -> float | None:
+        """The timeout of a request made from inside a handler: never past its caller's deadline.
+
+        Raises:
+            BrokerStateError: The request goes to the calling handler's own
+                subscriber, whose only worker is the calling thread.
+            RequestTimeoutError: The message being handled has expired.
+        """
+        handling = current_handling()
+        if handling is None:
+            return timeout
+        consumer, message = handling
+        source = consumer.subscriber.source
+        if (
+            consumer in self._consumers
+            and consumer.subscriber.max_workers == 1
+            and type(source) is type(target)
+            and (
+                source.name == target.name
+                or (
+                    isinstance(source, PubSub)
+                    and source.pattern
+                    and fnmatch.fnmatchcase(target.name, source.name)
+                )
+            )
+        ):
+            msg = f"Cannot request {target} from inside its own handler: its only worker is the calling thread, so this process could not answer before the timeout. Call the function directly, or give that subscriber max_workers=2 or more."
+            raise BrokerStateError(msg)
+        if message.deadline is None:
+            return timeout
+        remaining = message.deadline - time.time()
+        if remaining <= 0:
+            msg = f"No time left to request {target}: the caller of the message being handled (correlation_id={message.correlation_id[:100]!r}) stopped waiting {-remaining:.3f} s ago."
+            raise RequestTimeoutError(
+                msg,
+                destination=str(target),
+                correlation_id=message.correlation_id,
+                timeout=0.0 if timeout is None else timeout,
+            )
+        return remaining if timeout is None else min(timeout, remaining)
+
     def _check_open(self, action: str) -> None:
         if self._state in (_State.CLOSING, _State.CLOSED):
             msg = f"Cannot {action}: the broker has been closed."
@@ -580,6 +660,11 @@ class RedisBroker:
         self._closed = threading.Event()
         if closed:
             self._closed.set()
+
+
+def _permanent(error: Exception | None) -> bool:
+    """Whether *error* will not go away by retrying: start() need not wait it out."""
+    return getattr(error, "reason", None) in ("authentication", "permission", "moved")
 
 
 def _with_publishers(

@@ -2,7 +2,7 @@
 
 One consumer thread per subscriber fetches messages and hands each to the
 subscriber's handler, inline when ``max_workers == 1`` (which keeps order)
-or on a ``ThreadPoolExecutor`` otherwise. A slot from a bounded semaphore is
+or on a ``WorkerPool`` of daemon threads otherwise. A slot from a bounded semaphore is
 taken *before* each fetch and given back when the handler is done, so a
 consumer never takes out of Redis more than its workers can start on. Under
 a backlog, one fetch takes several messages, one per free worker: the batch
@@ -12,15 +12,17 @@ doubles while fetches come back full, and falls back to one when they do not.
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from redis_rpc._backoff import Backoff
+from redis_rpc._executor import WorkerPool
 from redis_rpc._message import (
     RedisMessage,
     RedisResponse,
@@ -46,17 +48,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# After a Redis error, wait this long before the first retry, doubling up to
-# the cap: quick enough to ride out a restart, slow enough not to spin.
-_BACKOFF_START = 0.1
-_BACKOFF_CAP = 5.0
+# The first fetch waits at most this long: it proves that Redis lets us
+# read (an ACL may not), and start() waits for it.
+_FIRST_FETCH_TIMEOUT = 0.01
 
-_local = threading.local()  # .consumer: whose handler the thread is running, if any
+# .consumer and .message: whose handler the thread is running, and on what.
+_local = threading.local()
 
 
 def in_handler(consumers: Sequence[Consumer]) -> bool:
     """True when called from inside a handler of one of *consumers*."""
     return getattr(_local, "consumer", None) in consumers
+
+
+def current_handling() -> tuple[Consumer, RedisMessage] | None:
+    """The consumer whose handler this thread is running, and its message; None outside handlers."""
+    consumer = getattr(_local, "consumer", None)
+    message = getattr(_local, "message", None)
+    return None if consumer is None or message is None else (consumer, message)
 
 
 def reader_exit_bound(poll_interval: float) -> float:
@@ -106,8 +115,8 @@ class Delivery:
 class Consumer(abc.ABC):
     """Runs one subscriber: a named thread fetching from Redis, plus its workers.
 
-    ``start()``, ``stop()`` and ``join()`` may be called from any thread; the
-    fetch methods run only on the consumer's own thread.
+    ``start()``, ``stop()``, ``join_reader()`` and ``drain()`` may be called
+    from any thread; the fetch methods run only on the consumer's own thread.
     """
 
     def __init__(
@@ -121,18 +130,22 @@ class Consumer(abc.ABC):
         self.subscriber = subscriber
         self._policy = policy
         self.name = f"redis_rpc:{subscriber.source}"
-        self.ready = threading.Event()  # set once the source is open for the first time
+        # Set once the source is open and a first fetch came back: Redis
+        # lets us read it.
+        self.ready = threading.Event()
+        # Why the consumer is not consuming, while it is not; read by start().
+        self.error: Exception | None = None
         self._connection = connection
         self._poll_interval = poll_interval
         self._stopping = threading.Event()
         self._batch = 1  # how many messages the next fetch may take
         workers = subscriber.max_workers
         self._slots = threading.BoundedSemaphore(workers)
-        self._executor = (
-            ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}:worker")
-            if workers > 1
-            else None
-        )
+        self._pool = WorkerPool(workers, self.name) if workers > 1 else None
+        # What each handler thread is busy with, by thread id, for the
+        # warning about handlers that overrun close(). Each thread writes
+        # only its own key.
+        self._busy: dict[int, str] = {}
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     def start(self) -> None:
@@ -142,16 +155,23 @@ class Consumer(abc.ABC):
         """Ask the loop to stop taking messages; it does within one poll interval."""
         self._stopping.set()
 
-    def join(self, timeout: float) -> bool:
-        """Wait for the loop and every in-flight handler; True if all finished in time.
+    def join_reader(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for the consume loop to end; True if it did."""
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
-        The loop always gets long enough to return from the fetch it is in,
-        whatever *timeout* says: a message popped then must still reach a
-        worker, so the workers are shut down only after the loop has ended.
+    def drain(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for in-flight handlers, then let the workers go.
+
+        Call after ``join_reader()``: a message the loop popped must still
+        reach a worker, so the workers are shut down only once it ended.
+
+        Returns:
+            Whether every handler finished in time. Those that did not keep
+            running on daemon threads, which do not keep the process alive.
         """
         deadline = time.monotonic() + timeout
-        if self._thread.ident is not None:  # started
-            self._thread.join(max(timeout, reader_exit_bound(self._poll_interval)))
         taken = 0
         # Holding every slot means no handler is running any more.
         while taken < self.subscriber.max_workers and self._slots.acquire(
@@ -159,9 +179,14 @@ class Consumer(abc.ABC):
         ):
             taken += 1
         finished = taken == self.subscriber.max_workers and not self._thread.is_alive()
-        if self._executor is not None and not self._thread.is_alive():
-            self._executor.shutdown(wait=finished)
+        if self._pool is not None and not self._thread.is_alive():
+            # Idle workers see their stop sign at once; busy ones are not waited for.
+            self._pool.shutdown(timeout=0.0 if not finished else timeout)
         return finished
+
+    def busy(self) -> list[str]:
+        """What the handlers still running are busy with, one line each."""
+        return list(self._busy.values())
 
     # -- the consumer thread -------------------------------------------------
 
@@ -184,20 +209,22 @@ class Consumer(abc.ABC):
             raise
 
     def _loop(self) -> None:
-        is_open, failing, delay = False, False, _BACKOFF_START
+        is_open, backoff = False, Backoff()
         try:
             while not self._stopping.is_set():
                 try:
                     if not is_open:
                         self._open()
                         is_open = True
-                        self.ready.set()
                     self._step()
-                    if failing:  # only a fetch that worked proves recovery
-                        logger.warning("%s is consuming again", self.name)
-                        failing, delay = False, _BACKOFF_START
+                    if (
+                        self.error is not None
+                    ):  # only a fetch that worked proves recovery
+                        if backoff.failures:
+                            logger.warning("%s is consuming again", self.name)
+                        self.error, backoff = None, Backoff()
                 except Exception as exc:  # the loop must outlive any error
-                    if not failing:
+                    if self.error is None:
                         level = (
                             logging.WARNING
                             if isinstance(exc, RedisRPCError)
@@ -210,11 +237,11 @@ class Consumer(abc.ABC):
                             exc,
                             exc_info=level == logging.ERROR,  # not ours: show where
                         )
-                        failing = True
+                    self.error = exc
                     self._close()
                     is_open = False
-                    self._stopping.wait(delay)
-                    delay = min(delay * 2, _BACKOFF_CAP)
+                    self._stopping.wait(backoff.delay())
+                    backoff = backoff.after_failure()
         finally:
             self._close()
 
@@ -227,21 +254,24 @@ class Consumer(abc.ABC):
         taken = 1  # slots held: one message may be fetched per slot, never more
         while taken < self._batch and self._slots.acquire(blocking=False):
             taken += 1
+        # Until the first fetch came back, start() is waiting: keep it short.
+        timeout = self._poll_interval if self.ready.is_set() else _FIRST_FETCH_TIMEOUT
         try:
-            deliveries = self._fetch(self._poll_interval, taken)
+            deliveries = self._fetch(timeout, taken)
         except BaseException:
             for _ in range(taken):
                 self._slots.release()
             raise
+        self.ready.set()
         for _ in range(taken - len(deliveries)):
             self._slots.release()
         full = len(deliveries) == taken
         self._batch = min(2 * taken, self.subscriber.max_workers) if full else 1
         for delivery in deliveries:
-            if self._executor is None:
+            if self._pool is None:
                 self._handle(delivery)
             else:
-                self._executor.submit(self._handle, delivery)
+                self._pool.submit(functools.partial(self._handle, delivery))
 
     # -- failure policy, per transport --------------------------------------
 
@@ -267,7 +297,8 @@ class Consumer(abc.ABC):
         except Exception:
             logger.exception("%s could not send the reply or ack", self.name)
         finally:
-            _local.consumer = None
+            _local.consumer = _local.message = None
+            self._busy.pop(threading.get_ident(), None)
             self._slots.release()
 
     def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:
@@ -297,6 +328,11 @@ class Consumer(abc.ABC):
             return self._error_reply(message, exc) + self._dead_letter(
                 delivery, exc
             ), True
+        _local.message = message  # for request() from inside the handler
+        self._busy[threading.get_ident()] = (
+            f"handler {handler.name} on {delivery.where or self.subscriber.source}"
+            f" (correlation_id={message.correlation_id[:100]!r}, since {time.strftime('%H:%M:%S')})"
+        )
         try:
             return self._outgoing(
                 message, handler.func(*args, **kwargs)
@@ -382,15 +418,26 @@ class Consumer(abc.ABC):
 
 
 def stop_all(consumers: Sequence[Consumer], timeout: float) -> list[str]:
-    """Stop *consumers* together and wait up to *timeout* seconds in all.
+    """Stop *consumers* together and wait up to *timeout* seconds for their handlers.
 
-    Returns the names of those that did not finish in time.
+    Each loop gets at least ``reader_exit_bound()`` to return from the fetch
+    it is in, however short *timeout* is, so the whole wait is bounded by
+    the longer of the two, whatever the handlers do.
+
+    Returns:
+        One line for each handler still running, naming it and its message.
     """
     for consumer in consumers:
         consumer.stop()
-    deadline = time.monotonic() + timeout
-    return [
-        consumer.name
-        for consumer in consumers
-        if not consumer.join(max(0.0, deadline - time.monotonic()))
-    ]
+    start = time.monotonic()
+    deadline = start + timeout
+    reader_deadline = start + max(
+        [timeout] + [reader_exit_bound(c._poll_interval) for c in consumers]
+    )
+    for consumer in consumers:
+        consumer.join_reader(max(0.0, reader_deadline - time.monotonic()))
+    late: list[str] = []
+    for consumer in consumers:
+        if not consumer.drain(max(0.0, deadline - time.monotonic())):
+            late += consumer.busy() or [f"{consumer.name} (its consume loop)"]
+    return late

@@ -30,12 +30,107 @@ if TYPE_CHECKING:
 
 STREAM_DATA_FIELD = b"__data__"
 
-# Most specific first; each redis-py error is translated to the first match.
-ERROR_MAP: tuple[tuple[type[Exception], type[RedisRPCError]], ...] = (
-    (redis.exceptions.ConnectionError, RedisConnectionError),
-    (redis.exceptions.TimeoutError, RedisConnectionError),
-    (redis.exceptions.RedisError, RedisCommandError),
+
+@attrs.frozen
+class _Mapping:
+    """How one kind of redis-py error is reported: our class, a reason, and advice."""
+
+    theirs: type[Exception]
+    ours: type[RedisConnectionError | RedisCommandError]
+    reason: str
+    # A sentence with {address} and {error} (redis-py's message) in it.
+    message: str
+
+
+# Chosen by type, not by message text: the first entry that the error is an
+# instance of wins, so subclasses come before their bases.
+ERROR_MAP: tuple[_Mapping, ...] = (
+    _Mapping(
+        redis.exceptions.AuthenticationError,
+        RedisConnectionError,
+        "authentication",
+        "Redis at {address} refused the credentials ({error}); check the user name and password in the URL or the username= and password= options",
+    ),
+    _Mapping(
+        redis.exceptions.AuthenticationWrongNumberOfArgsError,
+        RedisConnectionError,
+        "authentication",
+        "Redis at {address} refused the credentials ({error}); a user name needs Redis 6 or newer and a matching ACL user",
+    ),
+    _Mapping(
+        redis.exceptions.AuthorizationError,
+        RedisConnectionError,
+        "authentication",
+        "Redis at {address} refused the connection's credentials ({error}); check the user name and password",
+    ),
+    _Mapping(
+        redis.exceptions.MaxConnectionsError,
+        RedisConnectionError,
+        "pool_exhausted",
+        "Every connection to Redis at {address} is in use ({error}); raise the max_connections option, or make fewer calls at once",
+    ),
+    _Mapping(
+        redis.exceptions.BusyLoadingError,
+        RedisConnectionError,
+        "loading",
+        "Redis at {address} is loading its data set into memory ({error}); retry in a moment",
+    ),
+    _Mapping(
+        redis.exceptions.TimeoutError,
+        RedisConnectionError,
+        "timeout",
+        "Redis at {address} did not answer in time ({error}); it may be overloaded or stalled, or socket_timeout is too short",
+    ),
+    _Mapping(
+        redis.exceptions.ConnectionError,
+        RedisConnectionError,
+        "unreachable",
+        "Lost or could not open the connection to Redis at {address} ({error}); check that the server is running and reachable",
+    ),
+    _Mapping(
+        redis.exceptions.NoPermissionError,
+        RedisCommandError,
+        "permission",
+        "The Redis user may not do this at {address} ({error}); grant the command, key or channel with ACL SETUSER, or connect as another user",
+    ),
+    _Mapping(
+        redis.exceptions.OutOfMemoryError,
+        RedisCommandError,
+        "out_of_memory",
+        "Redis at {address} is out of memory and refuses writes ({error}); free memory, raise maxmemory, set an eviction policy, or trim streams with maxlen",
+    ),
+    _Mapping(
+        redis.exceptions.ReadOnlyError,
+        RedisCommandError,
+        "read_only",
+        "Redis at {address} is a read-only replica ({error}); connect to the primary",
+    ),
+    _Mapping(
+        redis.exceptions.AskError,  # MovedError is an AskError
+        RedisCommandError,
+        "moved",
+        "Redis at {address} is a Redis Cluster node that does not hold this key or channel ({error}); redis_rpc talks to a single Redis server, so connect to a standalone server",
+    ),
+    _Mapping(
+        redis.exceptions.RedisError,
+        RedisCommandError,
+        "command",
+        "Redis at {address} refused a command ({error})",
+    ),
 )
+
+
+def _sentence(text: str) -> str:
+    """*text* without its closing full stop, to be embedded in a sentence of ours."""
+    return text.strip().rstrip(".")
+
+
+def translate(exc: redis.exceptions.RedisError, address: str) -> RedisRPCError:
+    """Our exception for redis-py's *exc*, its message naming the cause and the fix."""
+    # The last entry matches every RedisError.
+    mapping = next(m for m in ERROR_MAP if isinstance(exc, m.theirs))
+    message = mapping.message.format(address=address, error=_sentence(str(exc)))
+    return mapping.ours(message + ".", reason=mapping.reason)
 
 
 @contextlib.contextmanager
@@ -44,12 +139,7 @@ def map_errors(address: str) -> Iterator[None]:
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        ours = next(o for theirs, o in ERROR_MAP if isinstance(exc, theirs))
-        if ours is RedisConnectionError:
-            msg = f"Lost or could not open the connection to Redis at {address}: {exc}. Check that the server is running and reachable."
-        else:
-            msg = f"Redis at {address} refused a command: {exc}."
-        raise ours(msg) from exc
+        raise translate(exc, address) from exc
 
 
 @attrs.frozen
@@ -142,11 +232,16 @@ class Connection:
         }
         try:
             self._client = redis.Redis.from_url(url, **options)
-        except ValueError as exc:  # redis-py's messages never repeat the URL
-            msg = f"Cannot use that Redis URL: {exc}."
+        except (
+            TypeError,
+            ValueError,
+        ) as exc:  # redis-py's messages never repeat the URL
+            msg = f"Cannot use that Redis URL or those options: {_sentence(str(exc))}."
             raise SetupError(msg) from exc
         # What the pool will really use: the URL's query options override keywords.
-        kwargs = self._client.connection_pool.connection_kwargs
+        pool = self._client.connection_pool
+        kwargs = pool.connection_kwargs
+        _check_options(pool.connection_class, kwargs)
         if kwargs.get("decode_responses"):
             msg = "decode_responses=True would corrupt binary frames; leave it unset."
             raise SetupError(msg)
@@ -322,6 +417,28 @@ class Connection:
             self._client.connection_pool.disconnect(inuse_connections=False)
 
 
+def _check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse an option the connections would reject, now rather than on first use.
+
+    redis-py keeps unknown keywords and URL query options until it opens a
+    connection, and then fails with a bare ``TypeError``. Building a
+    connection object opens no socket, so it is a cheap, exact check.
+
+    Raises:
+        SetupError: An option is unknown to the connection class.
+    """
+    try:
+        connection_class(**kwargs)
+    except TypeError as exc:
+        hint = (
+            " For TLS, use a rediss:// URL."
+            if "ssl" in str(exc)
+            else " Check its spelling against redis.Redis()."
+        )
+        msg = f"Unknown Redis option, given as a keyword or in the URL's query ({_sentence(str(exc))}).{hint}"
+        raise SetupError(msg) from exc
+
+
 def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
     if isinstance(command, Publish):
         return client.publish(command.channel, command.data)
@@ -384,7 +501,7 @@ class Subscription:
                 if message and message["type"] in ("subscribe", "psubscribe"):
                     return
         msg = f"Redis at {self._address} did not confirm the subscription to {channel!r} within {timeout} s."
-        raise RedisConnectionError(msg)
+        raise RedisConnectionError(msg, reason="timeout")
 
     def get_message(self, timeout: float) -> tuple[bytes, bytes] | None:
         """Wait up to *timeout* seconds for a published message; return (channel, data).
@@ -402,7 +519,7 @@ class Subscription:
         elif self._ping_sent is not None:
             if now - self._ping_sent > self._socket_timeout:
                 msg = f"Redis at {self._address} did not answer a PING on a Pub/Sub connection within {self._socket_timeout} s."
-                raise RedisConnectionError(msg)
+                raise RedisConnectionError(msg, reason="timeout")
         elif now - self._last_heard > self._health_check_interval:
             with map_errors(self._address):
                 self._pubsub.ping()

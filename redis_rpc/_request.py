@@ -17,6 +17,7 @@ import uuid
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from redis_rpc._backoff import Backoff
 from redis_rpc.errors import BrokerClosedError, RedisConnectionError
 
 if TYPE_CHECKING:
@@ -25,10 +26,6 @@ if TYPE_CHECKING:
     from redis_rpc._redis import Connection, Subscription
 
 logger = logging.getLogger(__name__)
-
-# After losing Redis, wait this long before resubscribing, doubling up to the cap.
-_BACKOFF_START = 0.1
-_BACKOFF_CAP = 5.0
 
 
 class ReplyListener:
@@ -51,15 +48,20 @@ class ReplyListener:
         # subscription drops, never left waiting for a reply that cannot come.
         self._accepting = False
         # Why the last attempt to subscribe failed, until one succeeds.
-        self._down: str | None = None
+        self._down: Exception | None = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="redis_rpc:replies", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    name = "redis_rpc:replies"
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def error(self) -> Exception | None:
+        """Why the last attempt to subscribe failed, until one succeeds."""
+        return self._down
 
     def start(self) -> None:
         self._thread.start()
@@ -89,9 +91,10 @@ class ReplyListener:
                 raise BrokerClosedError(msg)
             if not up:
                 return False
-            reason = self._down
-        msg = f"Cannot send a request: the reply subscription to Redis is down ({reason}); retry shortly."
-        raise RedisConnectionError(msg)
+            cause = self._down
+        raise _down_error(
+            "Cannot send a request: the reply subscription to Redis is down", cause
+        )
 
     def register(self) -> tuple[str, Future[bytes]]:
         """Reserve a reply channel; its future gets the raw reply payload.
@@ -103,14 +106,16 @@ class ReplyListener:
         channel = f"{self.prefix}{next(self._keys)}"
         future: Future[bytes] = Future()
         with self._lock:
-            if not self._accepting:
-                if self._stopping.is_set():
-                    msg = "Cannot request: the broker has been closed."
-                    raise BrokerClosedError(msg)
-                msg = "Cannot request: the reply subscription to Redis is down; retry shortly."
-                raise RedisConnectionError(msg)
-            self._pending[channel.encode()] = future
-        return channel, future
+            if self._accepting:
+                self._pending[channel.encode()] = future
+                return channel, future
+            if self._stopping.is_set():
+                msg = "Cannot request: the broker has been closed."
+                raise BrokerClosedError(msg)
+            cause = self._down
+        raise _down_error(
+            "Cannot request: the reply subscription to Redis is down", cause
+        )
 
     def discard(self, channel: str) -> None:
         """Forget *channel*; a reply arriving later is dropped."""
@@ -134,7 +139,7 @@ class ReplyListener:
         self,
         accepting: bool,
         error: Callable[[], Exception] = BrokerClosedError,
-        down: str | None = None,
+        down: Exception | None = None,
     ) -> None:
         """Open or close registration; closing fails every pending request with a new *error()*.
 
@@ -154,30 +159,33 @@ class ReplyListener:
             future.set_exception(error())  # one each: callers re-raise it concurrently
 
     def _run(self) -> None:
-        delay = _BACKOFF_START
+        backoff = Backoff()
         while not self._stopping.is_set():
             subscription = self._connection.subscription()
             try:
                 subscription.subscribe(
                     f"{self.prefix}*", pattern=True, timeout=10 * self._poll_interval
                 )
-                if delay > _BACKOFF_START:
+                if backoff.failures:
                     logger.warning("Reply listener is subscribed again")
                 self._set_accepting(True)
-                delay = _BACKOFF_START
+                backoff = Backoff()
                 self._listen(subscription)
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any error
-                if delay == _BACKOFF_START:
+                if not backoff.failures:
                     logger.warning(
                         "Reply listener lost Redis, retrying with backoff: %s", exc
                     )
                 # Replies sent while we are away are lost: tell their callers now.
-                reason = f"Lost the reply subscription while waiting: {exc}"
                 self._set_accepting(
-                    False, functools.partial(RedisConnectionError, reason), str(exc)
+                    False,
+                    functools.partial(
+                        _down_error, "Lost the reply subscription while waiting", exc
+                    ),
+                    exc,
                 )
-                self._stopping.wait(delay)
-                delay = min(delay * 2, _BACKOFF_CAP)
+                self._stopping.wait(backoff.delay())
+                backoff = backoff.after_failure()
             finally:
                 subscription.close()
 
@@ -193,3 +201,15 @@ class ReplyListener:
                 logger.debug("Dropped a reply on %r: its request is gone", channel)
             else:
                 future.set_result(payload)
+
+
+def _down_error(what: str, cause: Exception | None) -> RedisConnectionError:
+    """A new error saying *what* failed because the reply subscription is down, chained to *cause*."""
+    if cause is None:
+        error = RedisConnectionError(f"{what}; retry shortly.")
+    else:
+        reason = getattr(cause, "reason", "unreachable")
+        text = str(cause).strip().rstrip(".")
+        error = RedisConnectionError(f"{what}: {text}.", reason=reason)
+        error.__cause__ = cause
+    return error

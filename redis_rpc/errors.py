@@ -6,8 +6,8 @@ The hierarchy, kept current::
     ├── SetupError(RedisRPCError, ValueError)             bad subscriber or option declaration
     ├── BrokerStateError(RedisRPCError, RuntimeError)     call not allowed in the current state
     │   └── BrokerClosedError                             publish() or request() after close()
-    ├── RedisConnectionError(RedisRPCError)               Redis unreachable; __cause__ is redis-py's error
-    ├── RedisCommandError(RedisRPCError)                  Redis refused a command; __cause__ is redis-py's error
+    ├── RedisConnectionError(RedisRPCError)               Redis unreachable; .reason says why, __cause__ is redis-py's error
+    ├── RedisCommandError(RedisRPCError)                  Redis refused a command; .reason says why, __cause__ is redis-py's error
     ├── RequestTimeoutError(RedisRPCError, TimeoutError)  no reply in time
     ├── NoSubscriberError(RedisRPCError)                  a request PUBLISHed to nobody
     ├── RemoteError(RedisRPCError)                        the handler failed; carries its error as strings
@@ -19,6 +19,10 @@ Catch :class:`RedisRPCError` to catch everything this library raises.
 Where a builtin exception fits, ours subclass it too, so that existing
 ``except TimeoutError:`` clauses (the exception FastStream's ``request()``
 raises) keep working.
+
+Every exception pickles with its attributes, so that a Celery task or a
+``multiprocessing`` worker can raise one to its parent; the chained
+redis-py error (``__cause__``) stays behind, as pickle drops causes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import typing
 
 if typing.TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
 __all__ = [
     "BrokerClosedError",
@@ -44,8 +49,22 @@ __all__ = [
 ]
 
 
+def _rebuild(
+    cls: type[RedisRPCError], args: tuple[Any, ...], state: dict[str, Any]
+) -> RedisRPCError:
+    # Our __init__s take keyword-only attributes, which pickle's default
+    # (calling the class with .args) would lose: restore them directly.
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class RedisRPCError(Exception):
     """Base class of every exception raised by redis_rpc."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class SetupError(RedisRPCError, ValueError):
@@ -63,15 +82,37 @@ class BrokerClosedError(BrokerStateError):
 class RedisConnectionError(RedisRPCError):
     """Redis could not be reached, or the connection to it was lost.
 
-    ``__cause__`` holds redis-py's original exception.
+    ``__cause__`` holds redis-py's original exception, when there was one.
+
+    Attributes:
+        reason: Why, for code that reacts differently to each cause:
+            ``"unreachable"`` (refused, reset, lost), ``"timeout"`` (no
+            answer within ``socket_timeout``), ``"authentication"`` (wrong
+            user name or password), ``"pool_exhausted"`` (every connection
+            of the pool in use), ``"loading"`` (Redis is loading its data).
     """
+
+    def __init__(self, message: str, *, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RedisCommandError(RedisRPCError):
     """Redis answered a command with an error.
 
     ``__cause__`` holds redis-py's original exception.
+
+    Attributes:
+        reason: Why, for code that reacts differently to each cause:
+            ``"permission"`` (the ACL user may not run the command),
+            ``"out_of_memory"`` (``maxmemory`` reached), ``"read_only"`` (a
+            replica), ``"moved"`` (a Redis Cluster node that does not hold
+            the key), or ``"command"`` for any other refusal.
     """
+
+    def __init__(self, message: str, *, reason: str = "command") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RequestTimeoutError(RedisRPCError, TimeoutError):

@@ -162,7 +162,7 @@ class TestRedisErrorMapping:
         """Every RedisError subclass in redis.exceptions is covered by ERROR_MAP."""
         import redis.exceptions
 
-        keys = tuple(theirs for theirs, _ in _redis.ERROR_MAP)
+        keys = tuple(mapping.theirs for mapping in _redis.ERROR_MAP)
         unmapped = [
             name
             for name, value in vars(redis.exceptions).items()
@@ -174,8 +174,8 @@ class TestRedisErrorMapping:
 
     def test_map_targets_are_our_errors(self):
         """ERROR_MAP translates only into redis_rpc errors."""
-        for _, ours in _redis.ERROR_MAP:
-            assert issubclass(ours, RedisRPCError)
+        for mapping in _redis.ERROR_MAP:
+            assert issubclass(mapping.ours, RedisRPCError)
 
     def test_connection_error_is_translated_and_chained(self):
         """A redis-py ConnectionError becomes RedisConnectionError with the original as __cause__."""
@@ -209,6 +209,93 @@ class TestRedisErrorMapping:
             raise original
         assert info.value.__cause__ is original
 
+    @pytest.mark.parametrize(
+        ("theirs", "message", "ours", "reason", "advice"),
+        [
+            (
+                "ConnectionError",
+                "Error 111 connecting to h:1. Connection refused.",
+                RedisConnectionError,
+                "unreachable",
+                "check that the server is running",
+            ),
+            (
+                "AuthenticationError",
+                "invalid username-password pair or user is disabled.",
+                RedisConnectionError,
+                "authentication",
+                "check the user name and password",
+            ),
+            (
+                "MaxConnectionsError",
+                "Too many connections",
+                RedisConnectionError,
+                "pool_exhausted",
+                "raise the max_connections option",
+            ),
+            (
+                "TimeoutError",
+                "Timeout reading from socket",
+                RedisConnectionError,
+                "timeout",
+                "did not answer in time",
+            ),
+            (
+                "NoPermissionError",
+                "User bob has no permissions to run the 'xreadgroup' command",
+                redis_rpc.errors.RedisCommandError,
+                "permission",
+                "ACL SETUSER",
+            ),
+            (
+                "OutOfMemoryError",
+                "command not allowed when used memory > 'maxmemory'.",
+                redis_rpc.errors.RedisCommandError,
+                "out_of_memory",
+                "raise maxmemory",
+            ),
+            (
+                "ReadOnlyError",
+                "You can't write against a read only replica.",
+                redis_rpc.errors.RedisCommandError,
+                "read_only",
+                "connect to the primary",
+            ),
+            (
+                "MovedError",
+                "3999 127.0.0.1:6381",
+                redis_rpc.errors.RedisCommandError,
+                "moved",
+                "Redis Cluster",
+            ),
+            (
+                "ResponseError",
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                redis_rpc.errors.RedisCommandError,
+                "command",
+                "WRONGTYPE",
+            ),
+        ],
+    )
+    def test_each_cause_has_its_own_reason_and_advice(
+        self, theirs, message, ours, reason, advice
+    ):
+        """Each redis-py error becomes an error whose reason and message name its cause, in one sentence."""
+        import redis.exceptions
+
+        original = getattr(redis.exceptions, theirs)(message)
+        with pytest.raises(ours) as info, _redis.map_errors("h:1"):
+            raise original
+        text = str(info.value)
+        assert info.value.reason == reason
+        assert info.value.__cause__ is original
+        assert advice in text
+        assert "h:1" in text
+        assert text.endswith(".")
+        assert ".." not in text
+        if reason != "unreachable":
+            assert "running and reachable" not in text
+
     def test_other_exceptions_pass_through(self):
         """Exceptions that are not redis-py errors are not translated."""
         with pytest.raises(KeyError), _redis.map_errors("h:1"):
@@ -227,6 +314,87 @@ class TestRedisErrorMapping:
             assert "s3cr3t-pw" not in connection.address
         finally:
             connection.close()
+
+
+class TestPickling:
+    @pytest.mark.parametrize(
+        "error",
+        [
+            RedisRPCError("Boom."),
+            SetupError("Bad option."),
+            BrokerStateError("Not now."),
+            BrokerClosedError("Closed."),
+            RedisConnectionError("Gone.", reason="authentication"),
+            redis_rpc.errors.RedisCommandError("No.", reason="permission"),
+            RequestTimeoutError(
+                "No reply.", destination="list:orders", correlation_id="c", timeout=1.5
+            ),
+            redis_rpc.errors.NoSubscriberError("Nobody.", destination="channel:x"),
+            redis_rpc.RemoteError(
+                type_name="KeyError",
+                remote_message="'sku'",
+                errors=["expected int @ $.n"],
+                traceback="Traceback ...",
+                destination="stream:s",
+                correlation_id="c2",
+            ),
+            MessageDecodeError("Garbage."),
+            redis_rpc.errors.MessageTooLargeError("Too big."),
+            redis_rpc.errors.ValidationError("Does not fit.", errors=["a @ $"]),
+        ],
+        ids=lambda error: type(error).__name__,
+    )
+    def test_every_error_round_trips_through_pickle(self, error):
+        """Every exception pickles and unpickles with its message and attributes, as Celery and multiprocessing need."""
+        import pickle
+
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert vars(copy) == vars(error)
+
+    def test_every_error_class_is_covered(self):
+        """The pickling test covers every exception class in redis_rpc.errors."""
+        covered = {
+            "RedisRPCError",
+            "SetupError",
+            "BrokerStateError",
+            "BrokerClosedError",
+            "RedisConnectionError",
+            "RedisCommandError",
+            "RequestTimeoutError",
+            "NoSubscriberError",
+            "RemoteError",
+            "MessageDecodeError",
+            "MessageTooLargeError",
+            "ValidationError",
+        }
+        assert covered == set(redis_rpc.errors.__all__)
+
+
+class TestOptions:
+    @pytest.mark.parametrize(
+        ("url", "options", "hint"),
+        [
+            ("redis://h:1/0", {"sockt_timeout": 1}, "sockt_timeout"),
+            ("redis://h:1/0?ssl=true", {}, "rediss://"),
+            ("redis://h:1/0?bogus_option=1", {}, "bogus_option"),
+        ],
+    )
+    def test_unknown_option_fails_at_construction(self, url, options, hint):
+        """An option that redis-py would reject on first use is refused when the broker is built."""
+        with pytest.raises(SetupError, match="Unknown Redis option") as info:
+            redis_rpc.RedisBroker(url, **options)
+        assert hint in str(info.value)
+        assert isinstance(info.value.__cause__, TypeError)
+
+    def test_known_options_are_accepted(self):
+        """Options redis-py knows, as keywords or in the URL, build a broker without connecting."""
+        broker = redis_rpc.RedisBroker(
+            "redis://h:1/0?socket_keepalive=true", max_connections=7, username="u"
+        )
+        broker.close()
 
 
 class TestImportRules:

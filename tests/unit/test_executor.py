@@ -1,0 +1,68 @@
+"""The handler pool: daemon workers, bounded shutdown, no work after shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from redis_rpc._executor import WorkerPool
+from tests.conftest import SHORT_TIMEOUT
+
+
+def test_runs_work_on_named_daemon_threads():
+    """Submitted work runs on daemon threads named after the pool."""
+    pool, seen, done = WorkerPool(2, "redis_rpc:list:x"), [], threading.Event()
+
+    def work():
+        seen.append(threading.current_thread())
+        done.set()
+
+    pool.submit(work)
+    assert done.wait(SHORT_TIMEOUT)
+    assert pool.shutdown(SHORT_TIMEOUT)
+    assert seen[0].daemon
+    assert seen[0].name == "redis_rpc:list:x:worker_0"
+
+
+def test_never_more_threads_than_workers():
+    """Work beyond max_workers waits for a free thread instead of starting one."""
+    pool, release, names = WorkerPool(2, "p"), threading.Event(), set()
+    started = threading.Semaphore(0)
+
+    def work():
+        names.add(threading.current_thread().name)
+        started.release()
+        release.wait(SHORT_TIMEOUT)
+
+    for _ in range(5):
+        pool.submit(work)
+    assert started.acquire(timeout=SHORT_TIMEOUT)
+    assert started.acquire(timeout=SHORT_TIMEOUT)
+    release.set()
+    for _ in range(3):
+        assert started.acquire(timeout=SHORT_TIMEOUT)
+    assert pool.shutdown(SHORT_TIMEOUT)
+    assert names == {"p:worker_0", "p:worker_1"}
+
+
+def test_shutdown_gives_up_on_a_stuck_worker():
+    """shutdown() returns False after its timeout when a worker never finishes."""
+    pool, stuck, release = WorkerPool(2, "p"), threading.Event(), threading.Event()
+
+    def work():
+        stuck.set()
+        release.wait(SHORT_TIMEOUT * 5)
+
+    pool.submit(work)
+    assert stuck.wait(SHORT_TIMEOUT)
+    assert not pool.shutdown(0.05)
+    release.set()
+
+
+def test_refuses_work_after_shutdown():
+    """submit() after shutdown() raises instead of queuing work nobody will run."""
+    pool = WorkerPool(1, "p")
+    assert pool.shutdown(SHORT_TIMEOUT)
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(lambda: None)
