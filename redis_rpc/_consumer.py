@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # read (an ACL may not), and start() waits for it.
 _FIRST_FETCH_TIMEOUT = 0.01
 
+PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
+
 # .consumer and .message: whose handler the thread is running, and on what.
 _local = threading.local()
 
@@ -201,6 +203,22 @@ class Consumer(abc.ABC):
     def _close(self) -> None:  # noqa: B027 - most transports hold nothing to release
         """Release what ``_open()`` took; must not raise."""
 
+    def _probes(self) -> list[Command]:
+        """Harmless commands that the consumer will need to run later: replies, acks.
+
+        The first fetch proves that we may read; these prove, before
+        ``start()`` returns, that an ACL lets us answer and settle too.
+        """
+        if self.subscriber.no_reply:
+            return []
+        # Replies go to channels under this prefix; nobody listens on this one.
+        return [Publish(PERMISSION_PROBE_CHANNEL, b"")]
+
+    def _check_permissions(self) -> None:
+        probes = self._probes()
+        if probes:
+            self._connection.execute_many(probes)
+
     def _run(self) -> None:
         try:
             self._loop()
@@ -215,6 +233,7 @@ class Consumer(abc.ABC):
                 try:
                     if not is_open:
                         self._open()
+                        self._check_permissions()
                         is_open = True
                     self._step()
                     if (
