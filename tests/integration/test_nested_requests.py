@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -61,7 +62,7 @@ def test_nested_request_inherits_the_remaining_deadline(
     """A handler's request waits no longer than its own caller, and sends that deadline on."""
     broker = make_broker(max_workers=2)
     nobody = f"{unique_name}:nobody"
-    outcome: dict[str, object] = {}
+    outcome: dict[str, Any] = {}
 
     @broker.subscriber(list=unique_name)
     def forward(body: str) -> str:
@@ -82,7 +83,7 @@ def test_nested_request_inherits_the_remaining_deadline(
     assert isinstance(outcome["error"], TimeoutError)
     raw = redis.Redis.from_url(redis_url)
     try:
-        forwarded = RedisMessage.from_payload(raw.lpop(nobody))
+        forwarded = RedisMessage.from_payload(raw.lpop(nobody))  # type: ignore[arg-type]
     finally:
         raw.close()
     assert forwarded.deadline is not None
@@ -92,7 +93,7 @@ def test_nested_request_inherits_the_remaining_deadline(
 def test_request_after_the_callers_deadline_fails_at_once(make_broker, unique_name):
     """A handler whose caller already gave up cannot start a new request."""
     broker = make_broker(max_workers=2)
-    outcome: dict[str, object] = {}
+    outcome: dict[str, Any] = {}
     nobody = f"{unique_name}:nobody"
 
     caller_gave_up = threading.Event()
