@@ -157,6 +157,11 @@ class Consumer(abc.ABC):
         """Ask the loop to stop taking messages; it does within one poll interval."""
         self._stopping.set()
 
+    @property
+    def exit_bound(self) -> float:
+        """How long the consume loop may take to notice ``stop()``."""
+        return reader_exit_bound(self._poll_interval)
+
     def join_reader(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for the consume loop to end; True if it did."""
         if self._thread.ident is not None:  # started
@@ -451,7 +456,7 @@ def stop_all(consumers: Sequence[Consumer], timeout: float) -> list[str]:
     start = time.monotonic()
     deadline = start + timeout
     reader_deadline = start + max(
-        [timeout] + [reader_exit_bound(c._poll_interval) for c in consumers]
+        [timeout] + [consumer.exit_bound for consumer in consumers]
     )
     for consumer in consumers:
         consumer.join_reader(max(0.0, reader_deadline - time.monotonic()))
