@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from redis_rpc._handler import Handler
+    from redis_rpc._heartbeat import Heartbeat
     from redis_rpc._redis import Connection
     from redis_rpc._schemas import Destination
 
@@ -117,8 +118,12 @@ class Consumer(abc.ABC):
         *,
         poll_interval: float,
         policy: Policy = DEFAULT_POLICY,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.subscriber = subscriber
+        self._heartbeat = (
+            heartbeat  # shows Redis that this consumer is alive, if it must
+        )
         self._policy = policy
         self.name = f"redis_rpc:{subscriber.source}"
         self.ready = threading.Event()  # set once the source is open for the first time
@@ -261,7 +266,7 @@ class Consumer(abc.ABC):
         try:
             commands, atomic = self._process(delivery)
             if commands:
-                self._connection.execute_many(commands, atomic=atomic)
+                self._send(commands, atomic=atomic)
         except RedisRPCError as exc:  # Redis went away: the consume loop says so too
             logger.warning("%s could not send the reply or ack: %s", self.name, exc)
         except Exception:
@@ -269,6 +274,10 @@ class Consumer(abc.ABC):
         finally:
             _local.consumer = None
             self._slots.release()
+
+    def _send(self, commands: list[Command], *, atomic: bool) -> None:
+        """Send what handling a message produced, in one round trip."""
+        self._connection.execute_many(commands, atomic=atomic)
 
     def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:
         """Run the handler on *delivery*; return what to send, and whether atomically."""
