@@ -121,9 +121,8 @@ class Consumer(abc.ABC):
         heartbeat: Heartbeat | None = None,
     ) -> None:
         self.subscriber = subscriber
-        self._heartbeat = (
-            heartbeat  # shows Redis that this consumer is alive, if it must
-        )
+        # Shows other processes that this consumer is alive, where that matters.
+        self._heartbeat = heartbeat
         self._policy = policy
         self.name = f"redis_rpc:{subscriber.source}"
         self.ready = threading.Event()  # set once the source is open for the first time
@@ -266,7 +265,7 @@ class Consumer(abc.ABC):
         try:
             commands, atomic = self._process(delivery)
             if commands:
-                self._send(commands, atomic=atomic)
+                self._connection.execute_many(commands, atomic=atomic)
         except RedisRPCError as exc:  # Redis went away: the consume loop says so too
             logger.warning("%s could not send the reply or ack: %s", self.name, exc)
         except Exception:
@@ -274,10 +273,6 @@ class Consumer(abc.ABC):
         finally:
             _local.consumer = None
             self._slots.release()
-
-    def _send(self, commands: list[Command], *, atomic: bool) -> None:
-        """Send what handling a message produced, in one round trip."""
-        self._connection.execute_many(commands, atomic=atomic)
 
     def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:
         """Run the handler on *delivery*; return what to send, and whether atomically."""

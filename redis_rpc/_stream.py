@@ -11,8 +11,8 @@ Pending entries are handed out again in two ways:
 - A dead consumer's, within seconds. Each consumer of ours keeps a key
   ``S:redis_rpc:group:G:alive:C`` alive from the broker's heartbeat thread
   and lists itself in the set ``S:redis_rpc:group:G:consumers`` (for stream
-  ``S``, group ``G``, consumer ``C``). Every ``recover_after / 2`` seconds
-  (every second at most) a consumer looks for listed consumers of its group
+  ``S``, group ``G``, consumer ``C``). Every ``recover_after / 2`` seconds,
+  and at least once a second, a consumer looks for listed consumers of its group
   that have neither the key nor read for ``recover_after`` seconds, claims
   their pending entries, and deletes them from the group once they have
   none left (a Lua script, so that check, claim and deletion are atomic).
@@ -85,7 +85,9 @@ def group_start(
 
 
 def _group_lost(error: RedisCommandError) -> bool:
-    # NOGROUP: "No such key or consumer group", from XREADGROUP, XAUTOCLAIM, XACK...
+    # "NOGROUP No such key or consumer group", from XREADGROUP, XAUTOCLAIM,
+    # XPENDING and XINFO. XACK answers 0 instead, and the reply it goes with
+    # is sent anyway: the next read notices.
     return "NOGROUP" in str(error)
 
 
@@ -170,17 +172,6 @@ class StreamConsumer(Consumer):
             self._ensure_group(lost=True)
             return []
         return [self._delivery(*entry, deliveries=1) for entry in entries]
-
-    def _send(self, commands: list[Command], *, atomic: bool) -> None:
-        try:
-            super()._send(commands, atomic=atomic)
-        except RedisCommandError as exc:
-            # The group is gone, and with it the entry's pending state: the
-            # other commands (the reply) went out, and the consumer thread
-            # re-creates the group when its next read fails the same way.
-            if not _group_lost(exc):
-                raise
-            logger.debug("%s could not acknowledge: %s", self.name, exc)
 
     def _claim_from_dead(self, count: int) -> list[Delivery]:
         """Claim up to *count* entries of dead consumers, if it is time to look."""

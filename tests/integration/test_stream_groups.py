@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from logging import WARNING
 
 import pytest
 import redis
 
-from redis_rpc import StreamSub
+from redis_rpc import RedisMessage, StreamSub
 from redis_rpc.errors import RequestTimeoutError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import wait_for
@@ -79,8 +80,48 @@ class TestLostGroup:
                 == "after"
             )
         assert seen == [*range(50), "after"]
-        warnings = [r for r in caplog.records if "group" in r.getMessage()]
-        assert [r.levelname for r in warnings] == ["WARNING"]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= WARNING]
+        assert len(warnings) == 1
+        assert "gone" in warnings[0]
+
+    def test_handler_in_flight_when_the_group_is_lost_answers_once(
+        self, make_broker, unique_name, raw, caplog
+    ):
+        """A handler that was running when its group was destroyed still answers, without
+        a warning about the failed acknowledgement, and its entry is not handled again."""
+        broker = make_broker()
+        started, release = threading.Event(), threading.Event()
+        seen = []
+
+        @broker.subscriber(stream=unique_name)
+        def record(body):
+            seen.append(body)
+            started.set()
+            release.wait(LONG_TIMEOUT)
+            return body
+
+        def call():
+            replies.append(
+                broker.request("first", stream=unique_name, timeout=LONG_TIMEOUT)
+            )
+
+        replies: list[RedisMessage] = []
+        with broker:
+            caller = threading.Thread(target=call)
+            caller.start()
+            assert started.wait(SHORT_TIMEOUT)
+            raw.xgroup_destroy(unique_name, GROUP)
+            release.set()
+            caller.join(LONG_TIMEOUT)
+            assert (
+                broker.request(
+                    "second", stream=unique_name, timeout=LONG_TIMEOUT
+                ).decode()
+                == "second"
+            )
+        assert [reply.decode() for reply in replies] == ["first"]
+        assert seen == ["first", "second"]
+        assert not [r for r in caplog.records if "could not send" in r.getMessage()]
 
     def test_new_group_skips_entries_older_than_replay_window(
         self, make_broker, unique_name, raw
@@ -215,7 +256,7 @@ class TestDeadConsumers:
         def call():
             replies.append(busy.request("x", stream=unique_name, timeout=LONG_TIMEOUT))
 
-        replies: list[bytes] = []
+        replies: list[RedisMessage] = []
         with busy:
             caller = threading.Thread(target=call)
             caller.start()
