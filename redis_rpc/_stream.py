@@ -12,12 +12,15 @@ Pending entries are handed out again in two ways:
   ``S:redis_rpc:group:G:alive:C`` alive from the broker's heartbeat thread
   and lists itself in the set ``S:redis_rpc:group:G:consumers`` (for stream
   ``S``, group ``G``, consumer ``C``). Every ``recover_after / 2`` seconds,
-  and at least once a second, a consumer looks for listed consumers of its group
-  that have neither the key nor read for ``recover_after`` seconds, claims
+  and at least once a second, a consumer looks for listed consumers of its
+  group that have neither the key nor read for ``recover_after`` seconds, claims
   their pending entries, and deletes them from the group once they have
   none left (a Lua script, so that check, claim and deletion are atomic).
   Only listed consumers count: one that never beats (FastStream's, an older
-  redis_rpc's) cannot be told from a live one with a long handler.
+  redis_rpc's) cannot be told from a live one with a long handler. The idle
+  time costs nothing (a dead consumer has not read since before its key
+  expired), and spares a consumer that is reading while its key is missing
+  (evicted, or a heartbeat delayed on a busy network).
 - Any entry pending for ``claim_idle_time``: whichever consumer looks next
   claims it with ``XAUTOCLAIM`` and handles it again. This retries failed
   handlers, and covers consumers that do not beat.
