@@ -32,6 +32,7 @@ from redis_rpc._consumer import (
 )
 from redis_rpc._convert import make_converter
 from redis_rpc._handler import Handler
+from redis_rpc._heartbeat import Heartbeat
 from redis_rpc._list import ListConsumer
 from redis_rpc._message import (
     ACCEPT_ERRORS,
@@ -185,13 +186,14 @@ class RedisBroker:
         if not 0 < poll_interval < self._connection.socket_timeout:
             msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({self._connection.socket_timeout} s), which blocking reads must not reach."
             raise SetupError(msg)
-        # Guards _state, _subscribers, _publishers, _consumers and _listener.
+        # Guards _state, _subscribers, _publishers, _consumers, _listener and _heartbeat.
         self._lock = threading.Lock()
         self._state = _State.NEW
         self._subscribers: list[Subscriber] = []
         self._publishers: dict[Callable[..., Any], list[Destination]] = {}
         self._consumers: list[Consumer] = []
         self._listener: ReplyListener | None = None
+        self._heartbeat: Heartbeat | None = None  # created by start()
         self._closed = threading.Event()  # set once close() has finished
         self._started_before_fork = (
             False  # start() ran in a process we were forked from
@@ -306,12 +308,14 @@ class RedisBroker:
                 raise BrokerStateError(msg)
             self._state = _State.STARTING
             listener = self._ensure_listener_locked()
+            self._heartbeat = Heartbeat(self._connection)
             self._consumers = [
                 _CONSUMERS[type(sub.source)](
                     _with_publishers(sub, self._publishers),
                     self._connection,
                     poll_interval=self._poll_interval,
                     policy=self._policy,
+                    heartbeat=self._heartbeat,
                 )
                 for sub in self._subscribers
             ]
@@ -386,6 +390,7 @@ class RedisBroker:
             if first:
                 self._state = _State.CLOSING
             consumers, listener = list(self._consumers), self._listener
+            heartbeat = self._heartbeat
         if not first:  # another thread is closing: wait until it is done
             self._closed.wait(
                 self._graceful_timeout + reader_exit_bound(self._poll_interval)
@@ -402,6 +407,11 @@ class RedisBroker:
             reader_exit_bound(self._poll_interval)
         ):
             logger.warning("The reply listener did not stop in time")
+        # After the consumers: a handler still running must keep its messages.
+        if heartbeat is not None and not heartbeat.stop(
+            reader_exit_bound(self._poll_interval)
+        ):
+            logger.warning("The heartbeat thread did not stop in time")
         self._connection.close()
         with self._lock:
             self._state = _State.CLOSED

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from redis_rpc._handler import Handler
+    from redis_rpc._heartbeat import Heartbeat
     from redis_rpc._redis import Connection
     from redis_rpc._schemas import Destination
 
@@ -128,8 +129,11 @@ class Consumer(abc.ABC):
         *,
         poll_interval: float,
         policy: Policy = DEFAULT_POLICY,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.subscriber = subscriber
+        # Shows other processes that this consumer is alive, where that matters.
+        self._heartbeat = heartbeat
         self._policy = policy
         self.name = f"redis_rpc:{subscriber.source}"
         # Set once the source is open and a first fetch came back: Redis

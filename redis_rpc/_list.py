@@ -12,7 +12,9 @@ id ``C`` the keys are:
 - ``L:redis_rpc:consumers``: a set of the ids that may hold items of ``L``;
 - ``L:redis_rpc:processing:C``: the items ``C`` took and has not finished;
 - ``L:redis_rpc:alive:C``: ``C``'s heartbeat, which expires after
-  ``recover_after`` seconds unless ``C`` refreshes it.
+  ``recover_after`` seconds unless the broker's heartbeat thread refreshes
+  it (a thread of its own, so that a long handler on the consumer thread
+  does not make ``C`` look dead).
 
 On start, and every ``recover_after`` seconds, a consumer moves the processing
 list of every registered consumer without a heartbeat back to the head of
@@ -31,6 +33,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from redis_rpc._consumer import Consumer, Delivery
+from redis_rpc._heartbeat import Beat
 from redis_rpc._redis import LRem, RPush
 from redis_rpc._schemas import ListSub
 from redis_rpc.errors import RedisCommandError
@@ -40,10 +43,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The heartbeat is refreshed this many times per recover_after, so that a
-# slow poll or two never lets it expire under a live consumer.
-_BEATS_PER_TTL = 3
-
 
 class ListConsumer(Consumer):
     """Consumes one list, first in, first out; reliably when its ``ListSub`` says so."""
@@ -51,7 +50,7 @@ class ListConsumer(Consumer):
     # State of the consumer thread alone; each instance sets its own copies.
     _id = ""  # this connection's consumer id; set by _open() in reliable mode
     _batching = True  # whether Redis has BLMPOP, until it says otherwise
-    _next_beat = _next_recovery = 0.0  # time.monotonic() of the next beat and recovery
+    _next_recovery = 0.0  # time.monotonic() of the next recovery
 
     @property
     def _source(self) -> ListSub:
@@ -74,12 +73,8 @@ class ListConsumer(Consumer):
         self._recover()
 
     def _step(self) -> None:
-        if self._source.reliable:
-            now = time.monotonic()
-            if now >= self._next_beat:
-                self._beat()
-            if now >= self._next_recovery:
-                self._recover()
+        if self._source.reliable and time.monotonic() >= self._next_recovery:
+            self._recover()
         super()._step()
 
     def _fetch(self, timeout: float, count: int) -> list[Delivery]:
@@ -111,11 +106,20 @@ class ListConsumer(Consumer):
         return [RPush(self._source.dead_letter, delivery.payload), delivery.ack]
 
     def _beat(self) -> None:
-        ttl = self._source.recover_after
-        self._connection.heartbeat(
-            self._key("consumers"), self._id, self._key("alive", self._id), ttl
+        """Have the heartbeat thread keep this id alive, in place of the previous one."""
+        heartbeat = self._heartbeat
+        assert heartbeat is not None, (
+            "the broker gives reliable list consumers a heartbeat"
         )
-        self._next_beat = time.monotonic() + ttl / _BEATS_PER_TTL
+        heartbeat.register(
+            self,
+            Beat(
+                alive=self._key("alive", self._id),
+                ttl=self._source.recover_after,
+                registry=self._key("consumers"),
+                member=self._id,
+            ),
+        )
 
     def _recover(self) -> None:
         """Hand the in-flight items of every consumer that has died back to the list."""

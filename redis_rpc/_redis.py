@@ -26,6 +26,7 @@ from redis_rpc.errors import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from redis_rpc._heartbeat import Beat
     from redis_rpc._schemas import Destination
 
 STREAM_DATA_FIELD = b"__data__"
@@ -192,6 +193,37 @@ redis.call('SREM', KEYS[4], ARGV[1])
 return moved
 """
 
+# Claims up to ARGV[4] entries pending for a dead consumer, or deletes the
+# consumer once it has none left; all in one atomic step, so that a consumer
+# whose heartbeat returns meanwhile is never robbed, and two live consumers
+# never claim the same entry. KEYS: stream, heartbeat, registry; ARGV: group,
+# dead consumer, claiming consumer, count. Returns nil when the consumer is
+# alive, else {{id, {field, value, ...}, deliveries}, ...}.
+_CLAIM_FROM_DEAD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
+if #pending == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('SREM', KEYS[3], ARGV[2])
+  return {}
+end
+local ids, deliveries = {}, {}
+for i, entry in ipairs(pending) do
+  ids[i] = entry[1]
+  deliveries[entry[1]] = entry[4] + 1  -- XCLAIM counts this delivery too
+end
+local claimed = {}
+for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids))) do
+  if entry and entry[2] then
+    claimed[#claimed + 1] = {entry[1], entry[2], deliveries[entry[1]]}
+    deliveries[entry[1]] = nil
+  end
+end
+-- Left over: entries deleted from the stream meanwhile, which nothing can handle.
+for id in pairs(deliveries) do redis.call('XACK', KEYS[1], ARGV[1], id) end
+return claimed
+"""
+
 
 def send_command(
     destination: Destination, data: bytes, maxlen: int | None = None
@@ -251,6 +283,7 @@ class Connection:
             f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         )
         self._requeue_if_dead = self._client.register_script(_REQUEUE_IF_DEAD)
+        self._claim_from_dead = self._client.register_script(_CLAIM_FROM_DEAD)
 
     def execute(self, command: Command) -> Any:
         """Run one command; return what Redis answered."""
@@ -304,12 +337,13 @@ class Connection:
             )
         return cast("bytes | None", item)
 
-    def heartbeat(self, registry: str, member: str, alive: str, ttl: float) -> None:
-        """Set key *alive* to expire in *ttl* seconds, and add *member* to set *registry*."""
+    def heartbeat(self, beats: Sequence[Beat]) -> None:
+        """Refresh every heartbeat key in *beats*, and list each consumer in its registry."""
         with map_errors(self.address):
             pipe = self._client.pipeline(transaction=False)
-            pipe.set(alive, 1, px=max(1, round(ttl * 1000)))
-            pipe.sadd(registry, member)
+            for beat in beats:
+                pipe.set(beat.alive, 1, px=max(1, round(beat.ttl * 1000)))
+                pipe.sadd(beat.registry, beat.member)
             pipe.execute()
 
     def members(self, key: str) -> list[str]:
@@ -334,17 +368,71 @@ class Connection:
             )
         return None if moved < 0 else moved
 
-    def ensure_group(self, stream: str, group: str) -> None:
-        """Create consumer *group* on *stream* (and the stream) unless it exists."""
+    def server_time_ms(self) -> int:
+        """The Redis server's clock, in milliseconds since the epoch: the time stream ids count."""
+        with map_errors(self.address):
+            seconds, microseconds = self._client.time()
+        return seconds * 1000 + microseconds // 1000
+
+    def create_group(self, stream: str, group: str, start: bytes) -> bool:
+        """Create consumer *group* on *stream* (and the stream), to read the entries after *start*.
+
+        Returns:
+            False if the group exists already; it is left as it is.
+        """
         try:
             with map_errors(self.address):
-                # From the start, not "$" (FastStream's choice): requests added
-                # before the group exists, as after Redis restarted empty, are
-                # answered rather than skipped; expired ones are skipped cheaply.
-                self._client.xgroup_create(stream, group, id="0", mkstream=True)
+                self._client.xgroup_create(stream, group, id=start, mkstream=True)
         except RedisCommandError as exc:
             if "BUSYGROUP" not in str(exc.__cause__):
                 raise
+            return False
+        return True
+
+    def consumer_idle_times(self, stream: str, group: str) -> dict[str, float]:
+        """Each consumer of *group* and the seconds since it last read or claimed."""
+        with map_errors(self.address):
+            consumers: Any = self._client.xinfo_consumers(stream, group)
+        return {
+            cast("bytes", c["name"]).decode(errors="replace"): int(c["idle"]) / 1000
+            for c in consumers
+        }
+
+    def claim_from_dead(
+        self,
+        *,
+        stream: str,
+        group: str,
+        consumer: str,
+        dead: str,
+        alive: str,
+        registry: str,
+        count: int,
+    ) -> list[tuple[bytes, dict[bytes, bytes], int]] | None:
+        """Unless key *alive* exists, claim for *consumer* up to *count* entries pending for *dead*.
+
+        When *dead* has no pending entry left it is deleted from the group
+        and from set *registry* instead.
+
+        Returns:
+            None when *dead* is alive after all; otherwise the claimed
+            entries, each with its fields and how many times it has been
+            delivered, this time included (empty once *dead* is deleted).
+        """
+        with map_errors(self.address):
+            answer: Any = self._claim_from_dead(
+                keys=[stream, alive, registry], args=[group, dead, consumer, count]
+            )
+        if answer is None:
+            return None
+        return [
+            (
+                cast("bytes", entry_id),
+                dict(zip(fields[::2], fields[1::2], strict=True)),
+                int(deliveries),
+            )
+            for entry_id, fields, deliveries in answer
+        ]
 
     def xreadgroup(
         self, stream: str, group: str, consumer: str, block: float, count: int = 1

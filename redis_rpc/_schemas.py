@@ -37,6 +37,16 @@ def _positive_or_none(
         _positive(instance, attribute, value)
 
 
+def _non_negative_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: Any
+) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+    ):
+        msg = f"{type(instance).__name__}.{attribute.name} must be a number of seconds, at least 0, or None, not {value!r}."
+        raise SetupError(msg)
+
+
 def _default_consumer() -> str:
     # Unique per consumer, readable in XINFO CONSUMERS: host, process, then a tag
     # that tells apart two subscribers of one stream in the same process.
@@ -75,9 +85,8 @@ class ListSub:
             the head of the list by a live consumer. Ignored when publishing.
         recover_after: In reliable mode, seconds a consumer may go without
             refreshing its heartbeat before it counts as dead and its
-            in-flight items are handed out again. With ``max_workers=1`` the
-            handler runs on the consumer thread, which does not refresh the
-            heartbeat meanwhile, so keep this above the longest handler run.
+            in-flight items are handed out again. A separate thread
+            refreshes it, so a long handler does not make it look dead.
         dead_letter: In reliable mode, the list that an item whose handler
             failed (with no caller to tell) is moved to; ``"<list>:dead"``
             by default.
@@ -113,15 +122,29 @@ class StreamSub:
             entries (``XADD MAXLEN ~``).
         claim_idle_time: Seconds an entry may stay pending (read but not
             acknowledged) before a consumer of the group claims it
-            (``XAUTOCLAIM``) and handles it again: an entry whose consumer
-            died, or whose handler raised. Keep it above the slowest
+            (``XAUTOCLAIM``) and handles it again: an entry whose handler
+            raised, or whose consumer does not beat (FastStream's, or an
+            older redis_rpc's) and died. Keep it above the slowest
             handler's run time, or a live consumer's entry is taken over.
-            ``None`` never claims.
+            ``None`` never claims this way. A consumer of ours that dies is
+            found sooner, after *recover_after*.
         max_deliveries: After this many failed deliveries an entry is moved
             to the dead-letter stream instead of being retried.
         dead_letter: The dead-letter stream's key; ``"<stream>:dead"`` by
             default. Its entries keep the original ``__data__`` and add
             ``error``, ``stream``, ``group``, ``entry_id`` and ``deliveries``.
+        replay_window: When the group is created or re-created (it was
+            deleted, or Redis lost it), entries added up to this many
+            seconds before are still handled, and older ones are skipped;
+            entries this consumer has read already are never read again.
+            Counted on the Redis server's clock, which stream ids are
+            timestamps of. ``0`` handles only entries added from then on,
+            ``None`` every entry in the stream.
+        recover_after: Seconds a consumer may go without refreshing its
+            heartbeat (a separate thread does, every second or more often)
+            before it counts as dead: then a live consumer of the group
+            claims its pending entries, whatever *claim_idle_time* says,
+            and deletes it from the group once it has none left.
     """
 
     stream: str = attrs.field(validator=_not_empty)
@@ -135,6 +158,12 @@ class StreamSub:
     )
     max_deliveries: int = attrs.field(default=3, kw_only=True, validator=_positive)
     dead_letter: str = attrs.field(kw_only=True, validator=_not_empty)
+    # Twice request()'s default timeout: a request sent that long ago may
+    # still have a caller waiting.
+    replay_window: float | None = attrs.field(
+        default=60.0, kw_only=True, validator=_non_negative_or_none
+    )
+    recover_after: float = attrs.field(default=5.0, kw_only=True, validator=_positive)
 
     @dead_letter.default
     def _dead_letter_default(self) -> str:

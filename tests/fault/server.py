@@ -13,6 +13,10 @@ SIGTERM, or by itself after ``LIFETIME`` seconds. Modes:
 ``reliable-hold``, ``reliable-echo``
     Serve list *NAME* in reliable mode with three workers; ``hold`` prints
     ``handling <body>`` and never answers, ``echo`` answers with its pid.
+``stuck-stream``, ``echo-stream``
+    Serve stream *NAME* with all default settings and one worker; ``stuck``
+    prints ``handling <body>`` and never answers, ``echo`` answers
+    ``{"pid": <its pid>, "body": <body>}``.
 ``soak``
     Answer list *NAME* at once, and list ``NAME:slow`` after ``SLOW_DELAY``.
 """
@@ -82,6 +86,15 @@ def main(url: str, mode: str, name: str) -> None:
         )
         def reliable(body):
             if hold_forever:
+                say(f"handling {body}")
+                threading.Event().wait(LIFETIME)  # the test SIGKILLs us first
+            return {"pid": os.getpid(), "body": body}
+    elif mode.endswith("-stream"):
+        stuck = mode == "stuck-stream"
+
+        @broker.subscriber(stream=name)
+        def stream(body):
+            if stuck:
                 say(f"handling {body}")
                 threading.Event().wait(LIFETIME)  # the test SIGKILLs us first
             return {"pid": os.getpid(), "body": body}
