@@ -118,9 +118,8 @@ class Heartbeat:
                 beats = list(self._beats.values())
             try:
                 self._connection.heartbeat(beats)
-            except (
-                Exception
-            ) as exc:  # the thread must outlive any error, or every consumer looks dead
+            # The thread must outlive any error, or every consumer looks dead.
+            except Exception as exc:  # noqa: BLE001
                 if not failing:
                     logger.warning(
                         "Could not refresh the heartbeat of %d consumer(s); retrying: %s",
