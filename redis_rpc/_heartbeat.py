@@ -119,7 +119,7 @@ class Heartbeat:
             try:
                 self._connection.heartbeat(beats)
             # The thread must outlive any error, or every consumer looks dead.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not failing:
                     logger.warning(
                         "Could not refresh the heartbeat of %d consumer(s); retrying: %s",
