@@ -34,6 +34,7 @@ from redis_rpc._list import ListConsumer
 from redis_rpc._message import (
     ACCEPT_ERRORS,
     DEADLINE,
+    NONCE,
     REPLY_TO,
     RedisMessage,
     build_frame,
@@ -42,6 +43,7 @@ from redis_rpc._message import (
 from redis_rpc._redis import Connection, Publish, send_command
 from redis_rpc._request import ReplyListener
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
+from redis_rpc._signing import coerce_key, sign_frame
 from redis_rpc._stream import StreamConsumer
 from redis_rpc.errors import (
     BrokerClosedError,
@@ -131,6 +133,14 @@ class RedisBroker:
             ``make_converter()``. Each broker builds its own by default.
         send_tracebacks: Put the handler's traceback in error replies. Off by
             default: a traceback tells callers about the server's code.
+        signing_key: A secret shared by every redis_rpc peer of a service
+            (bytes, or a str taken as UTF-8; at least 16 bytes, such as
+            ``secrets.token_bytes(32)``). Requests, events and replies are
+            then signed with HMAC-SHA256, and any that are unsigned or
+            signed with another key are dropped and logged: handlers never
+            see them and callers keep waiting. FastStream peers, which do
+            not sign, then cannot talk to this broker. ``None`` (the
+            default) signs nothing and accepts everything.
         logger: The logger handed to handler parameters annotated ``Logger``.
         **options: Passed to ``redis.Redis.from_url()``.
 
@@ -152,6 +162,7 @@ class RedisBroker:
         converter: cattrs.Converter | None = None,
         send_tracebacks: bool = False,
         logger: logging.Logger | None = None,
+        signing_key: bytes | str | None = None,
         **options: Any,
     ) -> None:
         if max_workers < 1:
@@ -169,7 +180,10 @@ class RedisBroker:
             raise SetupError(msg)
         self._max_message_size = max_message_size
         self._converter = converter or make_converter()
-        self._policy = Policy(max_message_size, send_tracebacks)
+        self._signing_key = coerce_key(signing_key)
+        self._policy = Policy(
+            max_message_size, send_tracebacks, signing_key=self._signing_key
+        )
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
         self._connection = Connection(
             url,
@@ -435,6 +449,7 @@ class RedisBroker:
             headers=headers,
             converter=self._converter,
         )
+        frame = sign_frame(frame, self._signing_key)
         check_size(frame, self._max_message_size, "The message")
         result = self._connection.execute(send_command(target, frame, maxlen))
         return result.decode() if isinstance(result, bytes) else int(result)
@@ -509,7 +524,7 @@ class RedisBroker:
         if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
             raise timed_out(msg)
-        reply_to, future = listener.register()
+        reply_to, ours[NONCE], future = listener.register(correlation_id)
         try:
             frame = build_frame(
                 body,
@@ -518,6 +533,7 @@ class RedisBroker:
                 headers={**headers, **ours} if headers else ours,
                 converter=self._converter,
             )
+            frame = sign_frame(frame, self._signing_key)
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
             receivers = self._connection.execute(command)
@@ -559,7 +575,9 @@ class RedisBroker:
             raise BrokerClosedError(msg)
         if self._listener is None:
             self._listener = ReplyListener(
-                self._connection, poll_interval=self._poll_interval
+                self._connection,
+                poll_interval=self._poll_interval,
+                signing_key=self._signing_key,
             )
             self._listener.start()
         return self._listener
