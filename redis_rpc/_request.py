@@ -134,7 +134,10 @@ class ReplyListener:
         """
         # One system call for both: 128 bits each, from the OS's CSPRNG.
         secret = os.urandom(32).hex()
-        channel, waiter = f"{self.prefix}{secret[:32]}", _Waiter(secret[32:], correlation_id)
+        channel, waiter = (
+            f"{self.prefix}{secret[:32]}",
+            _Waiter(secret[32:], correlation_id),
+        )
         with self._lock:
             if not self._accepting:
                 if self._stopping.is_set():

@@ -37,8 +37,10 @@ _REPLY = b"redis_rpc signature v1: reply\n"
 _LENGTH = struct.Struct(">Q")
 
 
-def coerce_key(key: bytes | str | None) -> bytes | None:
+def coerce_key(key: object) -> bytes | None:
     """Check a ``signing_key`` option and return it as bytes (a ``str`` as UTF-8).
+
+    Takes any object, because users may pass one that their type checker missed.
 
     Raises:
         SetupError: It is neither bytes nor str, or shorter than ``MIN_KEY_BYTES``.
