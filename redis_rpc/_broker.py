@@ -473,7 +473,10 @@ class RedisBroker:
         encoded as by ``publish()``; ``request(...).decode(Item)`` structures
         the reply. The request tells the server when the caller will stop
         waiting, so that a server with a backlog skips it after that, and
-        that the caller understands error replies.
+        that the caller understands error replies. The reply channel is
+        random, and a reply that echoes another request's nonce (or, with a
+        ``signing_key``, one that does not verify) is dropped and logged,
+        and the wait goes on.
 
         Args:
             timeout: Seconds to wait for the reply; ``None`` waits forever.
