@@ -365,7 +365,9 @@ class Consumer(abc.ABC):
                     brief=brief,
                 )
                 frame = sign_frame(
-                    frame, self._policy.signing_key, reply_to_nonce=message.nonce
+                    frame,
+                    self._policy.signing_key,
+                    reply_to_nonce=message.nonce or None,
                 )
             except (TypeError, ValueError):  # a header the frame format cannot hold
                 continue
@@ -396,7 +398,9 @@ class Consumer(abc.ABC):
             extra = {NONCE: message.nonce} if message.nonce else {}
             frame = self._result_frame(message, response, extra)
             if key is not None:
-                frame = sign_frame(frame, key, reply_to_nonce=message.nonce)
+                # Without a nonce nobody waits in request(): the result of a
+                # publish(reply_to=...) is an event for that channel's subscribers.
+                frame = sign_frame(frame, key, reply_to_nonce=message.nonce or None)
             check_size(frame, self._policy.max_message_size, "The handler's result")
             commands.append(Publish(message.reply_to, frame))
         return commands

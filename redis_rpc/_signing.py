@@ -9,7 +9,10 @@ the order on the wire does not matter), the body, and for a reply the nonce
 its request carried: a reply cannot pass for a request, a request cannot be
 redirected to another reply channel (``reply_to`` is a header), its deadline
 cannot be extended, and a reply captured earlier does not verify for another
-request. Everything here is a pure function of its arguments.
+request. A result sent to the ``reply_to`` of a request without a nonce
+(``publish(reply_to=...)``, where nobody waits in ``request()``) is signed
+as an event, for the subscribers of that channel. Everything here is a pure
+function of its arguments.
 """
 
 from __future__ import annotations

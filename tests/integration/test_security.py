@@ -250,6 +250,28 @@ class TestSigning:
         assert handled.wait(LONG_TIMEOUT)
         assert bodies == ["signed"]
 
+    def test_result_sent_to_reply_to_reaches_keyed_subscriber(
+        self, make_broker, unique_name
+    ):
+        """A keyed server's answer to a signed publish(reply_to=...) is accepted by a keyed subscriber there."""
+        results_channel = f"{unique_name}-results"
+        received = threading.Event()
+        results = []
+        _serve(make_broker, "list", unique_name, body="result", signing_key=KEY)
+        sink = make_broker(signing_key=KEY)
+
+        @sink.subscriber(results_channel)
+        def collect(msg: str) -> None:
+            results.append(msg)
+            received.set()
+
+        sink.start()
+        make_broker(signing_key=KEY).publish(
+            "hi", list=unique_name, reply_to=results_channel
+        )
+        assert received.wait(LONG_TIMEOUT)
+        assert results == ["result"]
+
     @pytest.mark.parametrize("failure", ["handler", "validation"])
     def test_error_replies_are_signed(self, make_broker, unique_name, failure):
         """A keyed server's error replies verify at a keyed caller, which raises RemoteError."""
