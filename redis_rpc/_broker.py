@@ -37,6 +37,7 @@ from redis_rpc._list import ListConsumer
 from redis_rpc._message import (
     ACCEPT_ERRORS,
     DEADLINE,
+    NONCE,
     REPLY_TO,
     RedisMessage,
     build_frame,
@@ -45,6 +46,7 @@ from redis_rpc._message import (
 from redis_rpc._redis import Connection, Publish, send_command
 from redis_rpc._request import ReplyListener
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
+from redis_rpc._signing import coerce_key, sign_frame
 from redis_rpc._stream import StreamConsumer
 from redis_rpc.errors import (
     BrokerClosedError,
@@ -136,6 +138,14 @@ class RedisBroker:
             ``make_converter()``. Each broker builds its own by default.
         send_tracebacks: Put the handler's traceback in error replies. Off by
             default: a traceback tells callers about the server's code.
+        signing_key: A secret shared by every redis_rpc peer of a service
+            (bytes, or a str taken as UTF-8; at least 16 bytes, such as
+            ``secrets.token_bytes(32)``). Requests, events and replies are
+            then signed with HMAC-SHA256, and any that are unsigned or
+            signed with another key are dropped and logged: handlers never
+            see them and callers keep waiting. FastStream peers, which do
+            not sign, then cannot talk to this broker. ``None`` (the
+            default) signs nothing and accepts everything.
         logger: The logger handed to handler parameters annotated ``Logger``.
         **options: Passed to ``redis.Redis.from_url()``.
 
@@ -157,6 +167,7 @@ class RedisBroker:
         converter: cattrs.Converter | None = None,
         send_tracebacks: bool = False,
         logger: logging.Logger | None = None,
+        signing_key: bytes | str | None = None,
         **options: Any,
     ) -> None:
         if max_workers < 1:
@@ -174,7 +185,10 @@ class RedisBroker:
             raise SetupError(msg)
         self._max_message_size = max_message_size
         self._converter = converter or make_converter()
-        self._policy = Policy(max_message_size, send_tracebacks)
+        self._signing_key = coerce_key(signing_key)
+        self._policy = Policy(
+            max_message_size, send_tracebacks, signing_key=self._signing_key
+        )
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
         self._connection = Connection(
             url,
@@ -475,6 +489,7 @@ class RedisBroker:
             headers=headers,
             converter=self._converter,
         )
+        frame = sign_frame(frame, self._signing_key)
         check_size(frame, self._max_message_size, "The message")
         result = self._connection.execute(send_command(target, frame, maxlen))
         return result.decode() if isinstance(result, bytes) else int(result)
@@ -498,7 +513,10 @@ class RedisBroker:
         encoded as by ``publish()``; ``request(...).decode(Item)`` structures
         the reply. The request tells the server when the caller will stop
         waiting, so that a server with a backlog skips it after that, and
-        that the caller understands error replies.
+        that the caller understands error replies. The reply channel is
+        random, and a reply that echoes another request's nonce (or, with a
+        ``signing_key``, one that does not verify) is dropped and logged,
+        and the wait goes on.
 
         Args:
             timeout: Seconds to wait for the reply; ``None`` waits forever.
@@ -556,7 +574,7 @@ class RedisBroker:
         if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
             raise timed_out(msg)
-        reply_to, future = listener.register()
+        reply_to, ours[NONCE], future = listener.register(correlation_id)
         try:
             frame = build_frame(
                 body,
@@ -565,6 +583,7 @@ class RedisBroker:
                 headers={**headers, **ours} if headers else ours,
                 converter=self._converter,
             )
+            frame = sign_frame(frame, self._signing_key)
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
             receivers = self._connection.execute(command)
@@ -649,7 +668,9 @@ class RedisBroker:
             raise BrokerClosedError(msg)
         if self._listener is None:
             self._listener = ReplyListener(
-                self._connection, poll_interval=self._poll_interval
+                self._connection,
+                poll_interval=self._poll_interval,
+                signing_key=self._signing_key,
             )
             self._listener.start()
         return self._listener

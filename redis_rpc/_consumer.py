@@ -24,6 +24,7 @@ import attrs
 from redis_rpc._backoff import Backoff
 from redis_rpc._executor import WorkerPool
 from redis_rpc._message import (
+    NONCE,
     RedisMessage,
     RedisResponse,
     Response,
@@ -32,6 +33,7 @@ from redis_rpc._message import (
     check_size,
 )
 from redis_rpc._redis import Command, Publish, send_command
+from redis_rpc._signing import check_request, sign_frame
 from redis_rpc.errors import (
     MessageDecodeError,
     MessageTooLargeError,
@@ -93,6 +95,8 @@ class Policy:
 
     max_message_size: int | None = None
     send_tracebacks: bool = False
+    # Incoming requests and events must be signed with it, and all we send is.
+    signing_key: bytes | None = attrs.field(default=None, kw_only=True, repr=False)
 
 
 DEFAULT_POLICY = Policy()
@@ -339,6 +343,17 @@ class Consumer(abc.ABC):
             self._log_rejected(delivery, None, exc)
             return self._dead_letter(delivery, exc), True
         logger.debug("%s received %r", self.name, message)
+        key = self._policy.signing_key
+        if key is not None and (problem := check_request(delivery.payload, key)):
+            # No reply: its reply_to is as untrusted as the rest of it.
+            logger.warning(
+                "%s refused %s (correlation_id=%r): %s",
+                self.name,
+                delivery.where or "a message",
+                message.correlation_id,
+                problem,
+            )
+            return settle, False
         if message.deadline is not None and message.deadline < time.time():
             logger.warning(
                 "%s skipped %s (correlation_id=%r): its caller stopped waiting %.3f s ago",
@@ -413,6 +428,11 @@ class Consumer(abc.ABC):
                     traceback=None if brief else tb,
                     brief=brief,
                 )
+                frame = sign_frame(
+                    frame,
+                    self._policy.signing_key,
+                    reply_to_nonce=message.nonce or None,
+                )
             except (TypeError, ValueError):  # a header the frame format cannot hold
                 continue
             if limit is None or len(frame) <= limit:
@@ -429,20 +449,35 @@ class Consumer(abc.ABC):
         if not (reply or self.subscriber.publishers):
             return []
         response = result if isinstance(result, Response) else Response(result)
-        frame = build_frame(
-            response.body,
-            correlation_id=response.correlation_id or message.correlation_id,
-            headers=response.headers,
-            converter=self.subscriber.handler.converter,
-        )
-        check_size(frame, self._policy.max_message_size, "The handler's result")
         maxlen = response.maxlen if isinstance(response, RedisResponse) else None
-        commands = [
-            send_command(dest, frame, maxlen) for dest in self.subscriber.publishers
-        ]
-        if reply:
+        key = self._policy.signing_key
+        commands: list[Command] = []
+        if self.subscriber.publishers:  # new events: no nonce, signed as events
+            event = sign_frame(self._result_frame(message, response, {}), key)
+            check_size(event, self._policy.max_message_size, "The handler's result")
+            commands += (
+                send_command(dest, event, maxlen) for dest in self.subscriber.publishers
+            )
+        if reply:  # echoes the request's nonce, and is signed over it
+            extra = {NONCE: message.nonce} if message.nonce else {}
+            frame = self._result_frame(message, response, extra)
+            if key is not None:
+                # Without a nonce nobody waits in request(): the result of a
+                # publish(reply_to=...) is an event for that channel's subscribers.
+                frame = sign_frame(frame, key, reply_to_nonce=message.nonce or None)
+            check_size(frame, self._policy.max_message_size, "The handler's result")
             commands.append(Publish(message.reply_to, frame))
         return commands
+
+    def _result_frame(
+        self, message: RedisMessage, response: Response, extra: dict[str, str]
+    ) -> bytes:
+        return build_frame(
+            response.body,
+            correlation_id=response.correlation_id or message.correlation_id,
+            headers={**response.headers, **extra} if extra else response.headers,
+            converter=self.subscriber.handler.converter,
+        )
 
 
 def stop_all(consumers: Sequence[Consumer], timeout: float) -> list[str]:

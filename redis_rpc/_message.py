@@ -25,8 +25,22 @@ REPLY_TO = "reply_to"
 ACCEPT_ERRORS = "x-redis-rpc-accept-errors"
 DEADLINE = "x-redis-rpc-deadline"
 ERROR = "x-redis-rpc-error"
+# On a request: random, and echoed by our servers in the reply, which the
+# caller drops when the echo differs. On a request, event or reply between
+# peers that share a signing_key: the HMAC (see _signing).
+NONCE = "x-redis-rpc-nonce"
+SIGNATURE = "x-redis-rpc-signature"
 _PROTOCOL_HEADERS = frozenset(
-    (CORRELATION_ID, CONTENT_TYPE, REPLY_TO, ACCEPT_ERRORS, DEADLINE, ERROR)
+    (
+        CORRELATION_ID,
+        CONTENT_TYPE,
+        REPLY_TO,
+        ACCEPT_ERRORS,
+        DEADLINE,
+        ERROR,
+        NONCE,
+        SIGNATURE,
+    )
 )
 
 # Used only by messages built outside a broker; never mutated.
@@ -50,6 +64,8 @@ class RedisMessage:
             callers never do).
         accepts_errors: Whether the sender understands error replies;
             redis_rpc callers do, FastStream callers do not.
+        nonce: The random value a redis_rpc caller put on its request,
+            which our reply echoes; ``""`` when there is none.
     """
 
     body: bytes
@@ -64,6 +80,8 @@ class RedisMessage:
     _converter: cattrs.Converter = attrs.field(
         default=_DEFAULT_CONVERTER, eq=False, repr=False, alias="converter"
     )
+    # Left out of repr: with it, anyone who reads a debug log could answer the request.
+    nonce: str = attrs.field(default="", repr=False)
 
     @classmethod
     def from_payload(
@@ -89,6 +107,7 @@ class RedisMessage:
             accepts_errors=headers.get(ACCEPT_ERRORS) == "1",
             error=None if error is None else str(error),
             converter=converter,
+            nonce=str(headers.get(NONCE) or ""),
         )
 
     def decode(

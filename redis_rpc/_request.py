@@ -5,19 +5,27 @@ is random per listener. A request gets its own key and asks for its reply
 on ``<prefix><key>``, so replies are routed by the channel they arrive on,
 never by correlation id: a handler may replace the correlation id. No
 connection and no subscription is opened per request.
+
+Whoever can publish to a reply channel can answer the request, so the key
+is 128 random bits, not a counter: seeing one request does not tell anyone
+where the next ones are answered. A request also carries a random nonce
+that our servers echo; a reply echoing another one is dropped and the
+caller keeps waiting. With a signing key, only a reply signed over that
+nonce is taken (see ``_signing``).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
+import os
 import threading
 import uuid
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
+from redis_rpc._signing import check_reply
 from redis_rpc.errors import BrokerClosedError, RedisConnectionError
 
 if TYPE_CHECKING:
@@ -28,6 +36,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class _Waiter:
+    """One pending request, as the listener knows it; touched only under the listener's lock or on its thread."""
+
+    __slots__ = ("correlation_id", "future", "nonce", "warned")
+
+    def __init__(self, nonce: str, correlation_id: str) -> None:
+        self.future: Future[bytes] = Future()
+        self.nonce = nonce
+        self.correlation_id = correlation_id
+        self.warned = False  # a refused reply has been logged already
+
+
 class ReplyListener:
     """Completes the futures of pending requests as their replies arrive.
 
@@ -35,15 +55,23 @@ class ReplyListener:
     thread; the subscription belongs to the listener's own thread.
     """
 
-    def __init__(self, connection: Connection, *, poll_interval: float) -> None:
+    name = "redis_rpc:replies"  # of its thread, and in start() errors
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        poll_interval: float,
+        signing_key: bytes | None = None,
+    ) -> None:
         self.prefix = f"redis_rpc.reply.{uuid.uuid4().hex}."
         self.ready = threading.Event()  # set while the reply subscription is confirmed
         self._connection = connection
         self._poll_interval = poll_interval
-        self._keys = itertools.count()  # next() is atomic under the GIL
+        self._signing_key = signing_key
         self._lock = threading.Lock()  # guards _pending, _accepting and _down
         self._changed = threading.Condition(self._lock)  # _accepting or _down changed
-        self._pending: dict[bytes, Future[bytes]] = {}
+        self._pending: dict[bytes, _Waiter] = {}
         # True while subscribed: a request registered then is failed if the
         # subscription drops, never left waiting for a reply that cannot come.
         self._accepting = False
@@ -51,8 +79,6 @@ class ReplyListener:
         self._down: Exception | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-
-    name = "redis_rpc:replies"
 
     @property
     def pending(self) -> int:
@@ -96,19 +122,29 @@ class ReplyListener:
             "Cannot send a request: the reply subscription to Redis is down", cause
         )
 
-    def register(self) -> tuple[str, Future[bytes]]:
-        """Reserve a reply channel; its future gets the raw reply payload.
+    def register(self, correlation_id: str = "") -> tuple[str, str, Future[bytes]]:
+        """Reserve a reply channel and a nonce; the future gets the raw reply payload.
+
+        Only a reply that passes ``check_reply()`` for the nonce completes
+        the future. *correlation_id* only names the request in log lines.
+
+        Returns:
+            The reply channel, the nonce to send in the request, and the future.
 
         Raises:
             BrokerClosedError: The listener has been stopped.
             RedisConnectionError: The reply subscription is down.
         """
-        channel = f"{self.prefix}{next(self._keys)}"
-        future: Future[bytes] = Future()
+        # One system call for both: 128 bits each, from the OS's CSPRNG.
+        secret = os.urandom(32).hex()
+        channel, waiter = (
+            f"{self.prefix}{secret[:32]}",
+            _Waiter(secret[32:], correlation_id),
+        )
         with self._lock:
             if self._accepting:
-                self._pending[channel.encode()] = future
-                return channel, future
+                self._pending[channel.encode()] = waiter
+                return channel, waiter.nonce, waiter.future
             if self._stopping.is_set():
                 msg = "Cannot request: the broker has been closed."
                 raise BrokerClosedError(msg)
@@ -149,7 +185,8 @@ class ReplyListener:
             # Checked under the lock, so that stop() closing registration always wins.
             accepting = accepting and not self._stopping.is_set()
             self._accepting, self._down = accepting, down
-            futures, self._pending = list(self._pending.values()), {}
+            futures = [waiter.future for waiter in self._pending.values()]
+            self._pending = {}
             self._changed.notify_all()
         if accepting:
             self.ready.set()
@@ -196,11 +233,31 @@ class ReplyListener:
                 continue
             channel, payload = message
             with self._lock:
-                future = self._pending.pop(channel, None)
-            if future is None:
+                waiter = self._pending.get(channel)
+            if waiter is None:
                 logger.debug("Dropped a reply on %r: its request is gone", channel)
-            else:
-                future.set_result(payload)
+                continue
+            # Checked outside the lock: a MAC over a large body takes a while.
+            try:
+                problem = check_reply(payload, self._signing_key, waiter.nonce)
+            except Exception as exc:  # noqa: BLE001 - wire bytes must not end the subscription
+                problem = f"it could not be checked ({exc!r})"
+            if problem is not None:
+                if not waiter.warned:
+                    waiter.warned = True
+                    logger.warning(
+                        "Dropped a reply to request %r, still waiting for another: %s",
+                        waiter.correlation_id,
+                        problem,
+                    )
+                continue
+            with self._lock:
+                # discard() may have removed it meanwhile: then nobody waits.
+                taken = self._pending.get(channel) is waiter
+                if taken:
+                    del self._pending[channel]
+            if taken:
+                waiter.future.set_result(payload)
 
 
 def _down_error(what: str, cause: Exception | None) -> RedisConnectionError:

@@ -1,0 +1,301 @@
+"""Who may answer a request, and who may make a server run a handler."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from redis_rpc import ListSub, RedisMessage, RemoteError, StreamSub
+from redis_rpc._codec import decode_payload
+from redis_rpc._message import NONCE, REPLY_TO, SIGNATURE, build_frame
+from redis_rpc._signing import signature
+from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
+from tests.helpers import wait_for
+
+KEY = b"a shared secret of 32 bytes long"
+OTHER_KEY = b"another secret, also long enough"
+REQUEST_LOG = "redis_rpc._request"
+CONSUMER_LOG = "redis_rpc._consumer"
+QUEUES = ["list", "stream"]
+TRANSPORTS = ["channel", "list", "stream"]
+
+
+@pytest.fixture
+def raw(redis_url):
+    """A plain redis-py client: the attacker, or a tool that looks at Redis."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pool():
+    """Threads for callers that block in request() while the test acts."""
+    executor = ThreadPoolExecutor(2, thread_name_prefix="test-caller")
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _target(transport, name):
+    return {transport: name}
+
+
+def _stored_request(raw, transport, name):
+    """Read, without taking it, the request waiting in a list or stream: what the attacker sees."""
+
+    def read():
+        if transport == "list":
+            items = raw.lrange(name, 0, -1)
+        else:
+            items = [fields[b"__data__"] for _, fields in raw.xrange(name)]
+        return items[-1] if items else None
+
+    payload = wait_for(read, LONG_TIMEOUT)
+    assert payload is not None, "the request never reached Redis"
+    return decode_payload(payload)[1]
+
+
+def _serve(make_broker, transport, name, body="real", **options):
+    """A started server answering *body* on *name*; returns the calls it saw."""
+    server = make_broker(**options)
+    seen = []
+
+    @server.subscriber(**_target(transport, name))
+    def handle(msg: str) -> str:
+        seen.append(msg)
+        return body
+
+    server.start()
+    return seen
+
+
+def test_reply_channels_are_unpredictable(make_broker, unique_name):
+    """Two requests' reply channels share the broker's prefix but no counter: each ends in 128 random bits."""
+    server = make_broker()
+    channels = []
+
+    @server.subscriber(unique_name)
+    def handle(msg: str, message: RedisMessage) -> str:
+        channels.append(message.reply_to)
+        return msg
+
+    server.start()
+    caller = make_broker()
+    for body in ("a", "b", "c"):
+        assert caller.request(body, unique_name, timeout=LONG_TIMEOUT).decode() == body
+    prefix = caller._listener.prefix
+    suffixes = [channel.removeprefix(prefix) for channel in channels]
+    assert all(channel.startswith(prefix) for channel in channels)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", suffix) for suffix in suffixes)
+    assert len(set(suffixes)) == 3
+
+
+def test_forged_reply_on_predicted_channel_is_not_taken(
+    make_broker, unique_name, raw, pool
+):
+    """A client that saw one request's reply channel cannot answer the caller's next request elsewhere."""
+    seen_list, hidden_list = f"{unique_name}-seen", f"{unique_name}-hidden"
+    caller = make_broker()
+    first = pool.submit(caller.request, "one", list=seen_list, timeout=LONG_TIMEOUT)
+    observed = _stored_request(raw, "list", seen_list)[REPLY_TO]
+    # The next request goes where the attacker cannot look.
+    second = pool.submit(caller.request, "two", list=hidden_list, timeout=LONG_TIMEOUT)
+    assert wait_for(lambda: raw.llen(hidden_list) == 1, LONG_TIMEOUT)
+    prefix, _, suffix = observed.rpartition(".")
+    guesses = {f"{prefix}.{n}" for n in range(10)}
+    if re.fullmatch(r"[0-9a-f]+", suffix):
+        guesses |= {f"{prefix}.{int(suffix, 16) + d:0{len(suffix)}x}" for d in (-1, 1)}
+    forged = build_frame("forged", correlation_id="")
+    for guess in guesses:
+        raw.publish(guess, forged)
+    _serve(make_broker, "list", seen_list)
+    _serve(make_broker, "list", hidden_list)
+    assert first.result(LONG_TIMEOUT).decode() == "real"
+    assert second.result(LONG_TIMEOUT).decode() == "real"
+
+
+def test_reply_echoing_another_nonce_is_dropped(
+    make_broker, unique_name, raw, pool, caplog
+):
+    """Without a key, a reply echoing another request's nonce is dropped, logged once, and the real reply is taken."""
+    caplog.set_level(logging.WARNING, logger=REQUEST_LOG)
+    caller = make_broker()
+    future = pool.submit(
+        caller.request,
+        "hi",
+        list=unique_name,
+        correlation_id="c-1",
+        timeout=LONG_TIMEOUT,
+    )
+    headers = _stored_request(raw, "list", unique_name)
+    # Like a genuine reply to an earlier request, replayed on this channel.
+    stale = build_frame("stale", correlation_id="c-1", headers={NONCE: "0" * 32})
+    for _ in range(3):
+        raw.publish(headers[REPLY_TO], stale)
+    _serve(make_broker, "list", unique_name)
+    assert future.result(LONG_TIMEOUT).decode() == "real"
+    dropped = [r for r in caplog.records if "Dropped a reply" in r.getMessage()]
+    assert len(dropped) == 1
+    assert "'c-1'" in dropped[0].getMessage()
+    assert "another request" in dropped[0].getMessage()
+
+
+class TestSigning:
+    @pytest.mark.parametrize("transport", TRANSPORTS)
+    def test_signed_peers_talk(self, make_broker, unique_name, transport):
+        """A caller and a server with the same key exchange requests and replies on every transport."""
+        seen = _serve(make_broker, transport, unique_name, signing_key=KEY)
+        caller = make_broker(signing_key=KEY)
+        reply = caller.request(
+            "hi", **_target(transport, unique_name), timeout=LONG_TIMEOUT
+        )
+        assert reply.decode() == "real"
+        assert seen == ["hi"]
+
+    @pytest.mark.parametrize("transport", QUEUES)
+    def test_forged_reply_is_ignored_by_keyed_caller(
+        self, make_broker, unique_name, raw, pool, caplog, transport
+    ):
+        """A client that reads a signed request and answers it first, copying what it can, is ignored."""
+        caplog.set_level(logging.WARNING, logger=REQUEST_LOG)
+        caller = make_broker(signing_key=KEY)
+        future = pool.submit(
+            caller.request,
+            "hi",
+            **_target(transport, unique_name),
+            correlation_id="c-2",
+            timeout=LONG_TIMEOUT,
+        )
+        headers = _stored_request(raw, transport, unique_name)
+        copied = {NONCE: headers[NONCE]}
+        forgeries = [
+            build_frame("forged", correlation_id="c-2", headers=copied),
+            build_frame(
+                "forged",
+                correlation_id="c-2",
+                headers={**copied, SIGNATURE: headers[SIGNATURE]},
+            ),
+        ]
+        wrong = {"correlation_id": "c-2", "content-type": "text/plain", **copied}
+        wrong[SIGNATURE] = signature(
+            OTHER_KEY, b"forged", wrong, reply_to_nonce=headers[NONCE]
+        )
+        forgeries.append(build_frame("forged", correlation_id="c-2", headers=wrong))
+        for forged in forgeries:
+            raw.publish(headers[REPLY_TO], forged)
+        _serve(make_broker, transport, unique_name, signing_key=KEY)
+        assert future.result(LONG_TIMEOUT).decode() == "real"
+        dropped = [r for r in caplog.records if "Dropped a reply" in r.getMessage()]
+        assert len(dropped) == 1  # once per request, however many forgeries
+        assert "'c-2'" in dropped[0].getMessage()
+
+    @pytest.mark.parametrize("transport", QUEUES)
+    def test_unsigned_request_is_refused(
+        self, make_broker, unique_name, raw, caplog, transport
+    ):
+        """A keyed server drops an unsigned request without running its handler, settles it, and logs it."""
+        caplog.set_level(logging.WARNING, logger=CONSUMER_LOG)
+        seen = _serve(make_broker, transport, unique_name, signing_key=KEY)
+        caller = make_broker()
+        with pytest.raises(TimeoutError):
+            caller.request(
+                "hi",
+                **_target(transport, unique_name),
+                correlation_id="c-3",
+                timeout=SHORT_TIMEOUT,
+            )
+        refused = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refused) == 1
+        assert "'c-3'" in refused[0].getMessage()
+        assert "not signed" in refused[0].getMessage()
+        assert seen == []
+        if transport == "stream":  # settled: acknowledged, not left pending
+            group = raw.xinfo_groups(unique_name)[0]
+            assert group["pending"] == 0
+        else:
+            assert raw.llen(unique_name) == 0
+
+    def test_wrong_key_is_refused(self, make_broker, unique_name, caplog):
+        """A request signed with another key is refused like an unsigned one."""
+        caplog.set_level(logging.WARNING, logger=CONSUMER_LOG)
+        seen = _serve(make_broker, "list", unique_name, signing_key=KEY)
+        caller = make_broker(signing_key=OTHER_KEY)
+        with pytest.raises(TimeoutError):
+            caller.request("hi", list=unique_name, timeout=SHORT_TIMEOUT)
+        assert seen == []
+        assert any(
+            "signature does not verify" in r.getMessage() for r in caplog.records
+        )
+
+    def test_unsigned_event_is_refused(self, make_broker, unique_name):
+        """A keyed server runs its handler for signed events only."""
+        handled = threading.Event()
+        server = make_broker(signing_key=KEY)
+        bodies = []
+
+        @server.subscriber(list=ListSub(unique_name))
+        def handle(msg: str) -> None:
+            bodies.append(msg)
+            handled.set()
+
+        server.start()
+        make_broker().publish("unsigned", list=unique_name)
+        make_broker(signing_key=OTHER_KEY).publish("wrong key", list=unique_name)
+        make_broker(signing_key=KEY).publish("signed", list=unique_name)
+        assert handled.wait(LONG_TIMEOUT)
+        assert bodies == ["signed"]
+
+    def test_result_sent_to_reply_to_reaches_keyed_subscriber(
+        self, make_broker, unique_name
+    ):
+        """A keyed server's answer to a signed publish(reply_to=...) is accepted by a keyed subscriber there."""
+        results_channel = f"{unique_name}-results"
+        received = threading.Event()
+        results = []
+        _serve(make_broker, "list", unique_name, body="result", signing_key=KEY)
+        sink = make_broker(signing_key=KEY)
+
+        @sink.subscriber(results_channel)
+        def collect(msg: str) -> None:
+            results.append(msg)
+            received.set()
+
+        sink.start()
+        make_broker(signing_key=KEY).publish(
+            "hi", list=unique_name, reply_to=results_channel
+        )
+        assert received.wait(LONG_TIMEOUT)
+        assert results == ["result"]
+
+    @pytest.mark.parametrize("failure", ["handler", "validation"])
+    def test_error_replies_are_signed(self, make_broker, unique_name, failure):
+        """A keyed server's error replies verify at a keyed caller, which raises RemoteError."""
+        server = make_broker(signing_key=KEY)
+
+        @server.subscriber(stream=StreamSub(unique_name, group="g", consumer="c"))
+        def handle(n: int) -> int:
+            raise ValueError("no")
+
+        server.start()
+        caller = make_broker(signing_key=KEY)
+        body = 1 if failure == "handler" else "not a number"
+        with pytest.raises(RemoteError) as caught:
+            caller.request(body, stream=unique_name, timeout=LONG_TIMEOUT)
+        expected = "ValueError" if failure == "handler" else "ValidationError"
+        assert caught.value.type_name == expected
+
+    def test_keyed_caller_refuses_unsigned_server(
+        self, make_broker, unique_name, caplog
+    ):
+        """A keyed caller does not take the reply of a server without the key."""
+        caplog.set_level(logging.WARNING, logger=REQUEST_LOG)
+        _serve(make_broker, "channel", unique_name)
+        caller = make_broker(signing_key=KEY)
+        with pytest.raises(TimeoutError):
+            caller.request("hi", unique_name, timeout=SHORT_TIMEOUT)
+        assert any("is not signed" in r.getMessage() for r in caplog.records)
