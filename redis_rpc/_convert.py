@@ -34,8 +34,9 @@ _AS_DECODED = frozenset((Any, object))
 # What decoded JSON gives for an array and for an object.
 _ARRAY = (list, tuple)
 _OBJECT = (dict,)
-# The types whose values JSON writes bare; unions of them are checked here.
-_PRIMITIVES = frozenset((str, int, float, bool, type(None)))
+# What a body decodes to when it is not an array or an object: a JSON scalar,
+# or bytes for a raw body. Unions with such members are checked here.
+_PRIMITIVES = frozenset((str, int, float, bool, type(None), bytes))
 
 
 def make_converter() -> cattrs.Converter:
@@ -236,7 +237,7 @@ def _is_primitive_union(target: Any) -> bool:
 def _primitive_union(
     target: Any, converter: cattrs.Converter
 ) -> Callable[[Any, Any], Any]:
-    """A union hook that tries our strict hooks for its str, int, float and bool members.
+    """A union hook that tries our strict hooks for its str, int, float, bool and bytes members.
 
     cattrs' JSON converter passes such values through when their class is in
     the union, and ``bool`` counts as an ``int``: ``int | str`` would take
