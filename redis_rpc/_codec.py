@@ -8,6 +8,12 @@ A frame is::
 with every integer big-endian and every length a byte count. Readers also
 accept FastStream's legacy JSON envelope ``{"data": ..., "headers": ...}``
 and, failing both, treat the whole payload as a body without headers.
+
+Nothing here limits a payload's size: callers check it first (``check_size``
+in ``_message``), because parsing a large envelope costs many times its size
+in memory. What a payload within the limit may hold is bounded as in the frame
+format, whichever format it came in: at most 65,535 headers, each key and
+value at most 65,535 bytes of UTF-8.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from redis_rpc.errors import MessageDecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
 MAGIC = b"\x89BIN\r\n\x1a\n"
 VERSION = 1
@@ -111,15 +117,55 @@ def _read_text(data: bytes, offset: int) -> tuple[str, int]:
         raise MessageDecodeError(msg) from exc
 
 
+def frame_headers(data: bytes, keys: Collection[str]) -> dict[str, str]:
+    """Read only the headers named *keys* from a binary frame, leaving its body alone.
+
+    For a payload too large to parse: it can still be answered on its
+    ``reply_to``. Other headers are skipped without being decoded or copied.
+    A payload that is not a well-formed frame gives no headers.
+    """
+    if len(data) < _PREFIX.size or not data.startswith(MAGIC):
+        return {}
+    _, version, offset, data_start = _PREFIX.unpack_from(data)
+    if version != VERSION or data_start > len(data):
+        return {}
+    wanted = {key.encode(): key for key in keys}
+    lengths = {len(key) for key in wanted}
+    found: dict[str, str] = {}
+    try:
+        count, offset = _read_u16(data, offset), offset + 2
+        for _ in range(count):
+            key_length = _read_u16(data, offset)
+            key_end = offset + 2 + key_length
+            value_end = key_end + 2 + _read_u16(data, key_end)
+            if value_end > len(data):
+                return {}
+            if key_length in lengths and (
+                name := wanted.get(data[offset + 2 : key_end])
+            ):
+                found[name] = data[key_end + 2 : value_end].decode()
+            offset = value_end
+    except (MessageDecodeError, UnicodeDecodeError):
+        return {}
+    return found
+
+
 def decode_payload(data: bytes) -> tuple[bytes, dict[str, Any]]:
     """Read any payload FastStream may send: a frame, the legacy envelope, or raw bytes.
 
-    What is neither a frame nor an envelope is a raw body.
+    What is neither a frame nor an envelope is a raw body. An envelope's
+    header values may be ``str``, ``int``, ``float``, ``bool`` or ``None``,
+    as FastStream 0.5 wrote them; they are handed over as they are.
+
+    Check *data*'s size before calling this: an envelope is parsed whole.
 
     Raises:
         MessageDecodeError: *data* starts like a frame but is not a valid
             one (truncated, or lying about its lengths). FastStream would
             hand such bytes to the handler as a raw body; we refuse them.
+            Or *data* is an envelope whose headers the frame format could
+            not carry: too many, too long, or a value that is an array or
+            an object.
     """
     if data.startswith(MAGIC):
         return decode_frame(data)
@@ -129,10 +175,42 @@ def decode_payload(data: bytes) -> tuple[bytes, dict[str, Any]]:
             if isinstance(envelope, dict) and isinstance(
                 envelope.get("headers", {}), dict
             ):
-                return envelope["data"].encode(), envelope.get("headers", {})
-        except (ValueError, RecursionError, KeyError, AttributeError):
-            pass  # not an envelope (a lone surrogate in "data" is a UnicodeError, a ValueError)
+                body = envelope["data"].encode()
+                return body, _check_envelope_headers(envelope.get("headers", {}))
+        except (ValueError, RecursionError, KeyError, AttributeError) as exc:
+            if isinstance(exc, MessageDecodeError):
+                raise
+            # Not an envelope (a lone surrogate in "data" is a UnicodeError, a ValueError).
     return data, {}
+
+
+def _check_envelope_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """Hold envelope headers to the frame format's bounds; return them unchanged."""
+    if len(headers) > _MAX_U16:
+        msg = f"The envelope has {len(headers)} headers; at most {_MAX_U16} are allowed, as in a frame."
+        raise MessageDecodeError(msg)
+    for key, value in headers.items():
+        # JSON keys are always strings; only these value types are flat text in a frame.
+        if value is None or isinstance(value, (bool, int, float)):
+            text = str(value)
+        elif isinstance(value, str):
+            text = value
+        else:
+            msg = f"The envelope's header {key[:40]!r} holds a {type(value).__name__}; header values must be strings, numbers, booleans or null."
+            raise MessageDecodeError(msg)
+        for part in (key, text):
+            if _utf8_length(part) > _MAX_U16:
+                msg = f"The envelope's header {key[:40]!r} is over {_MAX_U16} bytes long, the most a frame allows."
+                raise MessageDecodeError(msg)
+    return headers
+
+
+def _utf8_length(text: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:  # a lone surrogate, which JSON can spell
+        msg = "An envelope header is not valid Unicode."
+        raise MessageDecodeError(msg) from exc
 
 
 def encode_body(value: Any) -> tuple[bytes, str | None]:

@@ -337,8 +337,18 @@ class Consumer(abc.ABC):
         """Run the handler on *delivery*; return what to send, and whether atomically."""
         settle = [] if delivery.ack is None else [delivery.ack]
         handler = self.subscriber.handler
-        try:
-            message = RedisMessage.from_payload(delivery.payload, handler.converter)
+        try:  # the size comes first: an oversized payload is never parsed
+            message = RedisMessage.from_payload(
+                delivery.payload,
+                handler.converter,
+                max_size=self._policy.max_message_size,
+            )
+        except MessageTooLargeError as exc:
+            message = RedisMessage.from_frame_headers(delivery.payload)
+            self._log_rejected(delivery, message, exc)
+            return self._error_reply(message, exc) + self._dead_letter(
+                delivery, exc
+            ), True
         except Exception as exc:  # noqa: BLE001 - unreadable, so no reply_to to answer on
             self._log_rejected(delivery, None, exc)
             return self._dead_letter(delivery, exc), True
@@ -364,7 +374,6 @@ class Consumer(abc.ABC):
             )
             return settle, False
         try:
-            check_size(delivery.payload, self._policy.max_message_size, "The message")
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)

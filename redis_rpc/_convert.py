@@ -3,32 +3,51 @@
 Each broker owns one ``cattrs.Converter`` (``make_converter()`` by default,
 or the user's own), so hooks registered for one broker never leak into
 another. The default is cattrs' JSON converter (datetimes as ISO 8601
-strings, enums by value) made strict about JSON's primitive types: a
-``str`` field does not take ``5``, and an ``int`` field does not take
-``"5"``, ``True`` or ``2.5``.
+strings, enums by value) made strict: it does no coercion that JSON would
+not do. A ``str`` field does not take ``5``; an ``int`` field does not take
+``"5"``, ``True`` or ``2.5``; a ``float`` field does not take NaN or the
+infinities (which ``json.loads()`` reads); a list, tuple or set does not take
+a string, bytes or an object (cattrs would iterate them); a mapping takes
+only an object, not a list of pairs. ``Any`` and ``object`` take the value
+as it was decoded.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import math
+import threading
+import types
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cattrs
 import cattrs.preconf.json
 
 from redis_rpc.errors import ValidationError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # Types a body is handed over as it was decoded, without structuring.
 _AS_DECODED = frozenset((Any, object))
+# What decoded JSON gives for an array and for an object.
+_ARRAY = (list, tuple)
+_OBJECT = (dict,)
+# What a body decodes to when it is not an array or an object: a JSON scalar,
+# or bytes for a raw body. Unions with such members are checked here.
+_PRIMITIVES = frozenset((str, int, float, bool, type(None), bytes))
 
 
 def make_converter() -> cattrs.Converter:
     """Build the converter a broker uses when it is given none.
 
-    Start from this one to add hooks of your own::
+    Start from this one to add hooks of your own; a hook registered later
+    wins over ours. To let ``float`` fields take NaN and the infinities::
 
         converter = redis_rpc.make_converter()
         converter.register_structure_hook(Money, Money.parse)
+        converter.register_structure_hook(float, lambda value, _: float(value))
         broker = RedisBroker(url, converter=converter)
     """
     converter = cattrs.preconf.json.make_converter()
@@ -43,6 +62,11 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook(bool, _structure_bool)
+    # A predicate, not a class: a hook for the class object would match every class.
+    converter.register_structure_hook_func(lambda t: t is object, _as_decoded)
+    strict = _StrictCollections(converter)
+    converter.register_structure_hook_factory(strict.applies, strict.hook)
+    converter.register_structure_hook_factory(_is_primitive_union, _primitive_union)
     return converter
 
 
@@ -124,7 +148,15 @@ def _structure_int(value: Any, _: type) -> int:
 
 def _structure_float(value: Any, _: type) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            msg = "expected a float, got an int too large for one"
+            raise ValueError(msg) from None
+        if math.isfinite(number):
+            return number
+        msg = f"expected a finite float, got {number}"
+        raise ValueError(msg)
     msg = f"expected a float, got {type(value).__name__}"
     raise ValueError(msg)
 
@@ -134,3 +166,111 @@ def _structure_bool(value: Any, _: type) -> bool:
         return value
     msg = f"expected a bool, got {type(value).__name__}"
     raise ValueError(msg)
+
+
+def _as_decoded(value: Any, _: type) -> Any:
+    return value
+
+
+def _shape(target: Any) -> tuple[tuple[type, ...], str] | None:
+    """What a collection *target* accepts, and its name in errors; ``None`` if no collection."""
+    origin = typing.get_origin(target) or target
+    if not isinstance(origin, type) or issubclass(origin, (str, bytes, bytearray)):
+        return None
+    if issubclass(origin, collections.abc.Mapping):
+        return _OBJECT, "an object"
+    if issubclass(origin, collections.abc.Iterable):
+        return _ARRAY, "an array"
+    return None
+
+
+class _StrictCollections:
+    """Wraps cattrs' own hooks for collections so that they take only JSON arrays and objects.
+
+    cattrs structures a ``list[str]`` by iterating whatever it gets, so
+    ``"abc"`` would become ``["a", "b", "c"]``, and a ``dict`` from any
+    iterable of pairs. Our hook checks the value's type, then hands it to
+    the hook cattrs would have used.
+    """
+
+    def __init__(self, converter: cattrs.Converter) -> None:
+        self._converter = converter
+        # .building: the targets whose cattrs hook this thread is asking for.
+        self._local = threading.local()
+
+    def _building(self) -> set[Any]:
+        building: set[Any] | None = getattr(self._local, "building", None)
+        if building is None:
+            building = self._local.building = set()
+        return building
+
+    def applies(self, target: Any) -> bool:
+        # Not while asking cattrs for its own hook for the same target.
+        return _shape(target) is not None and target not in self._building()
+
+    def hook(self, target: Any) -> Callable[[Any, Any], Any]:
+        shape = _shape(target)
+        assert shape is not None  # applies() said so
+        allowed, expected = shape
+        building = self._building()
+        building.add(target)
+        try:  # not cached: the cache must hold our hook, not the one we wrap
+            inner = self._converter.get_structure_hook(target, cache_result=False)
+        finally:
+            building.discard(target)
+
+        def structure_collection(value: Any, cl: Any) -> Any:
+            if not isinstance(value, allowed):
+                msg = f"expected {expected}, got {type(value).__name__}"
+                raise ValueError(msg)  # cattrs reports a ValueError per field
+            return inner(value, cl)
+
+        return structure_collection
+
+
+def _is_primitive_union(target: Any) -> bool:
+    return typing.get_origin(target) in (typing.Union, types.UnionType) and any(
+        member in _PRIMITIVES for member in typing.get_args(target)
+    )
+
+
+def _primitive_union(
+    target: Any, converter: cattrs.Converter
+) -> Callable[[Any, Any], Any]:
+    """A union hook that tries our strict hooks for its str, int, float, bool and bytes members.
+
+    cattrs' JSON converter passes such values through when their class is in
+    the union, and ``bool`` counts as an ``int``: ``int | str`` would take
+    ``True`` and ``float | str`` NaN. The other members form a union of their
+    own, tried last.
+    """
+    members = typing.get_args(target)
+    nullable = type(None) in members
+    hooks = {
+        member: converter.get_structure_hook(member)
+        for member in members
+        if member in _PRIMITIVES and member is not type(None)
+    }
+    rest = tuple(member for member in members if member not in _PRIMITIVES)
+    rest_type: Any = None
+    if rest:
+        rest_type = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007 - built at run time
+    rest_hook = None if rest_type is None else converter.get_structure_hook(rest_type)
+
+    def structure_union(value: Any, _: Any) -> Any:
+        if value is None and nullable:
+            return None
+        exact, reasons = type(value), []
+        for member in sorted(hooks, key=lambda m: m is not exact):  # its own type first
+            try:
+                return hooks[member](value, member)
+            except ValueError as exc:
+                reasons.append(str(exc))
+        if rest_hook is not None:
+            return rest_hook(value, rest_type)
+        if len(reasons) == 1:  # Optional[int]: the int's own complaint says it all
+            raise ValueError(reasons[0])
+        msg = f"no member of {target!r} takes it ({'; '.join(reasons) or f'got {exact.__name__}'})"
+        raise ValueError(msg)
+
+    return structure_union

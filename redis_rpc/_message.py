@@ -85,16 +85,44 @@ class RedisMessage:
 
     @classmethod
     def from_payload(
-        cls, payload: bytes, converter: cattrs.Converter = _DEFAULT_CONVERTER
+        cls,
+        payload: bytes,
+        converter: cattrs.Converter = _DEFAULT_CONVERTER,
+        *,
+        max_size: int | None = None,
     ) -> RedisMessage:
         """Parse whatever FastStream may put in Redis.
 
-        *converter* is what ``decode(SomeType)`` will use.
+        *converter* is what ``decode(SomeType)`` will use. A payload longer
+        than *max_size* bytes is refused before any parsing: a JSON envelope
+        costs many times its size in memory to parse.
 
         Raises:
-            MessageDecodeError: *payload* starts like a binary frame but is not one.
+            MessageTooLargeError: *payload* is longer than *max_size*.
+            MessageDecodeError: *payload* starts like a binary frame but is
+                not one, or is an envelope whose headers a frame could not hold.
         """
+        check_size(payload, max_size, "The message")
         body, headers = _codec.decode_payload(payload)
+        return cls._from_parts(body, headers, converter)
+
+    @classmethod
+    def from_frame_headers(cls, payload: bytes) -> RedisMessage:
+        """Read only the protocol headers of a binary frame; the body is left empty.
+
+        For a payload too large to parse, so that its sender can still get an
+        error reply. An envelope or raw payload is not parsed at all and gives
+        a message without headers, so without anyone to reply to.
+        """
+        return cls._from_parts(b"", _codec.frame_headers(payload, _PROTOCOL_HEADERS))
+
+    @classmethod
+    def _from_parts(
+        cls,
+        body: bytes,
+        headers: Mapping[str, Any],
+        converter: cattrs.Converter = _DEFAULT_CONVERTER,
+    ) -> RedisMessage:
         content_type = headers.get(CONTENT_TYPE)
         error = headers.get(ERROR)
         return cls(

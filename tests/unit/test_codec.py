@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from redis_rpc._codec import (
     decode_payload,
     encode_body,
     encode_frame,
+    frame_headers,
 )
 from redis_rpc.errors import MessageDecodeError
 
@@ -236,6 +238,112 @@ class TestDecodePayload:
         """A deeply nested JSON payload is a raw body, not a RecursionError."""
         payload = b'{"data": ' + b"[" * 100_000
         assert decode_payload(payload) == (payload, {})
+
+
+class TestEnvelopeBounds:
+    """The legacy envelope's headers are bounded as a frame's are."""
+
+    @staticmethod
+    def envelope(headers):
+        return json.dumps({"data": "x", "headers": headers}).encode()
+
+    @pytest.mark.parametrize(
+        "value", ["s", "", 7, -(2**63), 1.5, True, False, None], ids=repr
+    )
+    def test_flat_values_are_kept_as_sent(self, value):
+        """Strings, numbers, booleans and null header values are handed over unchanged."""
+        assert decode_payload(self.envelope({"k": value})) == (b"x", {"k": value})
+
+    @pytest.mark.parametrize("value", [[1, 2], {"a": 1}, []], ids=repr)
+    def test_nested_values_are_refused(self, value):
+        """An array or object as a header value is refused: a frame cannot carry it."""
+        with pytest.raises(MessageDecodeError, match="header 'k' holds a"):
+            decode_payload(self.envelope({"k": value}))
+
+    def test_most_headers_a_frame_holds(self):
+        """An envelope with 65,535 headers is read."""
+        headers = {str(n): "" for n in range(0xFFFF)}
+        assert len(decode_payload(self.envelope(headers))[1]) == 0xFFFF
+
+    def test_too_many_headers(self):
+        """An envelope with more than 65,535 headers is refused."""
+        headers = {str(n): "" for n in range(0x10000)}
+        with pytest.raises(MessageDecodeError, match="65536 headers"):
+            decode_payload(self.envelope(headers))
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            pytest.param({"k" * 0x10000: "v"}, id="long-key"),
+            pytest.param({"k": "v" * 0x10000}, id="long-value"),
+            pytest.param({"k": "é" * 0x8000}, id="long-value-in-utf8-bytes"),
+        ],
+    )
+    def test_long_headers(self, headers):
+        """A key or value over 65,535 bytes of UTF-8 is refused."""
+        with pytest.raises(MessageDecodeError, match="over 65535 bytes"):
+            decode_payload(self.envelope(headers))
+
+    def test_longest_header_a_frame_holds(self):
+        """A key and a value of exactly 65,535 bytes each are read."""
+        headers = {"k" * 0xFFFF: "v" * 0xFFFF}
+        assert decode_payload(self.envelope(headers))[1] == headers
+
+    def test_lone_surrogate_in_a_header(self):
+        """A header that is not valid Unicode is refused."""
+        with pytest.raises(MessageDecodeError, match="not valid Unicode"):
+            decode_payload(b'{"data": "x", "headers": {"k": "\\ud800"}}')
+
+
+class TestFrameHeaders:
+    """Only the named headers of a frame are read, for payloads too large to parse."""
+
+    def test_reads_only_the_named_headers(self):
+        """The named headers come back, others are skipped."""
+        frame = encode_frame(
+            b"body", {"correlation_id": "c", "x": "y", "reply_to": "r", "é": "ü"}
+        )
+        assert frame_headers(frame, ["reply_to", "correlation_id", "absent"]) == {
+            "reply_to": "r",
+            "correlation_id": "c",
+        }
+
+    def test_does_not_decode_the_other_headers(self):
+        """A header not asked for is not decoded, so invalid UTF-8 there does not matter."""
+        frame = _frame(rest=b"\x00\x02\x00\x01\xff\x00\x01\xfe\x00\x01k\x00\x01v")
+        assert frame_headers(frame, ["k"]) == {"k": "v"}
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            pytest.param(b"", id="empty"),
+            pytest.param(b"raw body", id="raw"),
+            pytest.param(b'{"data": "x", "headers": {"reply_to": "r"}}', id="envelope"),
+            pytest.param(WORKED_EXAMPLE[:30], id="cut"),
+            pytest.param(_frame(version=2), id="version-2"),
+            pytest.param(_frame(data_start=10_000), id="data-start-past-the-end"),
+            pytest.param(
+                _frame(rest=b"\x00\x01\x00\x01k\x00\x09v"), id="value-past-the-end"
+            ),
+            pytest.param(
+                _frame(rest=b"\x00\x01\x00\x01k\x00\x01\xff"), id="non-utf8-value"
+            ),
+        ],
+    )
+    def test_no_headers_from_anything_but_a_frame(self, payload):
+        """An envelope, raw bytes or a broken frame give no headers at all."""
+        assert frame_headers(payload, ["k", "reply_to"]) == {}
+
+    def test_body_is_not_copied(self):
+        """Reading the headers of a frame with a large body allocates far less than the body."""
+        frame = encode_frame(b"x" * 20_000_000, {"reply_to": "r"})
+        tracemalloc.start()
+        try:
+            assert frame_headers(frame, ["reply_to"]) == {"reply_to": "r"}
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 100_000
 
 
 class TestEncodeBody:

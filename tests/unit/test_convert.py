@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import collections.abc
 import dataclasses
 import datetime
 import enum
 import json
 import logging
-from typing import Any, Optional, Union
+import math
+import typing
+from typing import Any, Optional, TypedDict, Union
 
 import attrs
 import cattrs
@@ -63,6 +67,16 @@ class Money:
         return isinstance(other, Money) and other.cents == self.cents
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@attrs.frozen
+class Reading:
+    value: float
+    tags: list[str] = attrs.Factory(list)
+
+
+class Counts(TypedDict):
+    a: int
 
 
 class PaymentDeclinedError(Exception):
@@ -142,6 +156,219 @@ class TestStrictPrimitives:
         """Building our converter registers nothing on cattrs' global converter."""
         make_converter()
         assert cattrs.global_converter.structure("5", int) == 5
+
+
+# Strings, bytes and objects are not arrays of their characters, bytes or keys.
+NOT_ARRAYS = [
+    pytest.param(b"hello", id="bytes"),
+    pytest.param("abc", id="str"),
+    pytest.param({"k": "v"}, id="object"),
+]
+ARRAY_TARGETS = [
+    list,
+    list[int],
+    list[str],
+    typing.List[str],  # noqa: UP006 - the spelling under test
+    tuple,
+    tuple[str, ...],
+    tuple[str, str],
+    set[str],
+    frozenset[str],
+    collections.deque[str],
+    collections.abc.Sequence[str],
+    collections.abc.MutableSequence[str],
+    collections.abc.Set[str],
+    collections.abc.MutableSet[str],
+    collections.abc.Iterable[str],
+    collections.abc.Collection[str],
+    Optional[list[str]],  # noqa: UP045 - the spelling under test
+    list[str] | None,
+    typing.Annotated[list[str], "metadata"],
+]
+UNSUPPORTED = (collections.abc.Iterable, collections.abc.Collection)
+MAPPING_TARGETS = [
+    dict,
+    dict[str, int],
+    dict[str, Any],
+    collections.abc.Mapping,
+    collections.abc.Mapping[str, int],
+    collections.abc.MutableMapping[str, int],
+    collections.OrderedDict[str, int],
+    collections.Counter[str],
+    Counts,
+]
+NON_FINITE = [
+    pytest.param(math.nan, id="nan"),
+    pytest.param(math.inf, id="inf"),
+    pytest.param(-math.inf, id="-inf"),
+]
+
+
+class TestStrictCollections:
+    @pytest.mark.parametrize("value", NOT_ARRAYS)
+    @pytest.mark.parametrize("target", ARRAY_TARGETS, ids=repr)
+    def test_array_targets_refuse_strings_bytes_and_objects(self, target, value):
+        """A list, tuple, set or other collection target refuses a str, bytes or an object instead of iterating it."""
+        with pytest.raises(ValidationError) as info:
+            structure(make_converter(), value, target)
+        assert info.value.errors[0].endswith(" @ $")
+
+    @pytest.mark.parametrize(
+        "target",
+        # cattrs has no hook at all for Iterable and Collection: they refuse everything.
+        [t for t in ARRAY_TARGETS if typing.get_origin(t) not in UNSUPPORTED],
+        ids=repr,
+    )
+    def test_array_targets_take_arrays(self, target):
+        """Every collection target still takes a JSON array."""
+        value = [1, 2] if target == list[int] else ["a", "b"]
+        result = structure(make_converter(), value, target)
+        assert sorted(result) == value
+
+    @pytest.mark.parametrize("target", MAPPING_TARGETS, ids=repr)
+    def test_mapping_targets_refuse_lists_of_pairs(self, target):
+        """A mapping target takes only a JSON object, not a list of key-value pairs."""
+        with pytest.raises(ValidationError) as info:
+            structure(make_converter(), [["a", 1]], target)
+        assert "expected an object, got list @ $" in info.value.errors
+
+    @pytest.mark.parametrize("value", [b"a=1", "a=1", None, 1])
+    @pytest.mark.parametrize("target", [dict, dict[str, int]], ids=repr)
+    def test_mapping_targets_refuse_non_objects(self, target, value):
+        """A mapping target refuses a str, bytes, null or a number."""
+        with pytest.raises(ValidationError):
+            structure(make_converter(), value, target)
+
+    @pytest.mark.parametrize("target", MAPPING_TARGETS, ids=repr)
+    def test_mapping_targets_take_objects(self, target):
+        """Every mapping target still takes a JSON object."""
+        assert dict(structure(make_converter(), {"a": 1}, target)) == {"a": 1}
+
+    def test_nested_string_is_not_a_list(self):
+        """A string inside an array is refused where an inner list is expected, and the path says where."""
+        with pytest.raises(ValidationError) as info:
+            structure(make_converter(), [["a"], "bc"], list[list[str]])
+        assert any(error.endswith("@ $[1]") for error in info.value.errors)
+
+    def test_attrs_field_refuses_a_string_for_a_list(self):
+        """An attrs class's list field refuses a string."""
+        with pytest.raises(ValidationError) as info:
+            structure(make_converter(), {"value": 1.0, "tags": "ab"}, Reading)
+        assert any(error.endswith("@ $.tags") for error in info.value.errors)
+
+    @pytest.mark.parametrize(
+        ("body", "target"),
+        [
+            pytest.param(b"hello", list[int], id="raw-bytes-into-list-int"),
+            pytest.param(b'"abc"', list[str], id="json-str-into-list-str"),
+            pytest.param(b'{"k":"v"}', list[str], id="json-object-into-list-str"),
+            pytest.param(b'[["k","v"]]', dict[str, str], id="json-pairs-into-dict"),
+            pytest.param(b"NaN", float, id="json-nan-into-float"),
+            pytest.param(b"[1.0,Infinity]", list[float], id="json-inf-into-list"),
+        ],
+    )
+    def test_decode_into_refuses(self, body, target):
+        """RedisMessage.decode(into) refuses a body that JSON would not give the target type."""
+        with pytest.raises(ValidationError):
+            RedisMessage(body=body).decode(target)
+
+
+class TestNonFiniteFloats:
+    @pytest.mark.parametrize("value", NON_FINITE)
+    @pytest.mark.parametrize(
+        ("target", "wrap"),
+        [
+            pytest.param(float, lambda v: v, id="float"),
+            pytest.param(list[float], lambda v: [1.0, v], id="list"),
+            pytest.param(dict[str, float], lambda v: {"a": v}, id="dict"),
+            pytest.param(tuple[float, float], lambda v: [v, 1.0], id="tuple"),
+            pytest.param(Reading, lambda v: {"value": v}, id="attrs"),
+            pytest.param(Point, lambda v: {"x": v, "y": 0.0}, id="dataclass"),
+            pytest.param(Optional[float], lambda v: v, id="optional"),  # noqa: UP045
+            pytest.param(Union[float, str], lambda v: v, id="union"),  # noqa: UP007
+            pytest.param(int, lambda v: v, id="int"),
+        ],
+    )
+    def test_refused(self, target, wrap, value):
+        """NaN and the infinities, which json.loads() reads, are refused by float fields wherever they are."""
+        with pytest.raises(ValidationError):
+            structure(make_converter(), wrap(value), target)
+
+    @pytest.mark.parametrize("value", NON_FINITE)
+    @pytest.mark.parametrize(
+        ("target", "wrap", "unwrap"),
+        [
+            pytest.param(Any, lambda v: v, lambda r: r, id="Any"),
+            pytest.param(object, lambda v: v, lambda r: r, id="object"),
+            pytest.param(list[Any], lambda v: [v], lambda r: r[0], id="list-of-Any"),
+            pytest.param(
+                dict[str, object],
+                lambda v: {"a": v},
+                lambda r: r["a"],
+                id="dict-of-object",
+            ),
+            pytest.param(
+                list[object], lambda v: [v], lambda r: r[0], id="list-of-object"
+            ),
+        ],
+    )
+    def test_any_and_object_take_them_as_decoded(self, target, wrap, unwrap, value):
+        """A value annotated Any or object is handed over as decoded, non-finite floats included."""
+        result = structure(make_converter(), wrap(value), target)
+        assert unwrap(result) is value
+
+    def test_int_too_large_for_a_float(self):
+        """An int beyond float's range is refused by a float field, with a message saying so."""
+        with pytest.raises(ValidationError) as info:
+            structure(make_converter(), 10**400, float)
+        assert "too large" in info.value.errors[0]
+
+    def test_user_hook_allows_them(self):
+        """A user's float hook registered on make_converter()'s converter lets NaN through."""
+        converter = make_converter()
+        converter.register_structure_hook(float, lambda value, _: float(value))
+        assert math.isnan(structure(converter, math.nan, float))
+        assert math.isinf(structure(converter, [math.inf], list[float])[0])
+
+
+class TestStrictUnions:
+    @pytest.mark.parametrize(
+        ("value", "target"),
+        [
+            pytest.param(True, int | str, id="bool-into-int-or-str"),
+            pytest.param(1, bool | str, id="int-into-bool-or-str"),
+            pytest.param("1", int | float, id="str-into-int-or-float"),
+            pytest.param(math.nan, float | None, id="nan-into-optional-float"),
+            pytest.param(["a"], int | str, id="list-into-int-or-str"),
+        ],
+    )
+    def test_refuses_what_no_member_takes(self, value, target):
+        """A union of primitives passes a value only when one member's strict hook takes it."""
+        with pytest.raises(ValidationError):
+            structure(make_converter(), value, target)
+
+    @pytest.mark.parametrize(
+        ("value", "target", "expected"),
+        [
+            pytest.param(True, bool | int, True, id="bool"),
+            pytest.param(2, int | float, 2, id="int-stays-int"),
+            pytest.param(2.5, int | float, 2.5, id="float-stays-float"),
+            pytest.param(2, float | str, 2.0, id="int-into-float"),
+            pytest.param(b"raw", int | str, "raw", id="raw-bytes-into-str"),
+            pytest.param(None, int | None, None, id="none"),
+            pytest.param(
+                {"name": "n", "price": 1}, Item | None, Item("n", 1), id="attrs"
+            ),
+            pytest.param("red", int | Color, Color.RED, id="enum-after-primitives"),
+            pytest.param(b"raw", str | bytes, b"raw", id="raw-bytes-stay-bytes"),
+            pytest.param("text", str | bytes, "text", id="str-stays-str"),
+        ],
+    )
+    def test_takes_what_a_member_takes(self, value, target, expected):
+        """A union of primitives gives each value to the member of its own type first."""
+        result = structure(make_converter(), value, target)
+        assert result == expected
+        assert type(result) is type(expected)
 
 
 class TestStructureErrors:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import tracemalloc
+
 import attrs
 import pytest
 
 from redis_rpc import RedisMessage, RedisResponse, Response
 from redis_rpc._codec import decode_frame, encode_frame
 from redis_rpc._message import build_error_frame, build_frame
-from redis_rpc.errors import MessageDecodeError
+from redis_rpc.errors import MessageDecodeError, MessageTooLargeError
 
 
 class TestFromPayload:
@@ -55,6 +58,93 @@ class TestFromPayload:
         assert message.correlation_id == "42"
         assert message.reply_to == "r"
         assert message.headers == {"n": 1}
+
+
+def _many_headers_envelope(count: int) -> bytes:
+    """A legacy envelope with *count* tiny headers: costly to parse, for its size."""
+    headers = ",".join(f'"{n}":{n}' for n in range(count))
+    return f'{{"data":"x","headers":{{"reply_to":"r",{headers}}}}}'.encode()
+
+
+class TestSizeLimit:
+    """from_payload(max_size=...) refuses a payload over the limit before any parsing."""
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            pytest.param(encode_frame(b"x" * 100, {"reply_to": "r"}), id="frame"),
+            pytest.param(
+                json.dumps({"data": "x" * 100, "headers": {}}).encode(), id="envelope"
+            ),
+            pytest.param(b"x" * 200, id="raw"),
+        ],
+    )
+    def test_refused_in_every_format(self, payload):
+        """A frame, an envelope or a raw payload one byte over the limit is refused."""
+        with pytest.raises(MessageTooLargeError, match="over max_message_size"):
+            RedisMessage.from_payload(payload, max_size=len(payload) - 1)
+        assert RedisMessage.from_payload(payload, max_size=len(payload)).body
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            pytest.param(
+                encode_frame(b"x", {"k": "v"})[:25] + b"x" * 100, id="broken-frame"
+            ),
+            pytest.param(
+                _many_headers_envelope(70_000), id="envelope-with-too-many-headers"
+            ),
+        ],
+    )
+    def test_size_is_checked_before_the_format(self, payload):
+        """An oversized payload that would also fail to parse is refused for its size."""
+        with pytest.raises(MessageTooLargeError):
+            RedisMessage.from_payload(payload, max_size=100)
+
+    def test_oversized_envelope_is_never_parsed(self):
+        """Refusing a large envelope with very many headers allocates next to nothing."""
+        payload = _many_headers_envelope(300_000)  # about 4 MB; parsed, about 40 MB
+        tracemalloc.start()
+        try:
+            with pytest.raises(MessageTooLargeError):
+                RedisMessage.from_payload(payload, max_size=1024)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 200_000
+
+    def test_no_limit(self):
+        """Without a limit, a large payload is parsed."""
+        assert RedisMessage.from_payload(b"x" * 100_000).body == b"x" * 100_000
+
+
+class TestFromFrameHeaders:
+    def test_protocol_headers_only(self):
+        """An oversized frame still tells where to reply, without its body or user headers."""
+        frame = encode_frame(
+            b"x" * 1000,
+            {
+                "correlation_id": "c-1",
+                "reply_to": "inbox",
+                "x-redis-rpc-accept-errors": "1",
+                "x-user": "u",
+            },
+        )
+        message = RedisMessage.from_frame_headers(frame)
+        assert message == RedisMessage(
+            body=b"", correlation_id="c-1", reply_to="inbox", accepts_errors=True
+        )
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            pytest.param(_many_headers_envelope(10), id="envelope"),
+            pytest.param(b"raw", id="raw"),
+        ],
+    )
+    def test_nothing_but_a_frame_is_read(self, payload):
+        """An envelope or a raw payload gives a message with no one to reply to."""
+        assert RedisMessage.from_frame_headers(payload) == RedisMessage(body=b"")
 
 
 class TestDecode:
