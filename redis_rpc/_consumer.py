@@ -346,9 +346,9 @@ class Consumer(abc.ABC):
         except MessageTooLargeError as exc:
             message = RedisMessage.from_frame_headers(delivery.payload)
             self._log_rejected(delivery, message, exc)
-            return self._error_reply(message, exc) + self._dead_letter(
-                delivery, exc
-            ), True
+            # With a key, an unverified reply_to gets nothing: it may not be the sender's.
+            reply = [] if self._policy.signing_key else self._error_reply(message, exc)
+            return reply + self._dead_letter(delivery, exc), True
         except Exception as exc:  # noqa: BLE001 - unreadable, so no reply_to to answer on
             self._log_rejected(delivery, None, exc)
             return self._dead_letter(delivery, exc), True
