@@ -31,7 +31,7 @@ from tests.helpers import wait_for
 LIFETIME = 60.0  # a safety net: tests always end the process well before
 HOLD = 20.0  # how long a held handler waits for its release, at most
 RECOVER_AFTER = 0.5  # reliable mode: a killed server's items come back this fast
-SLOW_DELAY = 0.03  # longer than the soak test's short request timeout
+SLOW_DELAY = 0.2  # longer than the leak test's short request timeout
 SLOW_WORKERS = 16
 # The most threads the soak server ever runs: main, timer, two consumers, workers.
 SOAK_THREADS = 4 + SLOW_WORKERS
