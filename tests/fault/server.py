@@ -38,7 +38,13 @@ SOAK_THREADS = 4 + SLOW_WORKERS
 
 
 def say(line: str) -> None:
-    print(line, flush=True)  # noqa: T201 - the test reads these lines
+    """Print *line* for the test, whole even when several handler threads print at once.
+
+    print() writes the text and its newline in two calls, so lines from
+    two threads could come out as ``handling 0handling 1``. One write() of
+    fewer than PIPE_BUF bytes to a pipe is atomic.
+    """
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
 
 
 def main(url: str, mode: str, name: str) -> None:

@@ -34,7 +34,7 @@ def test_reliable_list_survives_a_killed_server(
             for n in range(REQUESTS)
         ]
         held = sorted(first.read_line() for _ in range(IN_FLIGHT))
-        assert all(line.startswith("handling ") for line in held)
+        assert all(line.startswith("handling ") for line in held), held
         first.popen.kill()
         first.popen.wait(LONG_TIMEOUT)
         # What it held sits in its processing list, the rest in the list.

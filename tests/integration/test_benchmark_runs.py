@@ -88,7 +88,10 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
         assert row["requests_per_s"] > 0
         assert row["p50_vs_floor"] > 0
     leaks = summary["leak_check"]
-    assert leaks["timed_out"] == leaks["requests"] // 10
+    # A slow reply counts as answered when its caller thread was descheduled
+    # for longer than the handler took, which a busy machine does.
+    slow = leaks["timed_out"] + leaks["slow_answered_in_time"]
+    assert slow == leaks["requests"] // 10
     assert len(leaks["rss_mb"]) == len(leaks["threads"]) == 10
     assert {c["target"] for c in summary["targets"]}
 
