@@ -26,7 +26,7 @@ bench: $(BIN)/.installed redis-server
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks.request_latency $(BENCH_ARGS)
 
-# 100,000 requests, checking that nothing grows: about a minute.
+# 100,000 requests, checking that nothing grows: one to two minutes.
 # SOAK_ARGS="--requests 10000" makes a quick run.
 soak: $(BIN)/.installed redis-server
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)

@@ -43,7 +43,7 @@ from redis_rpc import RedisBroker
 from redis_rpc.errors import RequestTimeoutError
 from redis_rpc.testing import RedisServer
 
-REQUESTS = 100_000  # about half a minute on two idle cores
+REQUESTS = 100_000  # about a minute and a half on two busy cores
 WARM_UP_SHARE = 10  # a tenth as many first: pools, caches and allocator arenas fill up
 CALLERS = 32
 LIST = "soak"  # answered at once
