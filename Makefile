@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: example test check format clean redis-server bench
+.PHONY: example test check format clean redis-server bench soak
 
 $(BIN)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(BIN)/.installed redis-server
 bench: $(BIN)/.installed redis-server
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks.request_latency $(BENCH_ARGS)
+
+# 100,000 requests, checking that nothing grows: one to two minutes.
+# SOAK_ARGS="--requests 10000" makes a quick run.
+soak: $(BIN)/.installed redis-server
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 check: $(BIN)/.installed
 	$(BIN)/ruff format --check redis_rpc tests benchmarks examples

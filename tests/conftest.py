@@ -19,6 +19,14 @@ from redis_rpc.testing import RedisServer
 # something slow (a poll interval or two). Never a bare sleep.
 SHORT_TIMEOUT = 2.0
 LONG_TIMEOUT = 10.0
+# How long a freshly started process (a Python interpreter importing redis_rpc,
+# or a redis-server) may take to say it is ready. Starting one costs far more
+# CPU than anything else a test waits for, so on a machine busy with other
+# suites it is the first wait to run out: a bound of its own, and a generous one.
+READY_TIMEOUT = 30.0
+# pytest-timeout limit for a test that starts processes: room for its
+# readiness waits on top of the 30 s default.
+PROCESS_TEST_TIMEOUT = 120
 # Test brokers poll fast, so that close() returns quickly.
 POLL_INTERVAL = 0.05
 
@@ -26,14 +34,25 @@ _INTEGRATION = Path(__file__).parent / "integration"
 _FAULT = Path(__file__).parent / "fault"
 
 
+def _rank(item: pytest.Item) -> int:
+    """0 for unit tests, 1 for integration tests, 2 for fault tests."""
+    parents = Path(item.fspath).parents
+    if _FAULT in parents:
+        return 2
+    return 1 if _INTEGRATION in parents else 0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        parents = Path(item.fspath).parents
-        if _INTEGRATION in parents:
+        rank = _rank(item)
+        if rank >= 1:  # fault tests use real servers too, so are also integration tests
             item.add_marker(pytest.mark.integration)
-        if _FAULT in parents:  # real servers too, so also integration tests
-            item.add_marker(pytest.mark.integration)
+        if rank == 2:
             item.add_marker(pytest.mark.fault)
+    # The fast tests first, the ones that kill, restart and fork processes last,
+    # so that a quick failure shows at once. The sort is stable: within a rank,
+    # files and tests keep pytest's order.
+    items.sort(key=_rank)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +64,7 @@ def redis_server() -> Iterator[RedisServer]:
                 "redis-server is not on PATH, and CI must not skip integration tests."
             )
         pytest.skip("redis-server is not on PATH")
-    server = RedisServer()
+    server = RedisServer(startup_timeout=READY_TIMEOUT)
     server.start()
     yield server
     server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
 import threading
@@ -12,7 +11,8 @@ import pytest
 import redis
 
 from redis_rpc.testing import RedisServer
-from tests.conftest import LONG_TIMEOUT
+from tests.conftest import LONG_TIMEOUT, READY_TIMEOUT
+from tests.helpers import OutputLines
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def own_server(redis_server):
 
     Depends on redis_server only for its check that redis-server exists.
     """
-    server = RedisServer()
+    server = RedisServer(startup_timeout=READY_TIMEOUT)
     server.start()
     yield server
     server.stop()
@@ -47,28 +47,21 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(
-            target=self._read, name="test-reader", daemon=True
-        )
-        self._reader.start()
+        self._lines = OutputLines(self.popen.stdout, f"tests.fault.server {mode}")  # type: ignore[arg-type]
 
-    def _read(self) -> None:
-        for line in self.popen.stdout:  # type: ignore[union-attr]
-            self._lines.put(line.strip())
+    def read_line(self, timeout: float = READY_TIMEOUT) -> str:
+        """The next line the process printed, waiting at most *timeout* seconds.
 
-    def read_line(self, timeout: float = LONG_TIMEOUT) -> str:
-        """The next line the process printed, waiting at most *timeout* seconds."""
-        return self._lines.get(timeout=timeout)
+        The default is sized for the slowest wait, the process starting up on
+        a busy machine; it only matters when the test is failing anyway.
+        """
+        return self._lines.next(timeout)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
         self.popen.wait(LONG_TIMEOUT)
-        self._reader.join(
-            LONG_TIMEOUT
-        )  # it sees the end of output once the process is gone
-        self.popen.stdout.close()  # type: ignore[union-attr]
+        self._lines.close()  # the reader sees the end of output once the process is gone
 
 
 @pytest.fixture

@@ -35,14 +35,20 @@ from tests.helpers import wait_for
 LIFETIME = 60.0  # a safety net: tests always end the process well before
 HOLD = 20.0  # how long a held handler waits for its release, at most
 RECOVER_AFTER = 0.5  # reliable mode: a killed server's items come back this fast
-SLOW_DELAY = 0.03  # longer than the soak test's short request timeout
+SLOW_DELAY = 0.2  # longer than the leak test's short request timeout
 SLOW_WORKERS = 16
 # The most threads the soak server ever runs: main, timer, two consumers, workers.
 SOAK_THREADS = 4 + SLOW_WORKERS
 
 
 def say(line: str) -> None:
-    print(line, flush=True)  # noqa: T201 - the test reads these lines
+    """Print *line* for the test, whole even when several handler threads print at once.
+
+    print() writes the text and its newline in two calls, so lines from
+    two threads could come out as ``handling 0handling 1``. One write() of
+    fewer than PIPE_BUF bytes to a pipe is atomic.
+    """
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
 
 
 def main(url: str, mode: str, name: str) -> None:

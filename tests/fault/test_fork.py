@@ -52,9 +52,22 @@ def run_in_child(check):
             pytest.fail("the child did not finish in time")
     finally:
         os.close(read)
-        _, status = os.waitpid(pid, 0)
+        status = reap(pid)
     assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
     return json.loads(b"".join(chunks))
+
+
+def reap(pid):
+    """Wait for child *pid* to exit, SIGKILLing it after LONG_TIMEOUT; return its wait status."""
+    deadline = time.monotonic() + LONG_TIMEOUT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitpid(pid, 0)[1]  # SIGKILL cannot be ignored: it ends at once
+        time.sleep(0.01)  # waitpid() has no timeout; poll the child
 
 
 def test_forked_child_gets_fresh_connections_and_listener(own_server, raw, unique_name):

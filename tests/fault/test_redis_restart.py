@@ -6,7 +6,6 @@ import itertools
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from redis_rpc import RedisBroker
 from redis_rpc.errors import NoSubscriberError, RedisConnectionError, RedisRPCError
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
 from tests.fault.conftest import our_threads
-from tests.helpers import wait_for
+from tests.helpers import Callers, wait_for
 
 CYCLES = 3
 CALLERS = 4
@@ -83,7 +82,7 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
                 pass  # expected while Redis is away
 
     nobody = f"{unique_name}-nobody"
-    with broker, ThreadPoolExecutor(CALLERS + 3) as pool:
+    with broker, Callers(CALLERS + 3) as pool:
         warm = [
             pool.submit(broker.request, "warm-up", **targets[1], timeout=SHORT_TIMEOUT)
             for _ in range(2)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from redis_rpc import RedisBroker
 from redis_rpc.errors import BrokerClosedError
-from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
-from tests.helpers import wait_for
+from tests.conftest import (
+    LONG_TIMEOUT,
+    POLL_INTERVAL,
+    PROCESS_TEST_TIMEOUT,
+    SHORT_TIMEOUT,
+)
+from tests.helpers import Callers, wait_for
 
 TRANSPORTS = ["list", "stream"]
 GROUP = "redis_rpc"  # the default consumer group
@@ -43,7 +47,7 @@ def test_close_finishes_inflight_handlers(own_server, raw, unique_name, transpor
         return f"done {body}"
 
     server.start()
-    with client, ThreadPoolExecutor(4) as pool:
+    with client, Callers(4) as pool:
         replies = [
             pool.submit(
                 client.request, n, **{transport: unique_name}, timeout=LONG_TIMEOUT
@@ -71,6 +75,7 @@ def test_close_finishes_inflight_handlers(own_server, raw, unique_name, transpor
     assert_late_message_untouched(raw, transport, unique_name)
 
 
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_sigterm_finishes_inflight_handlers(
     own_server, raw, start_process, unique_name, transport
@@ -79,7 +84,7 @@ def test_sigterm_finishes_inflight_handlers(
     process = start_process(f"hold-{transport}", unique_name)
     assert process.read_line() == "ready"
     client = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
-    with client, ThreadPoolExecutor(2) as pool:
+    with client, Callers(2) as pool:
         replies = [
             pool.submit(
                 client.request, n, **{transport: unique_name}, timeout=LONG_TIMEOUT

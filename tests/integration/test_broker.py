@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 
 import pytest
@@ -29,7 +28,7 @@ from redis_rpc.errors import (
     SetupError,
 )
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
-from tests.helpers import wait_for
+from tests.helpers import Callers, wait_for
 
 TRANSPORTS = ["channel", "list", "stream"]
 
@@ -133,7 +132,7 @@ class TestRequest:
         def handle(msg):
             return RedisResponse(msg, correlation_id="same-for-all")
 
-        with broker, ThreadPoolExecutor(8) as callers:
+        with broker, Callers(8) as callers:
             bodies = [f"m{i}" for i in range(40)]
             replies = list(
                 callers.map(
@@ -164,7 +163,7 @@ class TestRequest:
 
         with broker:
             clients_before = len(raw.client_list())
-            with ThreadPoolExecutor(16) as pool:
+            with Callers(16) as pool:
                 results = list(pool.map(call, range(16)))
             assert results == [
                 [(i * 100 + j) * 2 for j in range(10)] for i in range(16)
@@ -197,7 +196,7 @@ class TestRequest:
         """Closing the broker wakes a caller still waiting with BrokerClosedError."""
         broker = make_broker()
         broker.start()
-        with ThreadPoolExecutor(1) as pool:
+        with Callers(1) as pool:
             waiting = pool.submit(
                 broker.request, "x", list=unique_name, timeout=LONG_TIMEOUT
             )
@@ -334,7 +333,7 @@ class TestServing:
             barrier.wait()
             return msg
 
-        with broker, ThreadPoolExecutor(3) as callers:
+        with broker, Callers(3) as callers:
             replies = callers.map(
                 lambda i: broker.request(i, list=unique_name, timeout=LONG_TIMEOUT),
                 range(3),
@@ -513,7 +512,7 @@ class TestLifecycle:
             return "finished"
 
         server.start()
-        with client, ThreadPoolExecutor(2) as pool:
+        with client, Callers(2) as pool:
             reply = pool.submit(
                 client.request, "x", list=unique_name, timeout=LONG_TIMEOUT
             )
@@ -557,7 +556,7 @@ class TestLifecycle:
         def handle(msg):
             return msg
 
-        with ThreadPoolExecutor(1) as pool:
+        with Callers(1) as pool:
             starting = pool.submit(broker.start)
             assert wait_for(lambda: "STARTING" in repr(broker))
             broker.close()
@@ -595,7 +594,7 @@ class TestLifecycle:
         broker.start()
         broker.publish("x", list=unique_name)
         assert entered.wait(SHORT_TIMEOUT)
-        with ThreadPoolExecutor(2) as pool:
+        with Callers(2) as pool:
             first = pool.submit(broker.close)
             assert wait_for(lambda: "CLOSING" in repr(broker))
             second = pool.submit(broker.close)
@@ -696,7 +695,7 @@ def test_stream_request_sent_before_any_consumer_is_answered(
     def echo(body):
         return body
 
-    with ThreadPoolExecutor(1) as caller:
+    with Callers(1) as caller:
         reply = caller.submit(
             client.request, "early", stream=unique_name, timeout=LONG_TIMEOUT
         )

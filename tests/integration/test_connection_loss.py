@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from redis_rpc import RedisBroker
 from redis_rpc.errors import RedisConnectionError
 from redis_rpc.testing import RedisServer
-from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
-from tests.helpers import request_eventually, wait_for
+from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, READY_TIMEOUT, SHORT_TIMEOUT
+from tests.helpers import Callers, request_eventually, wait_for
 
 
 @pytest.fixture
 def own_server(redis_server):
     """A private server this test may kill; redis_server only guarantees the binary."""
-    server = RedisServer()
+    server = RedisServer(startup_timeout=READY_TIMEOUT)
     server.start()
     yield server
     server.stop()
@@ -32,7 +31,7 @@ def test_waiting_caller_fails_fast_and_broker_recovers(own_server, unique_name):
     def echo(msg):
         return msg
 
-    with broker, ThreadPoolExecutor(1) as pool:
+    with broker, Callers(1) as pool:
         ours = {t for t in threading.enumerate() if t.name.startswith("redis_rpc:")}
         waiting = pool.submit(
             broker.request, "x", list=f"{unique_name}-nobody", timeout=LONG_TIMEOUT

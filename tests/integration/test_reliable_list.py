@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import redis
 
 from redis_rpc import ListSub, RedisMessage
 from redis_rpc.errors import RemoteError, SetupError
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
-from tests.helpers import wait_for
+from tests.helpers import Callers, wait_for
 
 # Short enough for tests to watch a consumer die, long enough (over six polls) to be allowed.
 RECOVER_AFTER = 0.5
@@ -74,7 +72,7 @@ def test_dead_consumers_items_are_answered_first(make_broker, unique_name, raw):
         handled.append(msg)
         return msg
 
-    with ThreadPoolExecutor(3) as callers:
+    with Callers(3) as callers:
         replies = []
         for n in range(3):  # one at a time, so that the list holds them in order
             replies.append(
