@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from redis_rpc import RedisBroker
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL
+from tests.helpers import Callers
 
 REQUEST_TIMEOUT = 40.0  # what the callers wait; claim_idle_time is 60 s
 # StreamSub's default recover_after (5 s), a look for dead consumers and a
@@ -27,7 +27,7 @@ def test_killed_stream_servers_entry_is_answered_in_seconds(
     assert doomed.read_line() == "ready"
     client = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
     try:
-        with ThreadPoolExecutor(3) as callers:
+        with Callers(3, timeout=REQUEST_TIMEOUT + LONG_TIMEOUT) as callers:
             replies = [
                 callers.submit(
                     client.request, n, stream=unique_name, timeout=REQUEST_TIMEOUT

@@ -6,7 +6,6 @@ import random
 import struct
 
 import pytest
-import redis
 
 from redis_rpc import StreamSub
 from redis_rpc._codec import MAGIC, decode_payload, encode_frame
@@ -60,13 +59,6 @@ def _unreadable(payload: bytes) -> bool:
     except MessageDecodeError:
         return True
     return False
-
-
-@pytest.fixture
-def raw(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def _send_raw(raw, transport: str, name: str, payload: bytes) -> None:

@@ -6,7 +6,6 @@ import logging
 import tracemalloc
 
 import pytest
-import redis
 
 from redis_rpc._consumer import logger as consumer_logger
 from tests.conftest import LONG_TIMEOUT
@@ -21,13 +20,6 @@ HEADERS = 400_000
 def _envelope_with_many_headers(count: int) -> bytes:
     headers = ",".join(f'"{n}":0' for n in range(count))
     return f'{{"data":"x","headers":{{"reply_to":"r",{headers}}}}}'.encode()
-
-
-@pytest.fixture
-def raw(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def _rejections(caplog) -> list[str]:

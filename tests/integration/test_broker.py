@@ -8,7 +8,6 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeoutError
 
 import pytest
-import redis
 
 from redis_rpc import (
     ListSub,
@@ -31,14 +30,6 @@ from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
 from tests.helpers import Callers, wait_for
 
 TRANSPORTS = ["channel", "list", "stream"]
-
-
-@pytest.fixture
-def raw(redis_url):
-    """A plain redis-py client on the private server, for looking behind the broker."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 class TestRequest:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import redis
 
 from redis_rpc import StreamSub
 from redis_rpc._codec import MAGIC
@@ -14,13 +13,6 @@ from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import wait_for
 
 CLAIM_IDLE_TIME = 0.1  # seconds; small, so that retries come quickly
-
-
-@pytest.fixture
-def raw(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def dead_letters(raw, stream):

@@ -15,13 +15,6 @@ from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
 
 
 @pytest.fixture
-def raw(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def acl_user(raw, redis_server):
     """Create an ACL user with the given rules on the session server; deleted afterwards."""
     names = []

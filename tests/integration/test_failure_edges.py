@@ -6,7 +6,6 @@ import json
 import threading
 
 import pytest
-import redis
 
 from redis_rpc import ListSub, StreamSub
 from redis_rpc.errors import (
@@ -19,13 +18,6 @@ from tests.conftest import SHORT_TIMEOUT
 from tests.helpers import wait_for
 
 RECOVER_AFTER = 1.0  # above six of the test brokers' poll intervals
-
-
-@pytest.fixture
-def raw(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def _unsettled(raw, transport, name):

@@ -67,14 +67,6 @@ class UnprintableError(Exception):
         raise RuntimeError("no message")
 
 
-@pytest.fixture
-def raw(redis_url):
-    """A plain redis-py client on the private server, for looking behind the broker."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def send_raw(raw: redis.Redis, kind: str, name: str, frame: bytes) -> None:
     """Put *frame* where a consumer of *name* over *kind* reads it, as FastStream would."""
     if kind == "channel":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from redis_rpc import ListSub, RedisMessage
 from redis_rpc.errors import RemoteError, SetupError
@@ -12,14 +11,6 @@ from tests.helpers import Callers, wait_for
 
 # Short enough for tests to watch a consumer die, long enough (over six polls) to be allowed.
 RECOVER_AFTER = 0.5
-
-
-@pytest.fixture
-def raw(redis_url):
-    """A plain redis-py client on the private server, for looking behind the broker."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def keys(name, kind, consumer=""):

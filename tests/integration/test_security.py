@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from redis_rpc import ListSub, RedisMessage, RemoteError, StreamSub
 from redis_rpc._codec import decode_payload
 from redis_rpc._message import NONCE, REPLY_TO, SIGNATURE, build_frame
 from redis_rpc._signing import signature
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
-from tests.helpers import wait_for
+from tests.helpers import Callers, wait_for
 
 KEY = b"a shared secret of 32 bytes long"
 OTHER_KEY = b"another secret, also long enough"
@@ -26,19 +24,10 @@ TRANSPORTS = ["channel", "list", "stream"]
 
 
 @pytest.fixture
-def raw(redis_url):
-    """A plain redis-py client: the attacker, or a tool that looks at Redis."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def pool():
     """Threads for callers that block in request() while the test acts."""
-    executor = ThreadPoolExecutor(2, thread_name_prefix="test-caller")
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    with Callers(2) as callers:
+        yield callers
 
 
 def _target(transport, name):

@@ -6,7 +6,6 @@ import threading
 from logging import WARNING
 
 import pytest
-import redis
 
 from redis_rpc import RedisMessage, StreamSub
 from redis_rpc.errors import RequestTimeoutError
@@ -17,14 +16,6 @@ GROUP = "redis_rpc"  # StreamSub's default group
 # Short enough for tests to watch a consumer die; the heartbeat beats three
 # times in it.
 RECOVER_AFTER = 0.5
-
-
-@pytest.fixture
-def raw(redis_url):
-    """A plain redis-py client on the private server, for looking behind the broker."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def registry(stream):
