@@ -14,7 +14,7 @@ and, when installed, hiredis'.
 
 Run from the repository root::
 
-    .venv/bin/python -m benchmarks.frames [--quick]
+    .venv/bin/python -m benchmarks.frames [--quick | --smoke]
 
 Figures are microseconds of this process's CPU time per operation, the
 best of many repeats (the least disturbed by other processes on a busy
@@ -294,8 +294,13 @@ def report(title: str, steps: dict[str, Callable[[], object]], args: Any) -> Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter loops")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one short loop each, for the test suite"
+    )
     args = parser.parse_args(argv)
-    args.budget, args.repeats = (0.005, 9) if args.quick else (0.01, 31)
+    args.budget, args.repeats = (
+        (0.0002, 1) if args.smoke else (0.005, 9) if args.quick else (0.01, 31)
+    )
     print(
         f"Python {platform.python_version()}, redis-py {redis.__version__}, "
         f"hiredis {'on' if redis.utils.HIREDIS_AVAILABLE else 'off'}, pid {os.getpid()}"
