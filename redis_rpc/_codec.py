@@ -283,7 +283,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         MessageDecodeError: The content type promises text or JSON that the body is not.
     """
     if content_type is None:
-        if not body:
+        if not body or _cannot_be_json(body):
             return body
         try:
             return json.loads(body)
@@ -298,3 +298,25 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         msg = f"The body does not match its content type {content_type!r}: {exc}"
         raise MessageDecodeError(msg) from exc
     return body
+
+
+# What JSON text may start with, after optional whitespace: json.loads() also
+# reads NaN and Infinity. Any other first byte makes it fail, unless the bytes
+# are UTF-16 or UTF-32, which json.loads() detects by a BOM or by zero bytes
+# among the first four.
+_JSON_FIRST_BYTES = frozenset(b' \t\n\r{["-0123456789tfnNI')
+_BOM_FIRST_BYTES = frozenset(b"\xef\xfe\xff")
+
+
+def _cannot_be_json(body: bytes) -> bool:
+    """Whether ``json.loads(body)`` is sure to fail, told from its first bytes.
+
+    A failed parse costs an exception, and first a UTF-8 decoding of the
+    whole body: a large binary or text body skips both.
+    """
+    first = body[0]
+    return (
+        first not in _JSON_FIRST_BYTES
+        and first not in _BOM_FIRST_BYTES
+        and 0 not in body[:4]
+    )
