@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,13 +39,14 @@ from redis_rpc._message import (
     NONCE,
     REPLY_TO,
     RedisMessage,
-    build_frame,
     check_size,
+    frame_parts,
+    new_correlation_id,
 )
 from redis_rpc._redis import Connection, Publish, send_command
 from redis_rpc._request import ReplyListener
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
-from redis_rpc._signing import coerce_key, sign_frame
+from redis_rpc._signing import coerce_key, signed_frame
 from redis_rpc._stream import StreamConsumer
 from redis_rpc.errors import (
     BrokerClosedError,
@@ -482,14 +482,16 @@ class RedisBroker:
         """
         self._check_open("publish")
         target = destination(channel, list, stream)
-        frame = build_frame(
-            body,
-            correlation_id=correlation_id or str(uuid.uuid4()),
-            reply_to=reply_to,
-            headers=headers,
-            converter=self._converter,
+        frame = signed_frame(
+            *frame_parts(
+                body,
+                correlation_id=correlation_id or new_correlation_id(),
+                reply_to=reply_to,
+                headers=headers,
+                converter=self._converter,
+            ),
+            self._signing_key,
         )
-        frame = sign_frame(frame, self._signing_key)
         check_size(frame, self._max_message_size, "The message")
         result = self._connection.execute(send_command(target, frame, maxlen))
         return result.decode() if isinstance(result, bytes) else int(result)
@@ -556,7 +558,7 @@ class RedisBroker:
         if headers and REPLY_TO in headers:
             msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
             raise SetupError(msg)
-        correlation_id = correlation_id or str(uuid.uuid4())
+        correlation_id = correlation_id or new_correlation_id()
         deadline = None if timeout is None else time.monotonic() + timeout
         ours = {ACCEPT_ERRORS: "1"}
         if timeout is not None:  # the server's clock: Unix time, to the millisecond
@@ -576,14 +578,16 @@ class RedisBroker:
             raise timed_out(msg)
         reply_to, ours[NONCE], future = listener.register(correlation_id)
         try:
-            frame = build_frame(
-                body,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-                headers={**headers, **ours} if headers else ours,
-                converter=self._converter,
+            frame = signed_frame(
+                *frame_parts(
+                    body,
+                    correlation_id=correlation_id,
+                    reply_to=reply_to,
+                    headers={**headers, **ours} if headers else ours,
+                    converter=self._converter,
+                ),
+                self._signing_key,
             )
-            frame = sign_frame(frame, self._signing_key)
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
             receivers = self._connection.execute(command)

@@ -33,9 +33,15 @@ _PREFIX = struct.Struct(">8sHII")  # magic, version, headers_start, data_start
 _U16 = struct.Struct(">H")
 _HEADERS_START = _PREFIX.size  # 18: the header count follows the fixed prefix
 _MAX_U16 = 0xFFFF
+_PREFIX_AND_COUNT = struct.Struct(">8sHIIH")  # the prefix, then the header count
 
 TEXT = "text/plain"
 JSON = "application/json"
+
+# Header names as a frame holds them (length, then UTF-8): the same few names
+# recur in every frame. Bounded, so that varied names cannot grow it for ever.
+_PACKED_KEYS: dict[str, bytes] = {}
+_MAX_PACKED_KEYS, _MAX_PACKED_KEY_BYTES = 256, 64
 
 
 def encode_frame(body: bytes, headers: Mapping[str, Any]) -> bytes:
@@ -45,29 +51,50 @@ def encode_frame(body: bytes, headers: Mapping[str, Any]) -> bytes:
         TypeError: A header key or value is not a ``str``.
         ValueError: More than 65,535 headers, or a key or value longer than 65,535 bytes.
     """
-    if len(headers) > _MAX_U16:
-        msg = f"A frame holds at most {_MAX_U16} headers; got {len(headers)}."
+    count = len(headers)
+    if count > _MAX_U16:
+        msg = f"A frame holds at most {_MAX_U16} headers; got {count}."
         raise ValueError(msg)
-    parts = [_U16.pack(len(headers))]
+    # One pass, no helper calls: this runs twice per request and once per reply.
+    parts = [b""]  # the prefix and count go here once the headers' length is known
+    size = 0
+    pack = _U16.pack
     for key, value in headers.items():
-        for text in (key, value):
-            if not isinstance(text, str):
-                msg = f"Header {key!r} must map a str to a str, not {type(text).__name__}; convert it before sending."
-                raise TypeError(msg)
-            raw = text.encode()
-            if len(raw) > _MAX_U16:
-                msg = f"Header {key[:40]!r} is {len(raw)} bytes long; the frame format allows at most {_MAX_U16}."
-                raise ValueError(msg)
-            parts += (_U16.pack(len(raw)), raw)
-    encoded_headers = b"".join(parts)
-    data_start = _HEADERS_START + len(encoded_headers)
-    return b"".join(
-        (
-            _PREFIX.pack(MAGIC, VERSION, _HEADERS_START, data_start),
-            encoded_headers,
-            body,
-        )
+        packed_key = _PACKED_KEYS.get(key)
+        if packed_key is None:
+            packed_key = _pack_text(key, key)
+            if (
+                len(_PACKED_KEYS) < _MAX_PACKED_KEYS
+                and len(packed_key) <= _MAX_PACKED_KEY_BYTES
+            ):
+                _PACKED_KEYS[key] = packed_key  # a lost race stores the same bytes
+        if not isinstance(value, str):
+            msg = f"Header {key!r} must map a str to a str, not {type(value).__name__}; convert it before sending."
+            raise TypeError(msg)
+        raw = value.encode()
+        length = len(raw)
+        if length > _MAX_U16:
+            msg = f"Header {key[:40]!r} is {length} bytes long; the frame format allows at most {_MAX_U16}."
+            raise ValueError(msg)
+        parts += (packed_key, pack(length), raw)
+        size += len(packed_key) + 2 + length
+    parts[0] = _PREFIX_AND_COUNT.pack(
+        MAGIC, VERSION, _HEADERS_START, _HEADERS_START + 2 + size, count
     )
+    parts.append(body)
+    return b"".join(parts)
+
+
+def _pack_text(text: object, key: object) -> bytes:
+    """*text* as its UTF-8 length and bytes, for header *key*."""
+    if not isinstance(text, str):
+        msg = f"Header {key!r} must map a str to a str, not {type(text).__name__}; convert it before sending."
+        raise TypeError(msg)
+    raw = text.encode()
+    if len(raw) > _MAX_U16:
+        msg = f"Header {text[:40]!r} is {len(raw)} bytes long; the frame format allows at most {_MAX_U16}."
+        raise ValueError(msg)
+    return _U16.pack(len(raw)) + raw
 
 
 def decode_frame(data: bytes) -> tuple[bytes, dict[str, str]]:
@@ -76,45 +103,47 @@ def decode_frame(data: bytes) -> tuple[bytes, dict[str, str]]:
     Raises:
         MessageDecodeError: *data* is not a well-formed version 1 frame.
     """
-    if len(data) < _PREFIX.size:
-        msg = f"A frame needs at least {_PREFIX.size} bytes; got {len(data)}."
+    end = len(data)
+    if end < _PREFIX.size:
+        msg = f"A frame needs at least {_PREFIX.size} bytes; got {end}."
         raise MessageDecodeError(msg)
     magic, version, offset, data_start = _PREFIX.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         msg = "The payload does not start with a version 1 binary frame prefix."
         raise MessageDecodeError(msg)
-    if data_start > len(data):
-        msg = (
-            f"The frame's body starts at byte {data_start}, past its end ({len(data)})."
-        )
+    if data_start > end:
+        msg = f"The frame's body starts at byte {data_start}, past its end ({end})."
         raise MessageDecodeError(msg)
-    count, offset = _read_u16(data, offset), offset + 2
+    # One loop without helper calls: this runs on every message and every reply.
+    unpack = _U16.unpack_from
     headers: dict[str, str] = {}
-    for _ in range(count):
-        key, offset = _read_text(data, offset)
-        value, offset = _read_text(data, offset)
-        headers[key] = value
-    return data[data_start:], headers
-
-
-def _read_u16(data: bytes, offset: int) -> int:
-    if offset + 2 > len(data):
-        msg = f"The frame ends inside a length field at byte {offset}."
-        raise MessageDecodeError(msg)
-    return int(_U16.unpack_from(data, offset)[0])
-
-
-def _read_text(data: bytes, offset: int) -> tuple[str, int]:
-    length = _read_u16(data, offset)
-    start, end = offset + 2, offset + 2 + length
-    if end > len(data):
-        msg = f"A header at byte {offset} claims {length} bytes, past the frame's end."
-        raise MessageDecodeError(msg)
+    start = offset
     try:
-        return data[start:end].decode(), end
+        (count,) = unpack(data, offset)
+        offset += 2
+        for _ in range(count):
+            start = offset
+            (length,) = unpack(data, start)
+            offset = start + 2 + length
+            if offset > end:
+                break
+            key = data[start + 2 : offset].decode()
+            start = offset
+            (length,) = unpack(data, start)
+            offset = start + 2 + length
+            if offset > end:
+                break
+            headers[key] = data[start + 2 : offset].decode()
+        else:
+            return data[data_start:], headers
+    except struct.error:
+        msg = f"The frame ends inside a length field at byte {start}."
+        raise MessageDecodeError(msg) from None
     except UnicodeDecodeError as exc:
-        msg = f"A header at byte {offset} is not valid UTF-8."
+        msg = f"A header at byte {start} is not valid UTF-8."
         raise MessageDecodeError(msg) from exc
+    msg = f"A header at byte {start} claims {offset - start - 2} bytes, past the frame's end."
+    raise MessageDecodeError(msg)
 
 
 def frame_headers(data: bytes, keys: Collection[str]) -> dict[str, str]:
@@ -132,20 +161,22 @@ def frame_headers(data: bytes, keys: Collection[str]) -> dict[str, str]:
     wanted = {key.encode(): key for key in keys}
     lengths = {len(key) for key in wanted}
     found: dict[str, str] = {}
+    unpack, end = _U16.unpack_from, len(data)
     try:
-        count, offset = _read_u16(data, offset), offset + 2
+        (count,) = unpack(data, offset)
+        offset += 2
         for _ in range(count):
-            key_length = _read_u16(data, offset)
+            (key_length,) = unpack(data, offset)
             key_end = offset + 2 + key_length
-            value_end = key_end + 2 + _read_u16(data, key_end)
-            if value_end > len(data):
+            value_end = key_end + 2 + unpack(data, key_end)[0]
+            if value_end > end:
                 return {}
             if key_length in lengths and (
                 name := wanted.get(data[offset + 2 : key_end])
             ):
                 found[name] = data[key_end + 2 : value_end].decode()
             offset = value_end
-    except (MessageDecodeError, UnicodeDecodeError):
+    except (struct.error, UnicodeDecodeError):
         return {}
     return found
 
@@ -252,7 +283,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         MessageDecodeError: The content type promises text or JSON that the body is not.
     """
     if content_type is None:
-        if not body:
+        if not body or _cannot_be_json(body):
             return body
         try:
             return json.loads(body)
@@ -267,3 +298,25 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         msg = f"The body does not match its content type {content_type!r}: {exc}"
         raise MessageDecodeError(msg) from exc
     return body
+
+
+# What JSON text may start with, after optional whitespace: json.loads() also
+# reads NaN and Infinity. Any other first byte makes it fail, unless the bytes
+# are UTF-16 or UTF-32, which json.loads() detects by a BOM or by zero bytes
+# among the first four.
+_JSON_FIRST_BYTES = frozenset(b' \t\n\r{["-0123456789tfnNI')
+_BOM_FIRST_BYTES = frozenset(b"\xef\xfe\xff")
+
+
+def _cannot_be_json(body: bytes) -> bool:
+    """Whether ``json.loads(body)`` is sure to fail, told from its first bytes.
+
+    A failed parse costs an exception, and first a UTF-8 decoding of the
+    whole body: a large binary or text body skips both.
+    """
+    first = body[0]
+    return (
+        first not in _JSON_FIRST_BYTES
+        and first not in _BOM_FIRST_BYTES
+        and 0 not in body[:4]
+    )

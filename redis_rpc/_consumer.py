@@ -28,12 +28,12 @@ from redis_rpc._message import (
     RedisMessage,
     RedisResponse,
     Response,
-    build_error_frame,
-    build_frame,
     check_size,
+    error_frame_parts,
+    frame_parts,
 )
 from redis_rpc._redis import Command, Publish, send_command
-from redis_rpc._signing import check_request, sign_frame
+from redis_rpc._signing import check_request, signed_frame
 from redis_rpc.errors import (
     MessageDecodeError,
     MessageTooLargeError,
@@ -431,14 +431,13 @@ class Consumer(abc.ABC):
         tb = traceback.format_exc() if self._policy.send_tracebacks else None
         for brief in (False, True):  # say less rather than nothing, but never too much
             try:
-                frame = build_error_frame(
-                    error,
-                    correlation_id=message.correlation_id,
-                    traceback=None if brief else tb,
-                    brief=brief,
-                )
-                frame = sign_frame(
-                    frame,
+                frame = signed_frame(
+                    *error_frame_parts(
+                        error,
+                        correlation_id=message.correlation_id,
+                        traceback=None if brief else tb,
+                        brief=brief,
+                    ),
                     self._policy.signing_key,
                     reply_to_nonce=message.nonce or None,
                 )
@@ -462,29 +461,35 @@ class Consumer(abc.ABC):
         key = self._policy.signing_key
         commands: list[Command] = []
         if self.subscriber.publishers:  # new events: no nonce, signed as events
-            event = sign_frame(self._result_frame(message, response, {}), key)
+            event = signed_frame(*self._result_parts(message, response), key)
             check_size(event, self._policy.max_message_size, "The handler's result")
             commands += (
                 send_command(dest, event, maxlen) for dest in self.subscriber.publishers
             )
         if reply:  # echoes the request's nonce, and is signed over it
-            extra = {NONCE: message.nonce} if message.nonce else {}
-            frame = self._result_frame(message, response, extra)
-            if key is not None:
-                # Without a nonce nobody waits in request(): the result of a
-                # publish(reply_to=...) is an event for that channel's subscribers.
-                frame = sign_frame(frame, key, reply_to_nonce=message.nonce or None)
+            data, headers = self._result_parts(message, response)
+            if message.nonce:
+                headers[NONCE] = message.nonce
+            # Without a nonce nobody waits in request(): the result of a
+            # publish(reply_to=...) is an event for that channel's subscribers.
+            frame = signed_frame(
+                data,
+                headers,
+                key,
+                # Without a key, a user header named like the signature stays.
+                reply_to_nonce=(message.nonce or None) if key is not None else None,
+            )
             check_size(frame, self._policy.max_message_size, "The handler's result")
             commands.append(Publish(message.reply_to, frame))
         return commands
 
-    def _result_frame(
-        self, message: RedisMessage, response: Response, extra: dict[str, str]
-    ) -> bytes:
-        return build_frame(
+    def _result_parts(
+        self, message: RedisMessage, response: Response
+    ) -> tuple[bytes, dict[str, str]]:
+        return frame_parts(
             response.body,
             correlation_id=response.correlation_id or message.correlation_id,
-            headers={**response.headers, **extra} if extra else response.headers,
+            headers=response.headers,
             converter=self.subscriber.handler.converter,
         )
 

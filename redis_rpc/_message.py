@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -120,22 +122,31 @@ class RedisMessage:
     def _from_parts(
         cls,
         body: bytes,
-        headers: Mapping[str, Any],
+        headers: dict[str, Any],
         converter: cattrs.Converter = _DEFAULT_CONVERTER,
     ) -> RedisMessage:
-        content_type = headers.get(CONTENT_TYPE)
-        error = headers.get(ERROR)
+        """Build a message from a body and a new *headers* dict, which it takes over."""
+        # Popping the protocol headers leaves the user's: no second dict, no filter pass.
+        pop = headers.pop
+        correlation_id = pop(CORRELATION_ID, None)
+        reply_to = pop(REPLY_TO, None)
+        content_type = pop(CONTENT_TYPE, None)
+        deadline = pop(DEADLINE, None)
+        accept_errors = pop(ACCEPT_ERRORS, None)
+        error = pop(ERROR, None)
+        nonce = pop(NONCE, None)
+        pop(SIGNATURE, None)
         return cls(
             body=body,
-            headers={k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS},
-            correlation_id=str(headers.get(CORRELATION_ID) or ""),
-            reply_to=str(headers.get(REPLY_TO) or ""),
+            headers=headers,
+            correlation_id=str(correlation_id or ""),
+            reply_to=str(reply_to or ""),
             content_type=None if content_type is None else str(content_type),
-            deadline=_parse_deadline(headers.get(DEADLINE)),
-            accepts_errors=headers.get(ACCEPT_ERRORS) == "1",
+            deadline=None if deadline is None else _parse_deadline(deadline),
+            accepts_errors=accept_errors == "1",
             error=None if error is None else str(error),
             converter=converter,
-            nonce=str(headers.get(NONCE) or ""),
+            nonce=str(nonce or ""),
         )
 
     def decode(
@@ -254,6 +265,32 @@ def build_frame(
     Raises:
         TypeError: The body or a header cannot be encoded.
     """
+    return _codec.encode_frame(
+        *frame_parts(
+            body,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            headers=headers,
+            converter=converter,
+        )
+    )
+
+
+def frame_parts(
+    body: Any,
+    *,
+    correlation_id: str,
+    reply_to: str = "",
+    headers: Mapping[str, str] | None = None,
+    converter: cattrs.Converter = _DEFAULT_CONVERTER,
+) -> tuple[bytes, dict[str, str]]:
+    """What ``build_frame()`` encodes: the body bytes, and a new dict of all the headers.
+
+    For a sender that signs the frame: it signs these, then encodes once.
+
+    Raises:
+        TypeError: The body cannot be encoded.
+    """
     if body is None or isinstance(body, (bytes, str)):
         data, content_type = _codec.encode_body(body)
     else:  # always JSON, even when it unstructures to a str (a datetime, an enum)
@@ -265,7 +302,34 @@ def build_frame(
         all_headers[REPLY_TO] = reply_to
     if headers:
         all_headers.update(headers)
-    return _codec.encode_frame(data, all_headers)
+    return data, all_headers
+
+
+def new_correlation_id() -> str:
+    """A correlation id for a message sent without one: unique, shaped like a UUID 4, not secret.
+
+    A random prefix per process and a counter: several times cheaper than
+    ``uuid.uuid4()``. Replies are routed by their random channel, never by
+    correlation id, so it needs no secrecy; the prefix is drawn again in a
+    forked child, so parent and child never hand out the same id.
+    """
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    # 20 of a UUID's 32 hex digits, the version and variant among them: 74 random bits.
+    digits = os.urandom(10).hex()
+    _id_prefix = (
+        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
+        f"{'89ab'[int(digits[16], 16) & 3]}{digits[17:20]}-"
+    )
+    _id_counter = itertools.count()  # next() on it is atomic under the GIL
+
+
+_id_prefix, _id_counter = "", itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def describe(error: BaseException) -> str:
@@ -284,6 +348,24 @@ def build_error_frame(
     brief: bool = False,
 ) -> bytes:
     """Encode an error reply: a JSON body describing *error*, flagged by the ``ERROR`` header.
+
+    See ``error_frame_parts()``.
+    """
+    return _codec.encode_frame(
+        *error_frame_parts(
+            error, correlation_id=correlation_id, traceback=traceback, brief=brief
+        )
+    )
+
+
+def error_frame_parts(
+    error: BaseException,
+    *,
+    correlation_id: str,
+    traceback: str | None = None,
+    brief: bool = False,
+) -> tuple[bytes, dict[str, str]]:
+    """What ``build_error_frame()`` encodes: a JSON body describing *error*, and a new headers dict.
 
     Only strings go out: the type's name, the message, the failing fields
     of a validation error, and the traceback when the server opts in. Long
@@ -305,14 +387,11 @@ def build_error_frame(
         "traceback": None if traceback is None else traceback[-_TRACEBACK_CHARS:],
     }
     data, content_type = _codec.encode_body(details)
-    return _codec.encode_frame(
-        data,
-        {
-            CORRELATION_ID: correlation_id,
-            CONTENT_TYPE: content_type or "",
-            ERROR: type_name,
-        },
-    )
+    return data, {
+        CORRELATION_ID: correlation_id,
+        CONTENT_TYPE: content_type or "",
+        ERROR: type_name,
+    }
 
 
 def check_size(frame: bytes, limit: int | None, what: str) -> None:

@@ -540,3 +540,49 @@ def test_magic_constant():
     """The magic is PNG-style: 0x89, BIN, CR LF, SUB, LF."""
     assert _codec.MAGIC == b"\x89BIN\r\n\x1a\n"
     assert _codec.VERSION == 1
+
+
+class TestHeaderNameCache:
+    def test_names_are_cached_up_to_a_bound(self):
+        """Encoding many distinct header names caches only a bounded number of them, and every frame still decodes."""
+        for index in range(3 * _codec._MAX_PACKED_KEYS):
+            headers = {f"name-{index}": "v", "correlation_id": "c"}
+            assert decode_frame(encode_frame(b"b", headers)) == (b"b", headers)
+        assert len(_codec._PACKED_KEYS) <= _codec._MAX_PACKED_KEYS
+
+    def test_long_names_are_not_cached(self):
+        """A long header name is encoded each time rather than kept for the life of the process."""
+        name = "n" * (_codec._MAX_PACKED_KEY_BYTES + 1)
+        assert decode_frame(encode_frame(b"", {name: "v"}))[1] == {name: "v"}
+        assert name not in _codec._PACKED_KEYS
+
+
+class TestJsonSniffing:
+    @pytest.mark.parametrize(
+        "encoding",
+        [
+            "utf-8",
+            "utf-8-sig",
+            "utf-16",
+            "utf-16-le",
+            "utf-16-be",
+            "utf-32",
+            "utf-32-le",
+        ],
+    )
+    @pytest.mark.parametrize(
+        "text", ['[1, "é"]', ' {"a": 1}', "Infinity", "-1", "true"]
+    )
+    def test_json_in_any_encoding_is_still_parsed(self, text, encoding):
+        """A body without a content type is parsed whatever encoding json.loads() detects."""
+        assert decode_body(text.encode(encoding), None) == json.loads(text.encode())
+
+    def test_body_that_cannot_be_json_is_not_parsed(self, monkeypatch):
+        """A body whose first byte no JSON text starts with comes back as bytes without a parse."""
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("json.loads was called")
+
+        monkeypatch.setattr("json.loads", refuse)
+        body = b"hello " * 100_000
+        assert decode_body(body, None) is body

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
+import uuid
 
 import attrs
 import pytest
 
 from redis_rpc import RedisMessage, RedisResponse, Response
 from redis_rpc._codec import decode_frame, encode_frame
-from redis_rpc._message import build_error_frame, build_frame
+from redis_rpc._message import (
+    _PROTOCOL_HEADERS,
+    build_error_frame,
+    build_frame,
+    error_frame_parts,
+    frame_parts,
+    new_correlation_id,
+)
 from redis_rpc.errors import MessageDecodeError, MessageTooLargeError
 
 
@@ -321,3 +330,66 @@ class TestErrorFrames:
         ).error_details()
         assert details is not None
         assert details["remote_message"] == "<OddError whose str() failed>"
+
+
+class TestCorrelationIds:
+    def test_ids_are_unique_and_shaped_like_uuid4(self):
+        """Generated correlation ids never repeat and parse as version 4 UUIDs, as FastStream's do."""
+        ids = [new_correlation_id() for _ in range(10_000)]
+        assert len(set(ids)) == len(ids)
+        parsed = uuid.UUID(ids[0])
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == ids[0]
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_forked_child_draws_other_ids(self):
+        """A forked child does not hand out the ids its parent goes on to hand out."""
+        new_correlation_id()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its next ids, and leave at once
+            try:
+                os.write(
+                    write_end,
+                    " ".join(new_correlation_id() for _ in range(3)).encode(),
+                )
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        try:
+            with os.fdopen(read_end, "rb") as pipe:
+                child = set(pipe.read().decode().split())
+        finally:
+            os.waitpid(pid, 0)
+        parent = {new_correlation_id() for _ in range(3)}
+        assert len(child) == 3
+        assert not child & parent
+        # Another random prefix, not merely another counter value.
+        assert {i[:24] for i in child}.isdisjoint({i[:24] for i in parent})
+
+
+class TestFrameParts:
+    def test_frame_parts_encode_to_build_frame(self):
+        """Encoding frame_parts() gives build_frame()'s bytes, and a headers dict of its own."""
+        user = {"x-user": "u"}
+        data, headers = frame_parts(
+            {"a": 1}, correlation_id="c", reply_to="r", headers=user
+        )
+        expected = build_frame({"a": 1}, correlation_id="c", reply_to="r", headers=user)
+        assert encode_frame(data, headers) == expected
+        headers["x-user"] = "changed"
+        assert user == {"x-user": "u"}
+
+    def test_error_frame_parts_encode_to_build_error_frame(self):
+        """Encoding error_frame_parts() gives build_error_frame()'s bytes."""
+        error = ValueError("bad")
+        assert encode_frame(
+            *error_frame_parts(error, correlation_id="c", traceback="tb")
+        ) == build_error_frame(error, correlation_id="c", traceback="tb")
+
+
+def test_from_payload_leaves_protocol_headers_out_of_user_headers():
+    """Every protocol header, ours and FastStream's, becomes an attribute or is dropped, never a user header."""
+    headers = dict.fromkeys(sorted(_PROTOCOL_HEADERS), "1") | {"x-user": "u"}
+    message = RedisMessage.from_payload(encode_frame(b"", headers))
+    assert message.headers == {"x-user": "u"}

@@ -14,6 +14,7 @@ from redis_rpc._signing import (
     coerce_key,
     sign_frame,
     signature,
+    signed_frame,
 )
 from redis_rpc.errors import SetupError
 
@@ -224,3 +225,41 @@ def test_sign_frame_without_key_or_nonce_is_identity():
     """With neither a key nor a nonce, sign_frame returns the very same frame."""
     frame = build_frame("x", correlation_id="c")
     assert sign_frame(frame, None) is frame
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "nonce", "expected"),
+    [
+        (
+            b"body",
+            {"correlation_id": "c", "x-h": "é", SIGNATURE: "ignored"},
+            "n",
+            "360189ab3855b79043bf55a135d5ca71149c08d9680a9fb7ff97bc38ee6021f1",
+        ),
+        (
+            b"",
+            {},
+            None,
+            "66a4394f62273f76f1310e38f118f7eb453590f8cf5f870ed2af10ddfa975c79",
+        ),
+    ],
+    ids=["reply", "empty-request"],
+)
+def test_signature_is_stable(body, headers, nonce, expected):
+    """The MAC of a given frame never changes, so peers of different versions verify each other."""
+    assert signature(KEY, body, headers, reply_to_nonce=nonce) == expected
+
+
+@pytest.mark.parametrize("key", [KEY, None])
+@pytest.mark.parametrize("nonce", [NONCE_VALUE, "", None])
+def test_signed_frame_matches_sign_frame(key, nonce):
+    """signed_frame() on a frame's parts gives what sign_frame() gives on the encoded frame."""
+    headers = {"correlation_id": "c", SIGNATURE: "stale", NONCE: "old", "x-u": "v"}
+    expected = sign_frame(encode_frame(b"b", headers), key, reply_to_nonce=nonce)
+    assert signed_frame(b"b", dict(headers), key, reply_to_nonce=nonce) == expected
+
+
+def test_without_key_mismatching_echo_is_refused_even_in_a_broken_frame():
+    """Without a key, a frame echoing another nonce is refused even when another of its headers is not UTF-8."""
+    frame = encode_frame(b"", {NONCE: "cd" * 16, "x-bad": "v"}).replace(b"v", b"\xff")
+    assert "another request" in (check_reply(frame, None, NONCE_VALUE) or "")
