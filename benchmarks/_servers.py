@@ -64,6 +64,7 @@ LIFETIME = 1800.0  # a safety net: the benchmark always stops its servers well b
 READY = "ready"
 STARTED = "started "  # the channels server's line before ready: a JSON object
 MANY_CHANNELS = "bench.many."  # the channels server's channel names, + 0..N-1
+ERROR_CHARS = 300  # of the error the channels server reports
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -167,11 +168,10 @@ def serve_channels(
         broker.start()
     except Exception as exc:  # noqa: BLE001 - reported, not raised: it is a result
         seconds = time.perf_counter() - began
-        print(
-            STARTED
-            + json.dumps({"seconds": seconds, "error": f"{type(exc).__name__}: {exc}"}),
-            flush=True,
-        )
+        error = f"{type(exc).__name__}: {exc}"
+        if len(error) > ERROR_CHARS:  # it may name every subscriber that failed
+            error = f"{error[:ERROR_CHARS]}... ({len(error)} characters)"
+        print(STARTED + json.dumps({"seconds": seconds, "error": error}), flush=True)
         broker.close()
         return
     seconds = time.perf_counter() - began
