@@ -124,11 +124,11 @@ MODES = {
         channel_subscribers=5_000,
     ),
     "smoke": Mode(
-        warmup=20,
-        warmup_per_caller=2,
-        sequential=50,
-        concurrent=160,
-        leak_requests=1_000,
+        warmup=10,
+        warmup_per_caller=1,
+        sequential=30,
+        concurrent=96,
+        leak_requests=500,
         many_callers=(64,),
         many_per_caller=2,
         channel_subscribers=50,
@@ -419,6 +419,7 @@ class ServerProcess:
         *,
         subscribers: int = 0,
         start_timeout: float = SERVER_START_TIMEOUT,
+        stop_timeout: float = SERVER_STOP_TIMEOUT,
     ) -> None:
         self.kind = kind
         self._args = [
@@ -433,7 +434,9 @@ class ServerProcess:
             str(subscribers),
         ]
         self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
         self._process: subprocess.Popen[str] | None = None
+        self._stopped = (0.0, False)  # what stop() returned
         self.pid = 0
         self.started: dict[str, Any] | None = None  # the channels server's report
 
@@ -449,7 +452,7 @@ class ServerProcess:
         try:
             self._wait_ready()
         except BaseException:
-            self.stop()
+            self.stop(self._stop_timeout)
             raise
         return self
 
@@ -488,14 +491,20 @@ class ServerProcess:
                 if self.started is not None and self.started["error"]:
                     raise RuntimeError(self.started["error"])
 
-    def stop(self, timeout: float = SERVER_STOP_TIMEOUT) -> tuple[float, bool]:
+    def stop(self, timeout: float | None = None) -> tuple[float, bool]:
         """Close its stdin and SIGTERM it; kill it if it does not exit in time.
 
         Returns the seconds it took to exit and whether it had to be killed.
         """
         process, self._process = self._process, None
-        if process is None:
-            return 0.0, False
+        if process is None:  # stopped already, when it failed to get ready
+            return self._stopped
+        self._stopped = self._stop(process, timeout or self._stop_timeout)
+        return self._stopped
+
+    def _stop(
+        self, process: subprocess.Popen[str], timeout: float
+    ) -> tuple[float, bool]:
         began = time.perf_counter()
         if process.stdin is not None:
             process.stdin.close()
@@ -849,6 +858,7 @@ def measure_channel_start(url: str, subscribers: int, probe: Probe) -> dict[str,
         1,
         subscribers=subscribers,
         start_timeout=CHANNELS_START_TIMEOUT,
+        stop_timeout=CHANNELS_STOP_TIMEOUT,
     )
     result: dict[str, Any] = {
         "subscribers": subscribers,
@@ -873,7 +883,7 @@ def measure_channel_start(url: str, subscribers: int, probe: Probe) -> dict[str,
     finally:
         started = server.started or {}
         result["start_seconds"] = started.get("seconds")
-        stop_seconds, killed = server.stop(CHANNELS_STOP_TIMEOUT)
+        stop_seconds, killed = server.stop()
         result["stop_seconds"] = stop_seconds
         result["stop_killed"] = killed
     seconds = result["start_seconds"]
