@@ -23,7 +23,7 @@ test: $(BIN)/.installed redis-server
 
 # The full run takes a few minutes; BENCH_ARGS=--quick about half a minute.
 bench: $(BIN)/.installed redis-server
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m pip install --quiet -e ".[bench,hiredis]"
 	$(BIN)/python -m benchmarks.request_latency $(BENCH_ARGS)
 
 # 100,000 requests, checking that nothing grows: one to two minutes.

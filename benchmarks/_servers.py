@@ -14,15 +14,26 @@ KIND is one of:
 ``faststream``
     A FastStream ``RedisBroker`` serving ``echo`` on a channel, a list and a
     stream, on one asyncio event loop.
+``channels``
+    A ``redis_rpc.RedisBroker`` with ``--subscribers N`` channel subscribers
+    (``echo`` on ``bench.many.0`` to ``bench.many.<N-1>``), default settings
+    otherwise. Before ``ready`` it prints ``started {json}``: the seconds
+    ``start()`` took, or the error it raised (and then exits without
+    ``ready``).
 
 Each prints ``ready`` on stdout once serving and exits on SIGTERM, on
 SIGINT, or when its stdin closes (so it cannot outlive the benchmark).
+
+The functions at the end read a process's CPU time, threads, memory and
+Redis connections from ``/proc`` (Linux only); the benchmark uses them on
+its own process, on the servers and on redis-server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -38,7 +49,7 @@ from redis_rpc import RedisBroker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-KINDS = ("floor", "redis_rpc", "faststream")
+KINDS = ("floor", "redis_rpc", "faststream", "channels")
 CHANNEL, LIST, STREAM = "bench.channel", "bench.list", "bench.stream"
 SLOW_CHANNEL = "bench.slow"  # served by a handler that outlasts SLOW_TIMEOUT
 FLOOR_LIST = "bench.floor.requests"  # items are b"<reply channel> <body>"
@@ -51,6 +62,10 @@ SLOW_SLEEP = 0.05  # seconds the slow handler takes: always past SLOW_TIMEOUT
 SLOW_WORKERS = 64  # enough sleepers that the slow channel never backs up for long
 LIFETIME = 1800.0  # a safety net: the benchmark always stops its servers well before
 READY = "ready"
+STARTED = "started "  # the channels server's line before ready: a JSON object
+MANY_CHANNELS = "bench.many."  # the channels server's channel names, + 0..N-1
+ERROR_CHARS = 300  # of the error the channels server reports
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def echo(body: bytes) -> bytes:
@@ -141,6 +156,33 @@ async def _async_echo(body: bytes) -> bytes:
     return body
 
 
+def serve_channels(
+    url: str, stop: threading.Event, max_workers: int, subscribers: int
+) -> None:
+    """Time ``start()`` of a broker with *subscribers* channel subscribers."""
+    broker = RedisBroker(url, max_workers=max_workers)
+    for n in range(subscribers):
+        broker.subscriber(f"{MANY_CHANNELS}{n}")(echo)
+    began = time.perf_counter()
+    try:
+        broker.start()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: it is a result
+        seconds = time.perf_counter() - began
+        error = f"{type(exc).__name__}: {exc}"
+        if len(error) > ERROR_CHARS:  # it may name every subscriber that failed
+            error = f"{error[:ERROR_CHARS]}... ({len(error)} characters)"
+        print(STARTED + json.dumps({"seconds": seconds, "error": error}), flush=True)
+        broker.close()
+        return
+    seconds = time.perf_counter() - began
+    print(STARTED + json.dumps({"seconds": seconds, "error": None}), flush=True)
+    try:
+        announce()
+        stop.wait(LIFETIME)
+    finally:
+        broker.close()
+
+
 def announce() -> None:
     print(READY, flush=True)
 
@@ -159,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("url")
     parser.add_argument("--max-workers", type=int, default=1)
+    parser.add_argument("--subscribers", type=int, default=0, help="channels only")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -170,9 +213,61 @@ def main(argv: list[str] | None = None) -> int:
         "floor": serve_floor,
         "redis_rpc": serve_redis_rpc,
         "faststream": serve_faststream,
+        "channels": lambda url, stop, workers: serve_channels(
+            url, stop, workers, args.subscribers
+        ),
     }
     serve[args.kind](args.url, stop, args.max_workers)
     return 0
+
+
+# -- what a process uses, from /proc ---------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds *pid* has used so far, all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces; the fields after it do not.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of *pid* now, in MiB."""
+    with open(f"/proc/{pid}/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def redis_connections(pid: int, port: int) -> int:
+    """TCP connections *pid* holds open to a server on *port* (of any address)."""
+    sockets = set()
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            target = os.readlink(f"{fds}/{fd}")
+        except OSError:  # closed since listdir()
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as entries:
+                lines = entries.readlines()[1:]
+        except FileNotFoundError:  # no IPv6 here
+            continue
+        for line in lines:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            established = state == "01"
+            if established and int(remote.rsplit(":", 1)[1], 16) == port:
+                count += inode in sockets
+    return count
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ writes JSON holding the same rows as its table.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,8 @@ HEADER = [
     "p99_ms",
     "req/s",
     "conn/1k",
+    "cpu_us",
+    "c/s/r_us",
     "p50/floor",
     "rate/floor",
     "rate/FS",
@@ -74,9 +78,13 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
     printed = {tuple(words[:3]) for words in lines if len(words) == len(HEADER)}
     assert printed >= ROWS, done.stdout
     assert "Targets" in done.stdout
+    verdicts = [words[-1] for words in lines if words[-1] in {"PASS", "MISS"}]
+    assert verdicts, done.stdout
 
     summary = json.loads(out.read_text())
     assert summary["mode"] == "smoke"
+    hiredis = importlib.util.find_spec("hiredis") is not None
+    assert (summary["hiredis"] is not None) == hiredis
     written = {
         (row["name"], row["transport"], str(row["callers"]))
         for row in summary["results"]
@@ -87,6 +95,22 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
         assert row["p50_ms"] <= row["p99_ms"]
         assert row["requests_per_s"] > 0
         assert row["p50_vs_floor"] > 0
+        # CPU clocks tick at 10 ms, so one side may read zero in a tiny run.
+        sides = [row["cpu_caller_us"], row["cpu_server_us"], row["cpu_redis_us"]]
+        assert min(sides) >= 0
+        assert row["cpu_us"] == pytest.approx(sum(sides))
+        assert row["cpu_us"] > 0
+    many = summary["many_callers"]
+    assert {(row["transport"], row["callers"]) for row in many} == {
+        (via, 64) for via in ["channel", "list", "stream"]
+    }
+    for row in many:
+        assert row["answered"] + row["errors"] == row["requests"]
+        assert row["client_connections_peak"] >= 0
+        assert row["server_connections_peak"] > 0  # the server reads blocking
+    start = summary["channel_start"]
+    assert start["subscribers"] == 50
+    assert (start["error"] is None) == ("threads" in start), start
     leaks = summary["leak_check"]
     # A slow reply counts as answered when its caller thread was descheduled
     # for longer than the handler took, which a busy machine does.
@@ -121,3 +145,22 @@ def test_small_soak_run_passes_its_checks():
     assert len(checks) >= 10, done.stdout
     assert all(line.startswith("ok  ") for line in checks), done.stdout
     assert "no pending requests" in done.stdout
+
+
+def test_no_hiredis_variable_hides_hiredis_from_benchmark_processes():
+    """With REDIS_RPC_BENCH_NO_HIREDIS=1 a benchmark process runs redis-py as if hiredis were not installed."""
+    pytest.importorskip("hiredis")
+    probe = "import benchmarks, redis.utils; print(redis.utils.HIREDIS_AVAILABLE)"
+    answers = {}
+    for value in ["0", "1"]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            env={**os.environ, "REDIS_RPC_BENCH_NO_HIREDIS": value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        answers[value] = done.stdout.strip()
+    assert answers == {"0": "True", "1": "False"}
