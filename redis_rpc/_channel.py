@@ -298,14 +298,15 @@ class ChannelHub:
             consumer.error = error
 
     def _open(self, subscription: Subscription) -> None:
-        # Confirming may take a while on a loaded server: allow several polls,
-        # and a little more for each channel.
+        # Subscribing is a command, which may take socket_timeout on a loaded
+        # server, and a little more for each thousand channels; stop() and
+        # start_timeout cut the wait short anyway.
         for routes, pattern in ((self._channels, False), (self._patterns, True)):
             if routes:
                 subscription.subscribe_many(
                     [name.decode() for name in routes],
                     pattern=pattern,
-                    timeout=10 * self._poll_interval + len(routes) / 1000,
+                    timeout=self._connection.socket_timeout + len(routes) / 1000,
                     stop=self._stopping,
                 )
         # Subscribing proves we may read; this proves, before start()

@@ -647,6 +647,7 @@ class Subscription:
             ("PSUBSCRIBE", b"psubscribe") if pattern else ("SUBSCRIBE", b"subscribe")
         )
         waiting = {name.encode() for name in names}
+        confirmed = 0
         deadline = time.monotonic() + timeout
         with self._guard():
             self._conn.connect()  # type: ignore[no-untyped-call]
@@ -658,9 +659,18 @@ class Subscription:
                     break
                 if not self._conn.can_read(min(remaining, _STOP_CHECK)):
                     continue
-                reply = self._conn.read_response()
+                try:
+                    reply = self._conn.read_response()
+                except redis.exceptions.ResponseError as exc:
+                    # Redis answers a refused command once, in order, and
+                    # every channel of the batches before it was confirmed.
+                    first = confirmed - confirmed % SUBSCRIBE_BATCH
+                    raise self._refused(
+                        exc, names[first : first + SUBSCRIBE_BATCH]
+                    ) from exc
                 self._last_heard = time.monotonic()
                 if reply[0] == kind:
+                    confirmed += 1
                     waiting.discard(reply[1])
                 else:
                     self._keep(reply, self._early)
@@ -735,6 +745,27 @@ class Subscription:
         except BaseException:
             self._broken = True
             raise
+
+    def _refused(
+        self, error: redis.exceptions.ResponseError, batch: Sequence[str]
+    ) -> RedisRPCError:
+        """Our error for a refused ``SUBSCRIBE``, naming the channels it was for.
+
+        Redis 7.0 does not say which channel an ACL forbids; the batch is
+        the closest we can tell.
+        """
+        mapping = next(m for m in ERROR_MAP if isinstance(error, m.theirs))
+        what = (
+            repr(batch[0])
+            if len(batch) == 1
+            else f"one of {len(batch)} channels from {batch[0]!r} to {batch[-1]!r}"
+        )
+        advice = mapping.message.format(
+            address=self._address, error=_sentence(str(error))
+        )
+        return mapping.ours(
+            f"Cannot subscribe to {what}: {advice}.", reason=mapping.reason
+        )
 
     @staticmethod
     def _keep(reply: Any, into: list[Received] | collections.deque[Received]) -> None:

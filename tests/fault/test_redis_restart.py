@@ -94,7 +94,9 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
         ]
         assert [w.result(SHORT_TIMEOUT).decode() for w in warm] == ["warm-up"] * 2
         # The shared channel worker is started by the first channel message.
-        assert broker.request("one", **targets[0], timeout=SHORT_TIMEOUT).decode() == "one"
+        assert (
+            broker.request("one", **targets[0], timeout=SHORT_TIMEOUT).decode() == "one"
+        )
         threads = our_threads()
         # listener; channel reader and its one worker; list and stream
         # consumers; list workers; the stream consumer's heartbeat
