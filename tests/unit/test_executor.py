@@ -73,7 +73,11 @@ def test_shared_pool_starts_a_thread_while_the_others_are_busy():
     """Work submitted while every started thread is busy gets a new thread, up to the limit."""
     pool, release = SharedPool(2, "s"), threading.Event()
     second_ran = threading.Event()
-    pool.submit(lambda: None if release.wait(SHORT_TIMEOUT) else None)
+
+    def blocked():
+        release.wait(SHORT_TIMEOUT)
+
+    pool.submit(blocked)
     pool.submit(second_ran.set)
     try:
         assert second_ran.wait(SHORT_TIMEOUT)  # not stuck behind the first
