@@ -4,7 +4,9 @@ Each broker subscribes once, by pattern, to ``<prefix>*`` where the prefix
 is random per listener. A request gets its own key and asks for its reply
 on ``<prefix><key>``, so replies are routed by the channel they arrive on,
 never by correlation id: a handler may replace the correlation id. No
-connection and no subscription is opened per request.
+connection and no subscription is opened per request. The listener reads
+replies in bulk: one wake-up takes everything one read of the socket held
+and completes all those requests, taking the lock twice per batch.
 
 Whoever can publish to a reply channel can answer the request, so the key
 is 128 random bits, not a counter: seeing one request does not tell anyone
