@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from redis_rpc._channel import ChannelConsumer
+from redis_rpc._channel import ChannelConsumer, ChannelHub
 from redis_rpc._consumer import (
     Consumer,
     Policy,
@@ -76,8 +76,8 @@ F = TypeVar("F", bound="Callable[..., Any]")
 # message cannot make a process swallow hundreds of megabytes.
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
+# Channel subscribers get a ChannelConsumer fed by the broker's ChannelHub.
 _CONSUMERS: dict[type[Destination], type[Consumer]] = {
-    PubSub: ChannelConsumer,
     ListSub: ListConsumer,
     StreamSub: StreamConsumer,
 }
@@ -208,6 +208,9 @@ class RedisBroker:
         self._consumers: list[Consumer] = []
         self._listener: ReplyListener | None = None
         self._heartbeat: Heartbeat | None = None  # created by start()
+        self._hub: ChannelHub | None = (
+            None  # created by start(), for channel subscribers
+        )
         self._closed = threading.Event()  # set once close() has finished
         self._started_before_fork = (
             False  # start() ran in a process we were forked from
@@ -323,20 +326,15 @@ class RedisBroker:
             self._state = _State.STARTING
             listener = self._ensure_listener_locked()
             self._heartbeat = Heartbeat(self._connection)
-            self._consumers = [
-                _CONSUMERS[type(sub.source)](
-                    _with_publishers(sub, self._publishers),
-                    self._connection,
-                    poll_interval=self._poll_interval,
-                    policy=self._policy,
-                    heartbeat=self._heartbeat,
-                )
-                for sub in self._subscribers
-            ]
+            self._consumers, self._hub = self._create_consumers_locked()
             # Started under the lock, so that a concurrent close() finds them running.
             for consumer in self._consumers:
                 consumer.start()
-            parts: list[ReplyListener | Consumer] = [listener, *self._consumers]
+            parts: list[ReplyListener | ChannelHub | Consumer] = [listener]
+            if self._hub is not None:
+                self._hub.start()
+                parts.append(self._hub)  # ready once every channel is subscribed
+            parts += [c for c in self._consumers if not isinstance(c, ChannelConsumer)]
         deadline = time.monotonic() + self._start_timeout
         while late := [part for part in parts if not part.ready.is_set()]:
             remaining = deadline - time.monotonic()
@@ -356,9 +354,52 @@ class RedisBroker:
         if not started:
             self.close()
             raise self._start_error(late)
-        logger.info("Broker started with %d consumer(s)", len(parts) - 1)
+        logger.info("Broker started with %d consumer(s)", len(self._consumers))
 
-    def _start_error(self, late: list[ReplyListener | Consumer]) -> RedisRPCError:
+    def _create_consumers_locked(self) -> tuple[list[Consumer], ChannelHub | None]:
+        """One consumer per subscriber, and the hub that reads for the channel ones, if any."""
+        assert self._heartbeat is not None
+        channel_subscribers = [
+            sub for sub in self._subscribers if isinstance(sub.source, PubSub)
+        ]
+        hub = (
+            ChannelHub(
+                self._connection,
+                poll_interval=self._poll_interval,
+                max_workers=sum(sub.max_workers for sub in channel_subscribers),
+            )
+            if channel_subscribers
+            else None
+        )
+        consumers: list[Consumer] = []
+        for sub in self._subscribers:
+            subscriber = _with_publishers(sub, self._publishers)
+            if isinstance(sub.source, PubSub):
+                assert hub is not None
+                consumers.append(
+                    ChannelConsumer(
+                        subscriber,
+                        self._connection,
+                        poll_interval=self._poll_interval,
+                        hub=hub,
+                        policy=self._policy,
+                    )
+                )
+            else:
+                consumers.append(
+                    _CONSUMERS[type(sub.source)](
+                        subscriber,
+                        self._connection,
+                        poll_interval=self._poll_interval,
+                        policy=self._policy,
+                        heartbeat=self._heartbeat,
+                    )
+                )
+        return consumers, hub
+
+    def _start_error(
+        self, late: list[ReplyListener | ChannelHub | Consumer]
+    ) -> RedisRPCError:
         """Why start() failed: each part that did not come up, with its own cause."""
         causes = "; ".join(
             f"{part.name}: {part.error}".rstrip(".")
@@ -404,13 +445,23 @@ class RedisBroker:
             if first:
                 self._state = _State.CLOSING
             consumers, listener = list(self._consumers), self._listener
-            heartbeat = self._heartbeat
+            heartbeat, hub = self._heartbeat, self._hub
         if not first:  # another thread is closing: wait until it is done
             self._closed.wait(
                 self._graceful_timeout + reader_exit_bound(self._poll_interval)
             )
             return
+        drain_deadline = time.monotonic() + self._graceful_timeout
+        if hub is not None:
+            hub.stop()  # no more deliveries; each consumer then drops what it queued
         late = stop_all(consumers, self._graceful_timeout)
+        if hub is not None:
+            if not hub.join(reader_exit_bound(self._poll_interval)):
+                logger.warning("The channel reader did not stop in time")
+            # Idle workers end at once; those still in a handler are named below.
+            hub.shutdown_workers(
+                0.0 if late else max(0.0, drain_deadline - time.monotonic())
+            )
         if late:
             logger.warning(
                 "Still running after graceful_timeout (%s s), left behind on daemon threads: %s",
@@ -688,7 +739,7 @@ class RedisBroker:
         pool notices the new pid and opens fresh connections by itself.
         """
         self._lock = threading.Lock()
-        self._consumers, self._listener = [], None
+        self._consumers, self._listener, self._hub = [], None, None
         closed = self._state in (_State.CLOSING, _State.CLOSED)
         self._started_before_fork |= self._state in (_State.STARTING, _State.RUNNING)
         self._state = _State.CLOSED if closed else _State.NEW

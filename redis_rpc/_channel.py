@@ -1,49 +1,327 @@
-"""Pub/Sub consumer: ``SUBSCRIBE``, or ``PSUBSCRIBE`` for a pattern.
+"""Pub/Sub consumers: one shared connection and reader thread per broker.
 
-Pub/Sub keeps nothing: a message published while no consumer is subscribed
-is lost, and one that arrives while every worker is busy waits in the
-socket until a slot frees up.
+Every channel subscriber of a broker is served by one ``ChannelHub``: a
+single Pub/Sub connection that ``SUBSCRIBE``s and ``PSUBSCRIBE``s all their
+channels and patterns, in batches, and one reader thread (named
+``redis_rpc:channels``) that reads messages in bulk and hands each to the
+``ChannelConsumer`` of every subscriber it is for. So a broker with
+thousands of channel subscribers holds one connection and one reader for
+them, not one of each per subscriber.
+
+Each ``ChannelConsumer`` keeps its own queue and runs its handler on the
+hub's shared pool of worker threads, never more than its ``max_workers``
+messages at once; with ``max_workers=1`` one message at a time, in the
+order they were published.
+
+Pub/Sub keeps nothing and has no backpressure: a message published while
+no consumer is subscribed is lost, and Redis pushes every message at once
+whether or not a worker is free. Blocking the shared reader behind one slow
+subscriber would stall every other one, and soon make Redis drop the
+connection for its output buffer limit, losing everything queued for all
+of them. So each subscriber's queue is bounded instead (``QUEUE_LIMIT``
+messages, ``QUEUE_BYTES`` bytes): when it is full the *oldest* message is
+dropped, since its caller is the likeliest to have stopped waiting, and a
+warning is logged when dropping starts and when the queue has caught up.
+Messages still queued when the broker closes are dropped too, as unread
+ones were before.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
+import threading
 from typing import TYPE_CHECKING
 
-from redis_rpc._consumer import Consumer, Delivery
+from redis_rpc._backoff import Backoff
+from redis_rpc._consumer import PERMISSION_PROBE_CHANNEL, Consumer, Delivery
+from redis_rpc._executor import SharedPool
+from redis_rpc._redis import Publish
 from redis_rpc._schemas import PubSub
+from redis_rpc.errors import RedisRPCError
 
 if TYPE_CHECKING:
-    from redis_rpc._redis import Subscription
-    from redis_rpc._schemas import PubSub
+    from collections.abc import Sequence
+
+    from redis_rpc._consumer import Policy, Subscriber
+    from redis_rpc._heartbeat import Heartbeat
+    from redis_rpc._redis import Connection, Subscription
+
+logger = logging.getLogger(__name__)
+
+# A subscriber's queue holds at most this many messages, and this many
+# bytes: far more than a healthy subscriber ever has waiting, and few
+# enough that a stuck handler cannot make the process swallow all memory.
+QUEUE_LIMIT = 10_000
+QUEUE_BYTES = 64 * 1024 * 1024
+
+# Worker threads shared by all channel subscribers of a broker, at most: a
+# broker's subscribers may want more workers in all (one each, by default),
+# but threads are started only as handlers run at once, and a few dozen
+# keep a 2-core machine busy. A handler that blocks on a request to another
+# channel subscriber of the same broker holds one of them meanwhile.
+SHARED_WORKERS = 64
+
+# A worker handles at most this many messages of one subscriber in a row
+# before letting other subscribers' messages go first.
+_TURN = 16
 
 
 class ChannelConsumer(Consumer):
-    """Consumes one channel or pattern; its thread owns the subscription."""
+    """Consumes one channel or pattern for its subscriber, fed by the broker's ``ChannelHub``.
+
+    It has no thread of its own: ``deliver()`` runs on the hub's reader
+    thread, the handler on the hub's shared workers. ``stop()``,
+    ``join_reader()`` and ``drain()`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        connection: Connection,
+        *,
+        poll_interval: float,
+        hub: ChannelHub,
+        policy: Policy,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
+        super().__init__(
+            subscriber,
+            connection,
+            poll_interval=poll_interval,
+            policy=policy,
+            heartbeat=heartbeat,
+        )
+        self._pool = None  # the hub's shared workers run the handler
+        self._hub = hub
+        self._lock = (
+            threading.Lock()
+        )  # guards _queue, _queued_bytes, _running and _dropped
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
+        # Turns on the shared pool serving this consumer, queued or running:
+        # never more than max_workers, so neither are its handlers.
+        self._running = 0
+        self._dropped = 0  # messages dropped since the queue was last short enough
+        hub.add(self)
 
     @property
-    def _source(self) -> PubSub:
+    def source(self) -> PubSub:
         source = self.subscriber.source
         # The broker picks the consumer class by the source type.
         assert isinstance(source, PubSub)
         return source
 
-    _subscription: Subscription | None = None
+    def start(self) -> None:
+        """Nothing to start: the hub reads for every channel consumer."""
 
-    def _open(self) -> None:
-        source = self._source
-        self._subscription = self._connection.subscription()
-        # Confirming may take a while on a loaded server; allow several polls.
-        self._subscription.subscribe(
-            source.channel, pattern=source.pattern, timeout=10 * self._poll_interval
-        )
+    def stop(self) -> None:
+        """Take no more messages and drop those queued; handlers running go on."""
+        with self._lock:
+            self._stopping.set()
+            dropped = len(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+        if dropped:
+            logger.info(
+                "%s dropped %d queued message(s) on closing", self.name, dropped
+            )
 
-    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
-        # One at a time: messages not read yet wait in the socket anyway.
-        assert self._subscription is not None
-        message = self._subscription.get_message(timeout)
-        return [] if message is None else [Delivery(message[1])]
+    def deliver(self, payload: bytes) -> None:
+        """Queue *payload* for the handler; called by the hub's reader thread, never blocks."""
+        dropped = 0
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._queue.append(payload)
+            self._queued_bytes += len(payload)
+            while len(self._queue) > 1 and (
+                len(self._queue) > QUEUE_LIMIT or self._queued_bytes > QUEUE_BYTES
+            ):
+                self._queued_bytes -= len(self._queue.popleft())
+                dropped += 1
+            first_drop = dropped > 0 and self._dropped == 0
+            self._dropped += dropped
+            start = self._running < self.subscriber.max_workers
+            if start:
+                self._running += 1
+        if first_drop:
+            logger.warning(
+                "%s is falling behind: its queue is full, so the oldest messages are dropped until it catches up",
+                self.name,
+            )
+        if start:
+            self._submit()
 
-    def _close(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
-            self._subscription = None
+    def _submit(self) -> None:
+        try:
+            self._hub.pool.submit(self._turn)
+        except RuntimeError:  # the pool is shut down: the broker is closing
+            with self._lock:
+                self._running -= 1
+
+    def _turn(self) -> None:
+        """Handle queued messages one by one on a shared worker, for a while."""
+        for _ in range(_TURN):
+            with self._lock:
+                # The slot is taken under the lock that stop() takes, so that
+                # drain() waits for every handler that began before it.
+                if (
+                    not self._queue
+                    or self._stopping.is_set()
+                    or not self._slots.acquire(blocking=False)
+                ):
+                    self._running -= 1
+                    caught_up, self._dropped = self._dropped, 0
+                    break
+                payload = self._queue.popleft()
+                self._queued_bytes -= len(payload)
+            self._handle(Delivery(payload))  # gives the slot back
+        else:  # more may be waiting: behind other subscribers' turns
+            self._submit()
+            return
+        if caught_up:
+            logger.warning(
+                "%s caught up after dropping %d message(s)", self.name, caught_up
+            )
+
+    def _open(self) -> None:  # pragma: no cover - the hub subscribes for us
+        raise NotImplementedError
+
+    def _fetch(
+        self, timeout: float, count: int
+    ) -> list[Delivery]:  # pragma: no cover - the hub reads for us
+        raise NotImplementedError
+
+
+class ChannelHub:
+    """The Pub/Sub connection and reader thread shared by a broker's channel subscribers.
+
+    ``ready`` is set once every channel and pattern is subscribed, and
+    ``error`` says why not, while not. ``start()``, ``stop()``, ``join()``
+    and ``shutdown_workers()`` may be called from any thread; the
+    subscription belongs to the hub's own thread.
+    """
+
+    name = "redis_rpc:channels"  # of its thread, and in start() errors
+
+    def __init__(
+        self, connection: Connection, *, poll_interval: float, max_workers: int
+    ) -> None:
+        """*max_workers*: how many handlers the subscribers may run at once, in all."""
+        self.ready = threading.Event()
+        self.error: Exception | None = None
+        self._connection = connection
+        self._poll_interval = poll_interval
+        self._consumers: list[ChannelConsumer] = []
+        # Who gets a message, by the channel or pattern it came for; filled
+        # before start() and only read afterwards, by the reader thread.
+        self._channels: dict[bytes, list[ChannelConsumer]] = {}
+        self._patterns: dict[bytes, list[ChannelConsumer]] = {}
+        self._stopping = threading.Event()
+        self.pool = SharedPool(max(1, min(max_workers, SHARED_WORKERS)), self.name)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    @property
+    def consumers(self) -> Sequence[ChannelConsumer]:
+        return self._consumers
+
+    def add(self, consumer: ChannelConsumer) -> None:
+        """Serve *consumer* too; only before ``start()``."""
+        source = consumer.source
+        routes = self._patterns if source.pattern else self._channels
+        routes.setdefault(source.channel.encode(), []).append(consumer)
+        self._consumers.append(consumer)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the reader to stop; it does within about one poll interval."""
+        self._stopping.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for the reader to end; True if it did."""
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def shutdown_workers(self, timeout: float) -> bool:
+        """Let the shared workers go once idle, waiting up to *timeout* seconds for them."""
+        return self.pool.shutdown(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            logger.critical("%s died", self.name, exc_info=True)
+            raise
+
+    def _loop(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            subscription = self._connection.subscription()
+            try:
+                self._open(subscription)
+                if backoff.failures:
+                    logger.warning("%s is consuming again", self.name)
+                self._set_error(None)
+                self.ready.set()
+                for consumer in self._consumers:
+                    consumer.ready.set()
+                backoff = Backoff()
+                self._read(subscription)
+            except Exception as exc:  # the reader must outlive any error
+                if self.error is None:
+                    level = (
+                        logging.WARNING
+                        if isinstance(exc, RedisRPCError)
+                        else logging.ERROR
+                    )
+                    logger.log(
+                        level,
+                        "%s failed, retrying with backoff: %s",
+                        self.name,
+                        exc,
+                        exc_info=level == logging.ERROR,  # not ours: show where
+                    )
+                self._set_error(exc)
+                self._stopping.wait(backoff.delay())
+                backoff = backoff.after_failure()
+            finally:
+                subscription.close()
+
+    def _set_error(self, error: Exception | None) -> None:
+        # Each consumer reports it too, as consumers with a thread of their own do.
+        self.error = error
+        for consumer in self._consumers:
+            consumer.error = error
+
+    def _open(self, subscription: Subscription) -> None:
+        # Subscribing is a command, which may take socket_timeout on a loaded
+        # server, and a little more for each thousand channels; stop() and
+        # start_timeout cut the wait short anyway.
+        for routes, pattern in ((self._channels, False), (self._patterns, True)):
+            if routes:
+                subscription.subscribe_many(
+                    [name.decode() for name in routes],
+                    pattern=pattern,
+                    timeout=self._connection.socket_timeout + len(routes) / 1000,
+                    stop=self._stopping,
+                )
+        # Subscribing proves we may read; this proves, before start()
+        # returns, that an ACL lets the handlers reply too.
+        if any(not c.subscriber.no_reply for c in self._consumers):
+            self._connection.execute_many([Publish(PERMISSION_PROBE_CHANNEL, b"")])
+
+    def _read(self, subscription: Subscription) -> None:
+        while not self._stopping.is_set():
+            for pattern, channel, data in subscription.get_messages(
+                self._poll_interval
+            ):
+                if pattern is None:
+                    targets = self._channels.get(channel, ())
+                else:
+                    targets = self._patterns.get(pattern, ())
+                for consumer in targets:
+                    consumer.deliver(data)

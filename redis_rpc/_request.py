@@ -4,7 +4,9 @@ Each broker subscribes once, by pattern, to ``<prefix>*`` where the prefix
 is random per listener. A request gets its own key and asks for its reply
 on ``<prefix><key>``, so replies are routed by the channel they arrive on,
 never by correlation id: a handler may replace the correlation id. No
-connection and no subscription is opened per request.
+connection and no subscription is opened per request. The listener reads
+replies in bulk: one wake-up takes everything one read of the socket held
+and completes all those requests, taking the lock twice per batch.
 
 Whoever can publish to a reply channel can answer the request, so the key
 is 128 random bits, not a counter: seeing one request does not tell anyone
@@ -227,37 +229,53 @@ class ReplyListener:
                 subscription.close()
 
     def _listen(self, subscription: Subscription) -> None:
+        # One wake-up hands over everything one read of the socket held, and
+        # the lock is taken twice per batch rather than twice per reply.
         while not self._stopping.is_set():
-            message = subscription.get_message(self._poll_interval)
-            if message is None:
-                continue
-            channel, payload = message
-            with self._lock:
-                waiter = self._pending.get(channel)
-            if waiter is None:
-                logger.debug("Dropped a reply on %r: its request is gone", channel)
-                continue
-            # Checked outside the lock: a MAC over a large body takes a while.
-            try:
-                problem = check_reply(payload, self._signing_key, waiter.nonce)
-            except Exception as exc:  # noqa: BLE001 - wire bytes must not end the subscription
-                problem = f"it could not be checked ({exc!r})"
-            if problem is not None:
-                if not waiter.warned:
-                    waiter.warned = True
-                    logger.warning(
-                        "Dropped a reply to request %r, still waiting for another: %s",
-                        waiter.correlation_id,
-                        problem,
-                    )
+            received = subscription.get_messages(self._poll_interval)
+            if not received:
                 continue
             with self._lock:
-                # discard() may have removed it meanwhile: then nobody waits.
-                taken = self._pending.get(channel) is waiter
-                if taken:
-                    del self._pending[channel]
-            if taken:
+                found = [
+                    (channel, payload, self._pending.get(channel))
+                    for _, channel, payload in received
+                ]
+            checked: list[tuple[bytes, _Waiter, bytes]] = []
+            for channel, payload, waiter in found:
+                if waiter is None:
+                    logger.debug("Dropped a reply on %r: its request is gone", channel)
+                elif self._acceptable(waiter, payload):
+                    checked.append((channel, waiter, payload))
+            if not checked:
+                continue
+            taken: list[tuple[_Waiter, bytes]] = []
+            with self._lock:
+                for channel, waiter, payload in checked:
+                    # discard() may have removed it meanwhile, or an earlier
+                    # reply in this batch took it: then nobody waits for this one.
+                    if self._pending.get(channel) is waiter:
+                        del self._pending[channel]
+                        taken.append((waiter, payload))
+            for waiter, payload in taken:
                 waiter.future.set_result(payload)
+
+    def _acceptable(self, waiter: _Waiter, payload: bytes) -> bool:
+        """Whether *payload* is a reply *waiter* may take; a refused one is logged once per request."""
+        # Checked outside the lock: a MAC over a large body takes a while.
+        try:
+            problem = check_reply(payload, self._signing_key, waiter.nonce)
+        except Exception as exc:  # noqa: BLE001 - wire bytes must not end the subscription
+            problem = f"it could not be checked ({exc!r})"
+        if problem is None:
+            return True
+        if not waiter.warned:
+            waiter.warned = True
+            logger.warning(
+                "Dropped a reply to request %r, still waiting for another: %s",
+                waiter.correlation_id,
+                problem,
+            )
+        return False
 
 
 def _down_error(what: str, cause: Exception | None) -> RedisConnectionError:

@@ -46,8 +46,12 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
     caplog.set_level(logging.WARNING, logger="redis_rpc")
     broker = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
     targets: list[dict[str, Any]] = [{t: f"{unique_name}-{t}"} for t in TRANSPORTS]
-    names = ["Reply listener"] + [
-        f"redis_rpc:{t}:{n}" for target in targets for t, n in target.items()
+    # Channel subscribers are read by the broker's one shared channel reader.
+    names = ["Reply listener", "redis_rpc:channels"] + [
+        f"redis_rpc:{t}:{n}"
+        for target in targets
+        for t, n in target.items()
+        if t != "channel"
     ]
     warm_up = threading.Barrier(2, timeout=SHORT_TIMEOUT)
 
@@ -88,9 +92,14 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
             for _ in range(2)
         ]
         assert [w.result(SHORT_TIMEOUT).decode() for w in warm] == ["warm-up"] * 2
+        # The shared channel worker is started by the first channel message.
+        assert (
+            broker.request("one", **targets[0], timeout=SHORT_TIMEOUT).decode() == "one"
+        )
         threads = our_threads()
-        # listener, consumers, list workers, the stream consumer's heartbeat
-        assert len(threads) == 1 + len(targets) + 2 + 1
+        # listener; channel reader and its one worker; list and stream
+        # consumers; list workers; the stream consumer's heartbeat
+        assert len(threads) == 1 + 2 + 2 + 2 + 1
         callers = [pool.submit(load) for _ in range(CALLERS)]
         try:
             for cycle in range(CYCLES):

@@ -466,7 +466,8 @@ class TestLifecycle:
         ours = [t for t in threading.enumerate() if t.name.startswith("redis_rpc:")]
         assert {t.name for t in ours} >= {
             "redis_rpc:replies",
-            f"redis_rpc:channel:{unique_name}",
+            "redis_rpc:channels",  # the reader shared by channel subscribers
+            "redis_rpc:channels:worker_0",
             f"redis_rpc:list:{unique_name}",
             f"redis_rpc:stream:{unique_name}-s",
         }

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from redis_rpc._executor import WorkerPool
+from redis_rpc._executor import SharedPool, WorkerPool
 from tests.conftest import SHORT_TIMEOUT
 
 
@@ -66,3 +67,60 @@ def test_refuses_work_after_shutdown():
     assert pool.shutdown(SHORT_TIMEOUT)
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(lambda: None)
+
+
+def test_shared_pool_starts_a_thread_while_the_others_are_busy():
+    """Work submitted while every started thread is busy gets a new thread, up to the limit."""
+    pool, release = SharedPool(2, "s"), threading.Event()
+    second_ran = threading.Event()
+
+    def blocked():
+        release.wait(SHORT_TIMEOUT)
+
+    pool.submit(blocked)
+    pool.submit(second_ran.set)
+    try:
+        assert second_ran.wait(SHORT_TIMEOUT)  # not stuck behind the first
+    finally:
+        release.set()
+    assert pool.shutdown(SHORT_TIMEOUT)
+
+
+def test_shared_pool_reuses_an_idle_thread():
+    """Work arriving one at a time runs on one thread: an idle one is reused, not another started."""
+    pool, names = SharedPool(4, "s"), []
+    for _ in range(20):
+        done = threading.Event()
+
+        def work(done=done):
+            names.append(threading.current_thread().name)
+            done.set()
+
+        pool.submit(work)
+        assert done.wait(SHORT_TIMEOUT)
+        # Wait until the worker is idle again, so the next submit can see it.
+        deadline = time.monotonic() + SHORT_TIMEOUT
+        while pool._idle == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert pool.threads == 1
+    assert set(names) == {"s:worker_0"}
+    assert pool.shutdown(SHORT_TIMEOUT)
+
+
+def test_shared_pool_bounded_and_refuses_after_shutdown():
+    """No more threads than max_workers, queued work still runs, and nothing is taken after shutdown."""
+    pool, release, done = SharedPool(2, "s"), threading.Event(), threading.Semaphore(0)
+
+    def work():
+        release.wait(SHORT_TIMEOUT)
+        done.release()
+
+    for _ in range(6):
+        pool.submit(work)
+    assert pool.threads == 2
+    release.set()
+    for _ in range(6):
+        assert done.acquire(timeout=SHORT_TIMEOUT)
+    assert pool.shutdown(SHORT_TIMEOUT)
+    with pytest.raises(RuntimeError):
+        pool.submit(work)
