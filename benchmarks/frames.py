@@ -36,10 +36,10 @@ import redis
 import redis.utils
 
 from redis_rpc import _signing
-from redis_rpc._channel import ChannelConsumer
 from redis_rpc._consumer import Delivery, Policy, Subscriber
 from redis_rpc._convert import make_converter
 from redis_rpc._handler import Handler
+from redis_rpc._list import ListConsumer
 from redis_rpc._message import (
     ACCEPT_ERRORS,
     DEADLINE,
@@ -52,7 +52,7 @@ from redis_rpc._message import (
 )
 from redis_rpc._redis import send_command
 from redis_rpc._request import ReplyListener
-from redis_rpc._schemas import PubSub, destination
+from redis_rpc._schemas import ListSub, PubSub, destination
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -206,13 +206,14 @@ def _request_payload(key: bytes | None, listener: ReplyListener) -> bytes:
     )
 
 
-def _consumer(key: bytes | None) -> ChannelConsumer:
+def _consumer(key: bytes | None) -> ListConsumer:
     def echo(body: bytes) -> bytes:
         return body
 
     handler = Handler(echo, logging.getLogger("bench"), make_converter())
-    subscriber = Subscriber(PubSub(CHANNEL), handler, no_reply=False, max_workers=1)
-    return ChannelConsumer(
+    # Any transport's consumer processes a message alike; a list's needs no hub.
+    subscriber = Subscriber(ListSub(CHANNEL), handler, no_reply=False, max_workers=1)
+    return ListConsumer(
         subscriber,
         _NoRedis(),  # type: ignore[arg-type]
         poll_interval=1.0,

@@ -5,31 +5,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from redis_rpc import RedisBroker
 from redis_rpc._message import NONCE, build_frame
 from redis_rpc._redis import Subscription
 from redis_rpc.errors import RedisCommandError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
-from tests.helpers import wait_for
+from tests.helpers import Callers, wait_for
 
 MANY_CHANNELS = 5_000
 # The reply listener, the channel reader, a few shared workers; never one per subscriber.
 MAX_THREADS = 8
 # Two subscriptions (replies, channels) and a few pooled connections for commands.
 MAX_CONNECTIONS = 8
-
-
-@pytest.fixture
-def raw(redis_url):
-    """A plain redis-py client on the private server, for looking behind the broker."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def our_threads():
@@ -136,7 +126,7 @@ def test_many_concurrent_requests_each_get_their_own_reply(make_broker, unique_n
     """200 threads requesting at once over channels each get the reply to their own request."""
     broker = make_broker()
     broker.subscriber(unique_name, max_workers=8)(echo)
-    with broker, ThreadPoolExecutor(200) as pool:
+    with broker, Callers(200, timeout=LONG_TIMEOUT * 2) as pool:
         replies = list(
             pool.map(
                 lambda n: broker.request(n, unique_name, timeout=LONG_TIMEOUT).decode(),
