@@ -604,7 +604,9 @@ class RedisBroker:
             except RedisConnectionError as exc:
                 if deadline is None or exc.reason != "timeout":
                     raise
-                sent = "may have been delivered" if exc.maybe_applied else "was not sent"
+                sent = (
+                    "may have been delivered" if exc.maybe_applied else "was not sent"
+                )
                 msg = f"Redis did not take the request to {target} within {timeout} s, so it {sent} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
                 raise timed_out(msg) from exc
             if fail_fast and isinstance(command, Publish) and receivers == 0:

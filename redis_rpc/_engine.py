@@ -109,7 +109,9 @@ class Waiter:
 
     def wait(self, timeout: float) -> bool:
         """Whether the result is in, waiting up to *timeout* seconds for it."""
-        if not self._lock.acquire(timeout=min(max(0.0, timeout), threading.TIMEOUT_MAX)):
+        if not self._lock.acquire(
+            timeout=min(max(0.0, timeout), threading.TIMEOUT_MAX)
+        ):
             return False
         self._lock.release()  # stays released: later waits return at once
         return True
@@ -186,7 +188,9 @@ class Pipe:
         self.written = 0  # calls written so far
 
     def __repr__(self) -> str:
-        return f"<Pipe {self._address} queued={len(self._queue)} batches={self.batches}>"
+        return (
+            f"<Pipe {self._address} queued={len(self._queue)} batches={self.batches}>"
+        )
 
     def submit(self, commands: Sequence[Args], deadline: float) -> list[object]:
         """Send *commands* together and return their replies, in order.

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import attrs
 import redis
 import redis.client
-import redis.connection
 import redis.exceptions
 
 from redis_rpc._engine import Args, Pipe
@@ -621,13 +620,11 @@ class _Link:
     """
 
     def __init__(
-        self,
-        pool: redis.ConnectionPool,
-        connection: redis.connection.AbstractConnection,
-        address: str,
+        self, pool: redis.ConnectionPool, connection: redis.Connection, address: str
     ) -> None:
         self._pool = pool
-        self._connection = connection
+        # Any: redis-py leaves most of a connection's methods untyped.
+        self._connection: Any = connection
         self._address = address
 
     @classmethod

@@ -90,8 +90,8 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
         ]
         assert [w.result(SHORT_TIMEOUT).decode() for w in warm] == ["warm-up"] * 2
         threads = our_threads()
-        # listener, consumers, list workers, the stream consumer's heartbeat
-        assert len(threads) == 1 + len(targets) + 2 + 1
+        # listener, consumers, list workers, the stream consumer's heartbeat, the writer
+        assert len(threads) == 1 + len(targets) + 2 + 1 + 1
         callers = [pool.submit(load) for _ in range(CALLERS)]
         try:
             for cycle in range(CYCLES):
