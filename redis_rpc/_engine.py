@@ -270,11 +270,11 @@ class Pipe:
     def abandon(self) -> None:
         """Forget the parent's writer in a forked child, where it does not run.
 
-        Takes no lock: a parent thread may have held it at the fork.
+        Takes no lock and closes nothing: a parent thread may have held a
+        lock at the fork, and the socket is the parent's too. Like
+        redis-py's pool after a fork, the child just forgets it.
         """
-        link, self._link = self._link, None
-        if link is not None:
-            link.close()
+        self._link = None
 
     # -- the writer thread ---------------------------------------------------
 
