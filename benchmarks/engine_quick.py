@@ -79,14 +79,14 @@ def main() -> None:
                 rates = []
                 for n in range(ROUNDS):
                     rates.append(run_round(client, ROUND_SECONDS))
-                    print(f"round {n + 1}: {rates[-1]:,.0f} requests/s")  # noqa: T201
-                print(  # noqa: T201
+                    print(f"round {n + 1}: {rates[-1]:,.0f} requests/s")
+                print(
                     f"median of {ROUNDS}: {statistics.median(rates):,.0f} requests/s "
                     f"({CALLERS} callers, list, server max_workers={SERVER_WORKERS})"
                 )
                 pipe = getattr(client._connection, "_pipe", None)
                 if pipe is not None:
-                    print(  # noqa: T201
+                    print(
                         f"pipe: {pipe.written:,} calls in {pipe.batches:,} writes "
                         f"({pipe.written / max(1, pipe.batches):.1f} per write)"
                     )
