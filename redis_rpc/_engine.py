@@ -216,8 +216,11 @@ class Pipe:
             if self._down_error is not None and time.monotonic() < self._down_until:
                 raise _not_sent(self._down_error)
             while len(self._queue) >= self._max_queued:
+                if self._closing:
+                    msg = f"Cannot send to Redis at {self._address}: the connection was closed while this waited."
+                    raise BrokerClosedError(msg)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closing:
+                if remaining <= 0:
                     msg = f"Redis at {self._address} did not take the command in time: {len(self._queue)} calls were still waiting to be written"
                     raise RedisConnectionError(
                         _sentence(msg, applied=False),
