@@ -210,15 +210,11 @@ class Pipe:
         """
         entry = _Entry(commands, deadline)
         with self._lock:
-            if self._closing:
-                msg = f"Cannot send to Redis at {self._address}: the connection has been closed."
-                raise BrokerClosedError(msg)
+            self._refuse_if_closing()
             if self._down_error is not None and time.monotonic() < self._down_until:
                 raise _not_sent(self._down_error)
             while len(self._queue) >= self._max_queued:
-                if self._closing:
-                    msg = f"Cannot send to Redis at {self._address}: the connection was closed while this waited."
-                    raise BrokerClosedError(msg)
+                self._refuse_if_closing()  # close() may come while we wait for room
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     msg = f"Redis at {self._address} did not take the command in time: {len(self._queue)} calls were still waiting to be written"
@@ -249,6 +245,11 @@ class Pipe:
         raise RedisConnectionError(
             _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
         )
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            msg = f"Cannot send to Redis at {self._address}: the connection has been closed."
+            raise BrokerClosedError(msg)
 
     def close(self, timeout: float) -> bool:
         """Write what is queued, for up to *timeout* seconds, then stop; idempotent.
