@@ -8,6 +8,12 @@ a few hundred threads. Here callers queue their commands with a deadline
 and wait; one writer thread takes everything queued, sends it in one
 write, then reads the replies in order and hands each caller its own.
 
+A caller that finds the connection idle, with nothing queued, writes and
+reads for itself instead: a lone caller then pays no hand-off to the writer
+thread and back (two thread wake-ups, which cost as much as the round trip
+itself on a busy machine). Whoever holds the connection, the writer or such
+a caller, holds it alone; callers that arrive meanwhile queue for the writer.
+
 The guarantees, each stated where it is kept:
 
 - the queue is bounded: a full queue makes callers wait for room, up to
@@ -71,6 +77,13 @@ class Link(Protocol):
         Raises:
             RedisConnectionError: The connection failed or Redis did not
                 answer in time; it is closed.
+        """
+
+    def wait(self, timeout: float) -> bool:
+        """Whether a reply is ready to read within *timeout* seconds.
+
+        Raises:
+            RedisConnectionError: The connection failed; it is closed.
         """
 
     def check(self) -> None:
@@ -169,8 +182,8 @@ class Pipe:
         self._address = address
         self._max_queued = max_queued
         self._max_batch = max_batch
-        # Guards _queue, each queued entry's state, _closing, _thread,
-        # _down_until, _down_error and _backoff; held for list operations only, never I/O.
+        # Guards _queue, each queued entry's state, _closing, _thread, _busy,
+        # _unread, _down_until, _down_error and _backoff; held for list operations only, never I/O.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # something was queued, or close()
         self._room = threading.Condition(self._lock)  # the queue has room again
@@ -183,7 +196,13 @@ class Pipe:
         self._down_until = 0.0
         self._down_error: RedisRPCError | None = None
         self._backoff = RECONNECT
-        self._link: Link | None = None  # the writer thread's alone
+        # Someone uses _link: the writer thread, or a caller writing its own
+        # commands. Only the holder touches _link, batches and written.
+        self._busy = False
+        # Written by a caller that stopped waiting before the replies came:
+        # the writer reads those replies before anything else.
+        self._unread: list[_Entry] = []
+        self._link: Link | None = None
         self.batches = 0  # writes so far, for tests and benchmarks
         self.written = 0  # calls written so far
 
@@ -213,9 +232,40 @@ class Pipe:
             self._refuse_if_closing()
             if self._down_error is not None and time.monotonic() < self._down_until:
                 raise _not_sent(self._down_error)
+            alone = not (self._busy or self._queue or self._unread)
+            if alone and self._link is not None:
+                self._busy = True
+                entry.state = _State.TAKEN
+        if entry.state is _State.TAKEN:
+            self._write_own(entry)
+        else:
+            self._enqueue(entry)
+        if entry.waiter.wait(deadline - time.monotonic()):
+            return entry.waiter.result()
+        with self._lock:
+            taken = entry.state is not _State.QUEUED
+            if not taken:
+                entry.state = _State.CANCELLED
+                self._queue.remove(entry)
+                self._room.notify()
+        if taken and entry.waiter.wait(0):  # answered while we were deciding
+            return entry.waiter.result()
+        msg = f"Redis at {self._address} did not answer in time"
+        raise RedisConnectionError(
+            _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
+        )
+
+    def _enqueue(self, entry: _Entry) -> None:
+        """Queue *entry* for the writer, waiting for room up to its deadline.
+
+        Raises:
+            RedisConnectionError: No room before the deadline; not sent.
+            BrokerClosedError: The pipe was closed meanwhile.
+        """
+        with self._lock:
             while len(self._queue) >= self._max_queued:
                 self._refuse_if_closing()  # close() may come while we wait for room
-                remaining = deadline - time.monotonic()
+                remaining = entry.deadline - time.monotonic()
                 if remaining <= 0:
                     msg = f"Redis at {self._address} did not take the command in time: {len(self._queue)} calls were still waiting to be written"
                     raise RedisConnectionError(
@@ -231,20 +281,41 @@ class Pipe:
                 )
                 self._thread.start()
             self._work.notify()
-        if entry.waiter.wait(deadline - time.monotonic()):
-            return entry.waiter.result()
-        with self._lock:
-            taken = entry.state is not _State.QUEUED
-            if not taken:
-                entry.state = _State.CANCELLED
-                self._queue.remove(entry)
-                self._room.notify()
-        if taken and entry.waiter.wait(0):  # answered while we were deciding
-            return entry.waiter.result()
-        msg = f"Redis at {self._address} did not answer in time"
-        raise RedisConnectionError(
-            _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
-        )
+
+    def _write_own(self, entry: _Entry) -> None:
+        """Write *entry* and read its replies on the calling thread, which holds the connection.
+
+        Completes the entry's waiter, unless the deadline passes before the
+        replies come: the writer then reads them, and the caller times out.
+        """
+        try:
+            self._exchange(entry)
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._queue or self._unread:
+                    self._work.notify()
+
+    def _exchange(self, entry: _Entry) -> None:
+        if entry.deadline <= time.monotonic():
+            entry.waiter.set_error(self._late())
+            return
+        link = self._open([entry])
+        if link is None:
+            return
+        try:
+            link.send(entry.commands)
+            self.batches += 1
+            self.written += 1
+            if not link.wait(entry.deadline - time.monotonic()):
+                with self._lock:  # the replies are still due: the writer reads them
+                    self._unread.append(entry)
+                return
+            replies = [link.read() for _ in entry.commands]
+        except RedisRPCError as exc:
+            self._lost(exc, [entry])
+            return
+        entry.waiter.set_result(replies)
 
     def _refuse_if_closing(self) -> None:
         if self._closing:
@@ -282,28 +353,34 @@ class Pipe:
 
     # -- the writer thread ---------------------------------------------------
 
-    def _take(self) -> list[_Entry] | None:
-        """The next batch to write, or None once closed and flushed."""
+    def _take(self) -> tuple[list[_Entry], list[_Entry]] | None:
+        """Replies left to read and the next batch to write, or None once closed and flushed."""
         with self._lock:
-            while not self._queue and not self._closing:
+            while self._busy or not (self._queue or self._unread or self._closing):
                 # Bounded, as every wait; nothing to do but wait again.
                 self._work.wait(1.0)
             if self._closing and (
                 not self._queue or time.monotonic() > self._flush_until
             ):
                 return None
+            self._busy = True
+            unread, self._unread = self._unread, []
             batch: list[_Entry] = []
             while self._queue and len(batch) < self._max_batch:
                 entry = self._queue.popleft()
                 entry.state = _State.TAKEN
                 batch.append(entry)
             self._room.notify(len(batch))
-        return batch
+        return unread, batch
 
     def _run(self) -> None:
         try:
-            while (batch := self._take()) is not None:
-                self._write(batch)
+            while (work := self._take()) is not None:
+                try:
+                    self._write(*work)
+                finally:
+                    with self._lock:
+                        self._busy = False
         except BaseException:
             logger.critical("The Redis writer thread died", exc_info=True)
             raise
@@ -327,38 +404,44 @@ class Pipe:
             self._link.close()
             self._link = None
 
-    def _write(self, batch: list[_Entry]) -> None:
+    def _write(self, unread: list[_Entry], batch: list[_Entry]) -> None:
+        """Write *batch*, then read the replies *unread* still owes and the batch's, in order."""
         now = time.monotonic()
         live = [entry for entry in batch if entry.deadline > now]
-        if len(live) < len(batch):
-            # Written after its caller stopped waiting, it would be a surprise.
-            msg = f"Redis at {self._address} did not take the command in time"
-            late = RedisConnectionError(
-                _sentence(msg, applied=False), reason="timeout", maybe_applied=False
-            )
-            for entry in batch:
-                if entry.deadline <= now:
-                    entry.waiter.set_error(late)
-        if not live:
+        for entry in batch:
+            if entry.deadline <= now:
+                # Written after its caller stopped waiting, it would be a surprise.
+                entry.waiter.set_error(self._late())
+        if unread:  # still open: replies are due on it, so no staleness check either
+            link = self._link
+        elif live:
+            link = self._open(live)
+        else:
             return
-        link = self._open(live)
         if link is None:
             return
-        commands = [command for entry in live for command in entry.commands]
         try:
-            link.send(commands)
+            if live:
+                link.send([command for entry in live for command in entry.commands])
+                self.batches += 1
+                self.written += len(live)
         except RedisRPCError as exc:
-            self._lost(exc, live)
+            self._lost(exc, unread + live)
             return
-        self.batches += 1
-        self.written += len(live)
-        for done, entry in enumerate(live):
+        due = unread + live
+        for done, entry in enumerate(due):
             try:
                 replies = [link.read() for _ in entry.commands]
             except RedisRPCError as exc:
-                self._lost(exc, live[done:])
+                self._lost(exc, due[done:])
                 return
             entry.waiter.set_result(replies)
+
+    def _late(self) -> RedisConnectionError:
+        msg = f"Redis at {self._address} did not take the command in time"
+        return RedisConnectionError(
+            _sentence(msg, applied=False), reason="timeout", maybe_applied=False
+        )
 
     def _open(self, batch: list[_Entry]) -> Link | None:
         """The connection, opened if need be; on failure, fail *batch* as not sent."""

@@ -652,6 +652,12 @@ class _Link:
                 connection.pack_commands(commands), check_health=False
             )
 
+    def wait(self, timeout: float) -> bool:
+        try:
+            return bool(self._connection.can_read(timeout=max(0.0, timeout)))
+        except redis.exceptions.RedisError as exc:
+            raise translate(exc, self._address) from exc
+
     def read(self) -> object:
         try:
             return self._connection.read_response()

@@ -67,7 +67,9 @@ def test_publish_during_a_stall_times_out_and_says_whether_it_was_sent(
     with pytest.raises(RedisConnectionError) as written:
         broker.publish(b"written", list=unique_name, timeout=1.0)
     assert time.monotonic() - started < 1.0 + MARGIN
-    # The writer still waits for the first answer: this one stays queued.
+    # Once the writer waits for the first answer, this one stays queued.
+    pipe = pipe_of(broker)
+    assert wait_for(lambda: pipe._busy and not pipe._unread, SHORT_TIMEOUT)
     with pytest.raises(RedisConnectionError) as queued:
         broker.publish(b"queued", list=unique_name, timeout=0.5)
     assert (written.value.reason, written.value.maybe_applied) == ("timeout", True)

@@ -32,7 +32,12 @@ class FakeLink:
         if self.world.fail_send:
             raise RedisConnectionError("Broken pipe.", reason="unreachable")
         self.world.sent.append(list(commands))
+        self.world.senders.append(threading.current_thread().name)
         self.unanswered.extend(commands)
+
+    def wait(self, timeout) -> bool:
+        self.world.reading.set()
+        return self.world.gate.wait(timeout)
 
     def read(self) -> object:
         world = self.world
@@ -61,6 +66,7 @@ class World:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sent: list[list[tuple[object, ...]]] = []
+        self.senders: list[str] = []  # the thread of each write
         self.links: list[FakeLink] = []
         self.gate = threading.Event()  # cleared: reads wait, as with a stalled Redis
         self.gate.set()
@@ -181,6 +187,39 @@ def test_a_written_command_unanswered_by_its_deadline_may_have_been_applied(
     assert pipe.submit([(b"NEXT",)], soon()) == [
         (b"NEXT",)
     ]  # order kept after the late reply
+
+
+def test_a_lone_caller_writes_and_reads_on_its_own_thread(world, make_pipe):
+    """With the connection idle and nothing queued, a caller sends its commands itself, with no hand-off to the writer."""
+    pipe = make_pipe()
+    pipe.submit([(b"OPEN",)], soon())  # the writer opens the connection
+    assert world.senders == ["redis_rpc:writer"]
+    for n in range(3):
+        assert pipe.submit([(b"N", n)], soon()) == [(b"N", n)]
+    assert world.senders[1:] == [threading.current_thread().name] * 3
+    assert len(world.links) == 1
+
+
+def test_a_lone_caller_past_its_deadline_leaves_its_replies_to_the_writer(
+    world, make_pipe
+):
+    """A caller that wrote its own command returns at its deadline, told it may have run; its reply is still read in order."""
+    pipe = make_pipe()
+    pipe.submit([(b"OPEN",)], soon())
+    world.gate.clear()
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError) as info:
+        pipe.submit([(b"SLOW",)], time.monotonic() + SHORT)
+    assert time.monotonic() - started < SHORT + 1.0
+    assert (info.value.reason, info.value.maybe_applied) == ("timeout", True)
+    with ThreadPoolExecutor(1) as pool:
+        # Queued for the writer, which owes the unread reply first.
+        after = pool.submit(pipe.submit, [(b"AFTER",)], soon())
+        assert _until(lambda: len(pipe._queue) == 1)
+        world.gate.set()
+        assert after.result(WAIT) == [(b"AFTER",)]
+    assert world.senders[-1] == "redis_rpc:writer"
+    assert pipe.submit([(b"NEXT",)], soon()) == [(b"NEXT",)]
 
 
 def test_a_full_queue_pushes_back_until_room_or_deadline(world, make_pipe):
