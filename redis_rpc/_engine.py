@@ -353,20 +353,32 @@ class Pipe:
 
     # -- the writer thread ---------------------------------------------------
 
-    def _take(self) -> tuple[list[_Entry], list[_Entry]] | None:
-        """Replies left to read and the next batch to write, or None once closed and flushed."""
+    def _take(
+        self, *, idle: bool, full: bool
+    ) -> tuple[list[_Entry], list[_Entry]] | None:
+        """Replies owed to callers that wrote for themselves, and the next batch to write.
+
+        Waits for work only when *idle* (nothing in flight); takes no new
+        batch when *full* (as many calls in flight as may be queued).
+        Returns None once closed, flushed and idle.
+        """
         with self._lock:
-            while self._busy or not (self._queue or self._unread or self._closing):
-                # Bounded, as every wait; nothing to do but wait again.
-                self._work.wait(1.0)
-            if self._closing and (
+            if idle:
+                self._busy = False  # callers may write for themselves meanwhile
+                while self._busy or not (self._queue or self._unread or self._closing):
+                    # Bounded, as every wait; nothing to do but wait again.
+                    self._work.wait(1.0)
+            flushed = self._closing and (
                 not self._queue or time.monotonic() > self._flush_until
-            ):
+            )
+            if flushed and idle:
                 return None
             self._busy = True
             unread, self._unread = self._unread, []
             batch: list[_Entry] = []
-            while self._queue and len(batch) < self._max_batch:
+            while (
+                self._queue and len(batch) < self._max_batch and not (flushed or full)
+            ):
                 entry = self._queue.popleft()
                 entry.state = _State.TAKEN
                 batch.append(entry)
@@ -374,13 +386,21 @@ class Pipe:
         return unread, batch
 
     def _run(self) -> None:
+        # Written and not yet answered, oldest first: replies come in this order.
+        in_flight: collections.deque[_Entry] = collections.deque()
         try:
-            while (work := self._take()) is not None:
-                try:
-                    self._write(*work)
-                finally:
-                    with self._lock:
-                        self._busy = False
+            while (
+                work := self._take(
+                    idle=not in_flight, full=len(in_flight) >= self._max_queued
+                )
+            ) is not None:
+                unread, batch = work
+                in_flight.extend(unread)
+                # Written before reading: what was queued meanwhile goes out
+                # while earlier replies are still on their way.
+                self._write(batch, in_flight)
+                if in_flight:
+                    self._read_one(in_flight)
         except BaseException:
             logger.critical("The Redis writer thread died", exc_info=True)
             raise
@@ -404,38 +424,45 @@ class Pipe:
             self._link.close()
             self._link = None
 
-    def _write(self, unread: list[_Entry], batch: list[_Entry]) -> None:
-        """Write *batch*, then read the replies *unread* still owes and the batch's, in order."""
+    def _write(self, batch: list[_Entry], in_flight: collections.deque[_Entry]) -> None:
+        """Write the calls of *batch* still within their deadline, and add them to *in_flight*."""
         now = time.monotonic()
         live = [entry for entry in batch if entry.deadline > now]
         for entry in batch:
             if entry.deadline <= now:
                 # Written after its caller stopped waiting, it would be a surprise.
                 entry.waiter.set_error(self._late())
-        if unread:  # still open: replies are due on it, so no staleness check either
-            link = self._link
-        elif live:
-            link = self._open(live)
-        else:
+        if not live:
             return
+        # With replies due, the connection is known to work (and a
+        # staleness check would mistake those replies for stray data).
+        link = self._link if in_flight else self._open(live)
         if link is None:
             return
         try:
-            if live:
-                link.send([command for entry in live for command in entry.commands])
-                self.batches += 1
-                self.written += len(live)
+            link.send([command for entry in live for command in entry.commands])
         except RedisRPCError as exc:
-            self._lost(exc, unread + live)
+            self._lost(exc, [*in_flight, *live])
+            in_flight.clear()
             return
-        due = unread + live
-        for done, entry in enumerate(due):
-            try:
-                replies = [link.read() for _ in entry.commands]
-            except RedisRPCError as exc:
-                self._lost(exc, due[done:])
-                return
-            entry.waiter.set_result(replies)
+        self.batches += 1
+        self.written += len(live)
+        in_flight.extend(live)
+
+    def _read_one(self, in_flight: collections.deque[_Entry]) -> None:
+        """Read the replies of the oldest call in flight; on failure, fail every call in flight."""
+        entry, link = in_flight[0], self._link
+        try:
+            if link is None:  # cannot happen: calls in flight keep it open
+                msg = f"The connection to Redis at {self._address} was closed with calls in flight."
+                raise RedisConnectionError(msg)
+            replies = [link.read() for _ in entry.commands]
+        except RedisRPCError as exc:
+            self._lost(exc, list(in_flight))
+            in_flight.clear()
+            return
+        in_flight.popleft()
+        entry.waiter.set_result(replies)
 
     def _late(self) -> RedisConnectionError:
         msg = f"Redis at {self._address} did not take the command in time"
