@@ -6,7 +6,9 @@ from redis-py's pool for one round trip: N concurrent calls cost N
 connections, N syscall pairs and N pool checkouts, and the pool ran dry at
 a few hundred threads. Here callers queue their commands with a deadline
 and wait; one writer thread takes everything queued, sends it in one
-write, then reads the replies in order and hands each caller its own.
+write, and reads the replies in order, handing each caller its own. Between
+two callers' replies it sends whatever was queued meanwhile, so that new
+commands do not wait for the replies of earlier ones.
 
 A caller that finds the connection idle, with nothing queued, writes and
 reads for itself instead: a lone caller then pays no hand-off to the writer
@@ -52,8 +54,7 @@ Args = tuple[bytes | str | int | float, ...]
 # Enough for thousands of callers at once, small enough that a stalled Redis
 # holds at most a few megabytes of typical frames in this process.
 DEFAULT_MAX_QUEUED = 4096
-# Commands per write: bounds one write's size and how long the first
-# caller of a large batch waits for the writer to read all of its replies.
+# Calls per write: bounds the size of one write.
 MAX_BATCH = 512
 # After a failed connection attempt, calls fail at once for a while rather
 # than each waiting for a connection that is not there; short, so that
@@ -200,7 +201,7 @@ class Pipe:
         # commands. Only the holder touches _link, batches and written.
         self._busy = False
         # Written by a caller that stopped waiting before the replies came:
-        # the writer reads those replies before anything else.
+        # the writer reads those replies before any others.
         self._unread: list[_Entry] = []
         self._link: Link | None = None
         self.batches = 0  # writes so far, for tests and benchmarks
