@@ -75,6 +75,9 @@ F = TypeVar("F", bound="Callable[..., Any]")
 # Large enough for any sensible RPC payload, small enough that one bad
 # message cannot make a process swallow hundreds of megabytes.
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+# As long as socket_timeout's default: what a publish() took at most before
+# it had a timeout of its own.
+DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 # Channel subscribers get a ChannelConsumer fed by the broker's ChannelHub.
 _CONSUMERS: dict[type[Destination], type[Consumer]] = {
@@ -508,6 +511,7 @@ class RedisBroker:
         correlation_id: str | None = None,
         reply_to: str = "",
         maxlen: int | None = None,
+        timeout: float | None = DEFAULT_PUBLISH_TIMEOUT,
     ) -> int | str:
         """Send *body* to one channel, list or stream without waiting for a reply.
 
@@ -518,6 +522,9 @@ class RedisBroker:
         Args:
             reply_to: A channel for the handler's result.
             maxlen: Trim a stream destination to about this many entries.
+            timeout: Seconds to wait for Redis to take the message (10 by
+                default); ``None`` waits up to ``socket_timeout``. A message
+                not yet written when it runs out is never sent.
 
         Returns:
             What Redis answered: the number of channel subscribers that got it,
@@ -525,7 +532,10 @@ class RedisBroker:
 
         Raises:
             BrokerClosedError: The broker has been closed.
-            RedisConnectionError: Redis could not be reached.
+            RedisConnectionError: Redis could not be reached, or did not
+                answer within *timeout* (``reason`` is then ``"timeout"``);
+                ``maybe_applied`` says whether the message may have been
+                delivered all the same, which a retry would duplicate.
             SetupError: Not exactly one of *channel*, *list* and *stream*.
             MessageTooLargeError: The frame is over ``max_message_size``; nothing was sent.
             TypeError: The body or a header is of a type that cannot be sent.
@@ -533,6 +543,7 @@ class RedisBroker:
         """
         self._check_open("publish")
         target = destination(channel, list, stream)
+        deadline = None if timeout is None else time.monotonic() + timeout
         frame = signed_frame(
             *frame_parts(
                 body,
@@ -544,7 +555,9 @@ class RedisBroker:
             self._signing_key,
         )
         check_size(frame, self._max_message_size, "The message")
-        result = self._connection.execute(send_command(target, frame, maxlen))
+        result = self._connection.execute(
+            send_command(target, frame, maxlen), deadline=deadline
+        )
         return result.decode() if isinstance(result, bytes) else int(result)
 
     def request(
@@ -641,7 +654,16 @@ class RedisBroker:
             )
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
-            receivers = self._connection.execute(command)
+            try:
+                receivers = self._connection.execute(command, deadline=deadline)
+            except RedisConnectionError as exc:
+                if deadline is None or exc.reason != "timeout":
+                    raise
+                sent = (
+                    "may have been delivered" if exc.maybe_applied else "was not sent"
+                )
+                msg = f"Redis did not take the request to {target} within {timeout} s, so it {sent} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
+                raise timed_out(msg) from exc
             if fail_fast and isinstance(command, Publish) and receivers == 0:
                 msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
                 raise NoSubscriberError(msg, destination=str(target))
@@ -740,6 +762,7 @@ class RedisBroker:
         """
         self._lock = threading.Lock()
         self._consumers, self._listener, self._hub = [], None, None
+        self._connection.after_fork()
         closed = self._state in (_State.CLOSING, _State.CLOSED)
         self._started_before_fork |= self._state in (_State.STARTING, _State.RUNNING)
         self._state = _State.CLOSED if closed else _State.NEW

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -18,6 +19,7 @@ import redis.client
 import redis.connection
 import redis.exceptions
 
+from redis_rpc._engine import Args, Pipe
 from redis_rpc._schemas import ListSub, PubSub
 from redis_rpc.errors import (
     RedisCommandError,
@@ -32,7 +34,11 @@ if TYPE_CHECKING:
     from redis_rpc._heartbeat import Beat
     from redis_rpc._schemas import Destination
 
+logger = logging.getLogger(__name__)
+
 STREAM_DATA_FIELD = b"__data__"
+# How long close() lets the pipe write what callers queued before it stops.
+PIPE_FLUSH_TIMEOUT = 2.0
 
 
 @attrs.frozen
@@ -245,10 +251,12 @@ def send_command(
 
 
 class Connection:
-    """A pool of connections to one Redis server, in bytes mode.
+    """The connections to one Redis server, in bytes mode.
 
-    Safe to use from any number of threads at once; each call borrows a
-    connection from the pool for its duration.
+    Safe to use from any number of threads at once. ``execute()`` and
+    ``execute_many()`` share one connection through the pipe (see
+    ``_engine``); blocking reads, scripts and the rest borrow a
+    connection from redis-py's pool for the duration of each call.
     """
 
     def __init__(
@@ -287,23 +295,61 @@ class Connection:
         )
         self._requeue_if_dead = self._client.register_script(_REQUEUE_IF_DEAD)
         self._claim_from_dead = self._client.register_script(_CLAIM_FROM_DEAD)
+        self._pipe = self._new_pipe()
 
-    def execute(self, command: Command) -> Any:
-        """Run one command; return what Redis answered."""
-        with map_errors(self.address):
-            return _run(self._client, command)
+    def _new_pipe(self) -> Pipe:
+        pool = self._client.connection_pool
+        return Pipe(lambda: _Link.open(pool, self.address), address=self.address)
+
+    def _deadline(self, deadline: float | None) -> float:
+        # Without one of the caller's, as long as one command may take.
+        return time.monotonic() + self.socket_timeout if deadline is None else deadline
+
+    def execute(self, command: Command, *, deadline: float | None = None) -> Any:
+        """Run one command through the pipe; return what Redis answered.
+
+        Args:
+            deadline: A ``time.monotonic()`` time to give up by; by default
+                ``socket_timeout`` from now.
+
+        Raises:
+            RedisConnectionError: Not done by *deadline*, or the connection
+                failed; ``maybe_applied`` says whether it may have run.
+            RedisCommandError: Redis refused the command.
+        """
+        (reply,) = self._pipe.submit([_args(command)], self._deadline(deadline))
+        return _checked(reply, self.address)
 
     def execute_many(
-        self, commands: Sequence[Command], *, atomic: bool = False
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        deadline: float | None = None,
     ) -> list[Any]:
-        """Run several commands in one round trip; in a ``MULTI`` when *atomic*."""
-        if len(commands) == 1:
-            return [self.execute(commands[0])]
-        with map_errors(self.address):
-            pipe = self._client.pipeline(transaction=atomic)
-            for command in commands:
-                _run(pipe, command)
-            return pipe.execute()
+        """Run several commands in one write through the pipe; in a ``MULTI`` when *atomic*.
+
+        Raises:
+            RedisConnectionError: As for ``execute()``.
+            RedisCommandError: Redis refused one of the commands (the
+                first refusal is raised; without *atomic*, the others ran).
+        """
+        group = [_args(command) for command in commands]
+        if atomic and len(group) > 1:
+            replies = self._pipe.submit(
+                [(b"MULTI",), *group, (b"EXEC",)], self._deadline(deadline)
+            )
+            for reply in replies[:-1]:  # a command refused when queued aborts EXEC
+                _checked(reply, self.address)
+            results = _checked(replies[-1], self.address)
+            return [_checked(result, self.address) for result in results]
+        replies = self._pipe.submit(group, self._deadline(deadline))
+        return [_checked(reply, self.address) for reply in replies]
+
+    def after_fork(self) -> None:
+        """Drop the parent's pipe in a forked child; the next command opens another."""
+        self._pipe.abandon()
+        self._pipe = self._new_pipe()
 
     def ping(self) -> None:
         with map_errors(self.address):
@@ -515,8 +561,13 @@ class Connection:
         )
 
     def close(self) -> None:
-        """Close the idle connections; one still borrowed by an overrunning
-        handler is left to that thread rather than cut under it."""
+        """Write what the pipe holds and close it, then close the idle connections.
+
+        A connection still borrowed by an overrunning handler is left to
+        that thread rather than cut under it.
+        """
+        if not self._pipe.close(PIPE_FLUSH_TIMEOUT):
+            logger.warning("The Redis writer thread did not stop in time")
         with map_errors(self.address):
             self._client.connection_pool.disconnect(inuse_connections=False)
 
@@ -543,22 +594,101 @@ def _check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
         raise SetupError(msg) from exc
 
 
-def _run(client: redis.Redis | redis.client.Pipeline, command: Command) -> Any:
+def _args(command: Command) -> Args:
+    """The words of *command*, as Redis reads them."""
     if isinstance(command, Publish):
-        return client.publish(command.channel, command.data)
+        return (b"PUBLISH", command.channel, command.data)
     if isinstance(command, RPush):
-        return client.rpush(command.key, command.data)
+        return (b"RPUSH", command.key, command.data)
     if isinstance(command, XAdd):
-        return client.xadd(
+        trim: Args = () if command.maxlen is None else (b"MAXLEN", b"~", command.maxlen)
+        fields = [word for pair in command.extra for word in pair]
+        return (
+            b"XADD",
             command.stream,
-            {STREAM_DATA_FIELD: command.data, **dict(command.extra)},
-            maxlen=command.maxlen,
-            approximate=True,
+            *trim,
+            b"*",
+            STREAM_DATA_FIELD,
+            command.data,
+            *fields,
         )
     if isinstance(command, LRem):
         # Counted from the tail, where the oldest in-flight items are.
-        return client.lrem(command.key, -1, command.data)  # type: ignore[arg-type]
-    return client.xack(command.stream, command.group, command.entry_id)
+        return (b"LREM", command.key, -1, command.data)
+    return (b"XACK", command.stream, command.group, command.entry_id)
+
+
+def _checked(reply: Any, address: str) -> Any:
+    """*reply*, unless it is an error reply: then raise it as ours."""
+    if isinstance(reply, RedisRPCError):
+        raise reply
+    if isinstance(reply, redis.exceptions.ResponseError):  # nested, as in EXEC's answer
+        raise translate(reply, address) from reply
+    return reply
+
+
+class _Link:
+    """One connection of redis-py's pool, held by the pipe's writer thread for as long as it works.
+
+    Implements ``_engine.Link``. Taken from the pool once, not per call, so
+    that ``max_connections`` and the pool's options (TLS, credentials,
+    database, protocol) apply to it too.
+    """
+
+    def __init__(
+        self, pool: redis.ConnectionPool, connection: redis.Connection, address: str
+    ) -> None:
+        self._pool = pool
+        # Any: redis-py leaves most of a connection's methods untyped.
+        self._connection: Any = connection
+        self._address = address
+
+    @classmethod
+    def open(cls, pool: redis.ConnectionPool, address: str) -> _Link:
+        with map_errors(address):
+            connection = pool.get_connection()
+        return cls(pool, connection, address)
+
+    def check(self) -> None:
+        connection = self._connection
+        try:
+            # Anything to read before we wrote is a close or a stray reply.
+            stale = connection.can_read(0)
+        except (redis.exceptions.RedisError, OSError):
+            stale = True
+        if stale:
+            with map_errors(self._address):
+                connection.disconnect()
+                connection.connect()
+
+    def send(self, commands: Sequence[Args]) -> None:
+        connection = self._connection
+        with map_errors(self._address):
+            connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            return bool(self._connection.can_read(timeout=max(0.0, timeout)))
+        except redis.exceptions.RedisError as exc:
+            raise translate(exc, self._address) from exc
+
+    def read(self) -> object:
+        try:
+            return self._connection.read_response()
+        except redis.exceptions.ResponseError as exc:
+            # The connection is fine: only this command was refused.
+            error = translate(exc, self._address)
+            error.__cause__ = exc
+            return error
+        except redis.exceptions.RedisError as exc:
+            raise translate(exc, self._address) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            self._connection.disconnect()
+            self._pool.release(self._connection)
 
 
 # What a Pub/Sub connection hands on: (pattern or None, channel, data).

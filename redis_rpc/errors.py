@@ -90,11 +90,21 @@ class RedisConnectionError(RedisRPCError):
             answer within ``socket_timeout``), ``"authentication"`` (wrong
             user name or password), ``"pool_exhausted"`` (every connection
             of the pool in use), ``"loading"`` (Redis is loading its data).
+        maybe_applied: For ``publish()``, ``request()`` and what handlers
+            send (replies, acks): whether Redis may have run the command
+            all the same. True when it was written and the connection
+            failed, or the call's timeout ran out, before its answer came;
+            False when it was never sent, and for other calls. Retrying
+            a command that may have been applied may apply it twice (a
+            second copy of a message, for instance).
     """
 
-    def __init__(self, message: str, *, reason: str = "unreachable") -> None:
+    def __init__(
+        self, message: str, *, reason: str = "unreachable", maybe_applied: bool = False
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.maybe_applied = maybe_applied
 
 
 class RedisCommandError(RedisRPCError):

@@ -98,8 +98,8 @@ def test_broker_rides_out_repeated_crashes(own_server, raw, unique_name, caplog)
         )
         threads = our_threads()
         # listener; channel reader and its one worker; list and stream
-        # consumers; list workers; the stream consumer's heartbeat
-        assert len(threads) == 1 + 2 + 2 + 2 + 1
+        # consumers; list workers; the stream consumer's heartbeat; the writer
+        assert len(threads) == 1 + 2 + 2 + 2 + 1 + 1
         callers = [pool.submit(load) for _ in range(CALLERS)]
         try:
             for cycle in range(CYCLES):
