@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
 from redis_rpc._consumer import PERMISSION_PROBE_CHANNEL, Consumer, Delivery
-from redis_rpc._executor import SharedPool
+from redis_rpc._executor import WorkerPool
 from redis_rpc._redis import Publish
 from redis_rpc._schemas import PubSub
 from redis_rpc.errors import RedisRPCError
@@ -219,7 +219,7 @@ class ChannelHub:
         self._channels: dict[bytes, list[ChannelConsumer]] = {}
         self._patterns: dict[bytes, list[ChannelConsumer]] = {}
         self._stopping = threading.Event()
-        self.pool = SharedPool(max(1, min(max_workers, SHARED_WORKERS)), self.name)
+        self.pool = WorkerPool(max(1, min(max_workers, SHARED_WORKERS)), self.name)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     @property

@@ -1,4 +1,4 @@
-"""``WorkerPool``: the handler threads of one subscriber; ``SharedPool``: those of many.
+"""``WorkerPool``: the handler threads of one subscriber, or of many channel subscribers.
 
 It has the shape of ``concurrent.futures.ThreadPoolExecutor`` (threads
 started as work arrives, ``submit()`` refused after ``shutdown()``), with
@@ -16,7 +16,6 @@ the handler's own thread. The consumer's slots bound how much is queued.
 from __future__ import annotations
 
 import collections
-import queue
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -28,68 +27,7 @@ if TYPE_CHECKING:
 class WorkerPool:
     """Runs callables on up to *max_workers* daemon threads named *name*``:worker_<n>``.
 
-    ``submit()`` and ``shutdown()`` may be called from any thread.
-    """
-
-    def __init__(self, max_workers: int, name: str) -> None:
-        self._max_workers = max_workers
-        self._name = name
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(
-            0
-        )  # released by each worker that waits for work
-        self._lock = threading.Lock()  # guards _threads and _shut_down
-        self._threads: list[threading.Thread] = []
-        self._shut_down = False
-
-    def submit(self, work: Callable[[], None]) -> None:
-        """Run *work* on a worker thread; it must not raise.
-
-        Raises:
-            RuntimeError: The pool has been shut down.
-        """
-        with self._lock:
-            if self._shut_down:
-                msg = "Cannot take work: the worker pool has been shut down."
-                raise RuntimeError(msg)
-            self._queue.put(work)
-            # An idle worker will take it; otherwise start one, up to the limit.
-            if not self._idle.acquire(blocking=False) and (
-                len(self._threads) < self._max_workers
-            ):
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"{self._name}:worker_{len(self._threads)}",
-                    daemon=True,
-                )
-                thread.start()
-                self._threads.append(thread)
-
-    def shutdown(self, timeout: float) -> bool:
-        """Refuse new work, let the workers finish what they have, wait up to *timeout* seconds.
-
-        Returns:
-            Whether every worker ended in time. Those that did not are left
-            running; as daemons, they do not keep the process alive.
-        """
-        with self._lock:
-            self._shut_down = True
-            threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)  # one stop sign per worker, after the queued work
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in threads)
-
-    def _work(self) -> None:
-        while (work := self._queue.get()) is not None:
-            work()
-            self._idle.release()
-
-
-class SharedPool:
-    """Runs callables on up to *max_workers* daemon threads shared by many subscribers.
+    One subscriber's pool, or one shared by many channel subscribers.
 
     Threads are started as work arrives, and only while no started thread
     is idle: an idle one is counted exactly, so work is never left queued

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from redis_rpc._executor import SharedPool, WorkerPool
+from redis_rpc._executor import WorkerPool
 from tests.conftest import SHORT_TIMEOUT
 
 
@@ -71,7 +71,7 @@ def test_refuses_work_after_shutdown():
 
 def test_shared_pool_starts_a_thread_while_the_others_are_busy():
     """Work submitted while every started thread is busy gets a new thread, up to the limit."""
-    pool, release = SharedPool(2, "s"), threading.Event()
+    pool, release = WorkerPool(2, "s"), threading.Event()
     second_ran = threading.Event()
 
     def blocked():
@@ -88,7 +88,7 @@ def test_shared_pool_starts_a_thread_while_the_others_are_busy():
 
 def test_shared_pool_reuses_an_idle_thread():
     """Work arriving one at a time runs on one thread: an idle one is reused, not another started."""
-    pool, names = SharedPool(4, "s"), []
+    pool, names = WorkerPool(4, "s"), []
     for _ in range(20):
         done = threading.Event()
 
@@ -109,7 +109,7 @@ def test_shared_pool_reuses_an_idle_thread():
 
 def test_shared_pool_bounded_and_refuses_after_shutdown():
     """No more threads than max_workers, queued work still runs, and nothing is taken after shutdown."""
-    pool, release, done = SharedPool(2, "s"), threading.Event(), threading.Semaphore(0)
+    pool, release, done = WorkerPool(2, "s"), threading.Event(), threading.Semaphore(0)
 
     def work():
         release.wait(SHORT_TIMEOUT)
