@@ -61,9 +61,10 @@ POLL_INTERVAL = 0.05
 # request is far more.
 RSS_GROWTH_BOUND_FIXED = 4 * 2**20
 RSS_GROWTH_BOUND_PER_REQUEST = 128
-# The most threads the server process runs: main, stdin watcher, two
-# consumers, and the slow subscriber's workers.
-SERVER_THREADS = 4 + SLOW_WORKERS
+# The most threads the server process runs: main, stdin watcher, the reply
+# listener (start() starts it), two consumers, the writer of replies and
+# acks, and the slow subscriber's workers.
+SERVER_THREADS = 6 + SLOW_WORKERS
 CLIENT_NAME = "soak-client"
 DEADLINE = 900.0  # seconds; the run gives up after this, however loaded the machine
 SERVER_START_TIMEOUT = 30.0  # a fresh interpreter on a busy machine

@@ -37,9 +37,9 @@ HOLD = 20.0  # how long a held handler waits for its release, at most
 RECOVER_AFTER = 0.5  # reliable mode: a killed server's items come back this fast
 SLOW_DELAY = 0.2  # longer than the leak test's short request timeout
 SLOW_WORKERS = 16
-# The most threads the soak server ever runs: main, timer, two consumers, the
-# writer of replies and acks, workers.
-SOAK_THREADS = 5 + SLOW_WORKERS
+# The most threads the soak server ever runs: main, timer, the reply listener
+# (start() starts it), two consumers, the writer of replies and acks, workers.
+SOAK_THREADS = 6 + SLOW_WORKERS
 
 
 def say(line: str) -> None:
