@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
@@ -38,13 +38,53 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class Reply:
+    """A one-shot slot for a reply: a lock held from birth, released when the reply or an error is in.
+
+    Lighter than a ``concurrent.futures.Future``, whose condition variable
+    costs the caller and the listener more per request. Completed once, by
+    the listener's thread or by ``stop()``; waited on by one caller.
+    """
+
+    __slots__ = ("_error", "_lock", "_payload")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._payload = b""
+        self._error: BaseException | None = None
+
+    def set_result(self, payload: bytes) -> None:
+        self._payload = payload
+        self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._lock.release()
+
+    def result(self, timeout: float | None = None) -> bytes:
+        """The reply payload, waiting up to *timeout* seconds (``None``: for ever).
+
+        Raises:
+            concurrent.futures.TimeoutError: No reply within *timeout*.
+            Exception: What the listener failed the request with.
+        """
+        wait = -1 if timeout is None else min(max(0.0, timeout), threading.TIMEOUT_MAX)
+        if not self._lock.acquire(timeout=wait):
+            raise FutureTimeoutError
+        self._lock.release()  # stays released: a second result() returns at once
+        if self._error is not None:
+            raise self._error
+        return self._payload
+
+
 class _Waiter:
     """One pending request, as the listener knows it; touched only under the listener's lock or on its thread."""
 
     __slots__ = ("correlation_id", "future", "nonce", "warned")
 
     def __init__(self, nonce: str, correlation_id: str) -> None:
-        self.future: Future[bytes] = Future()
+        self.future = Reply()
         self.nonce = nonce
         self.correlation_id = correlation_id
         self.warned = False  # a refused reply has been logged already
@@ -124,7 +164,7 @@ class ReplyListener:
             "Cannot send a request: the reply subscription to Redis is down", cause
         )
 
-    def register(self, correlation_id: str = "") -> tuple[str, str, Future[bytes]]:
+    def register(self, correlation_id: str = "") -> tuple[str, str, Reply]:
         """Reserve a reply channel and a nonce; the future gets the raw reply payload.
 
         Only a reply that passes ``check_reply()`` for the nonce completes
