@@ -391,3 +391,64 @@ def _answers(pipe):
         return pipe.submit([(b"PING",)], soon()) == [(b"PING",)]
     except RedisConnectionError:
         return False
+
+
+class TestPost:
+    def test_a_lone_poster_writes_on_its_own_thread_and_the_writer_reads(
+        self, world, make_pipe
+    ):
+        """post() on an idle connection writes at once from the caller; the writer reads the answer and hands it on."""
+        pipe = make_pipe()
+        pipe.submit([(b"WARM",)], soon())  # opens the connection
+        outcomes: list[object] = []
+        done = threading.Event()
+
+        def record(outcome):
+            outcomes.append(outcome)
+            done.set()
+
+        pipe.post([(b"ECHO", 1)], soon(), record)
+        assert world.senders[-1] == threading.current_thread().name
+        assert done.wait(WAIT)
+        assert outcomes == [[(b"ECHO", 1)]]
+
+    def test_a_refused_command_reaches_the_callback(self, world, make_pipe):
+        """An error reply to a posted command is handed to its callback, not raised anywhere."""
+        pipe = make_pipe()
+        outcomes: list[object] = []
+        done = threading.Event()
+
+        def record(outcome):
+            outcomes.append(outcome)
+            done.set()
+
+        pipe.post([(b"BAD",)], soon(), record)
+        assert done.wait(WAIT)
+        assert isinstance(outcomes[0], list)
+        assert isinstance(outcomes[0][0], RedisCommandError)
+
+    def test_a_lost_connection_fails_posted_commands_as_maybe_applied(
+        self, world, make_pipe
+    ):
+        """A posted command written before the connection broke reaches its callback with maybe_applied."""
+        pipe = make_pipe()
+        pipe.submit([(b"WARM",)], soon())
+        world.reads_left = 0
+        outcomes: list[object] = []
+        done = threading.Event()
+
+        def record(outcome):
+            outcomes.append(outcome)
+            done.set()
+
+        pipe.post([(b"ECHO", 2)], soon(), record)
+        assert done.wait(WAIT)
+        assert isinstance(outcomes[0], RedisConnectionError)
+        assert outcomes[0].maybe_applied
+
+    def test_post_after_close_is_refused(self, make_pipe):
+        """post() on a closed pipe raises at once instead of queuing."""
+        pipe = make_pipe()
+        assert pipe.close(WAIT)
+        with pytest.raises(BrokerClosedError):
+            pipe.post([(b"ECHO",)], soon(), lambda outcome: None)
