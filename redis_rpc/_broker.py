@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import functools
 import inspect
 import logging
 import os
@@ -656,24 +655,7 @@ class RedisBroker:
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
             try:
-                if fail_fast and isinstance(command, Publish):
-                    # Redis' answer says whether anybody got it: wait for it.
-                    receivers = self._connection.execute(command, deadline=deadline)
-                    if receivers == 0:
-                        msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
-                        raise NoSubscriberError(msg, destination=str(target))
-                else:
-                    # Only a failure matters, and it ends the wait for the
-                    # reply: the caller waits once, not for Redis and then
-                    # for the reply.
-                    self._connection.post(
-                        command,
-                        deadline=deadline,
-                        failed=functools.partial(listener.fail, reply_to),
-                    )
-                payload = future.result(
-                    None if deadline is None else max(0.0, deadline - time.monotonic())
-                )
+                receivers = self._connection.execute(command, deadline=deadline)
             except RedisConnectionError as exc:
                 if deadline is None or exc.reason != "timeout":
                     raise
@@ -682,6 +664,12 @@ class RedisBroker:
                 )
                 msg = f"Redis did not take the request to {target} within {timeout} s, so it {sent} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
                 raise timed_out(msg) from exc
+            if fail_fast and isinstance(command, Publish) and receivers == 0:
+                msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
+                raise NoSubscriberError(msg, destination=str(target))
+            payload = future.result(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
         except FutureTimeoutError:
             msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
             raise timed_out(msg) from None

@@ -141,25 +141,6 @@ class Waiter:
         return self._value
 
 
-class Callback:
-    """Completes a call that nobody waits for: hands its outcome to a function on the writer's thread.
-
-    The function gets the replies, or the error the call failed with; it
-    must be quick and must not raise.
-    """
-
-    __slots__ = ("_done",)
-
-    def __init__(self, done: Callable[[list[object] | RedisRPCError], None]) -> None:
-        self._done = done
-
-    def set_result(self, value: list[object]) -> None:
-        self._done(value)
-
-    def set_error(self, error: RedisRPCError) -> None:
-        self._done(error)
-
-
 class _State(enum.Enum):
     QUEUED = "QUEUED"  # in the queue; the caller may still take it back
     TAKEN = "TAKEN"  # the writer has it: it may be written at any moment
@@ -171,16 +152,11 @@ class _Entry:
 
     __slots__ = ("commands", "deadline", "state", "waiter")
 
-    def __init__(
-        self,
-        commands: Sequence[Args],
-        deadline: float,
-        waiter: Waiter | Callback | None = None,
-    ) -> None:
+    def __init__(self, commands: Sequence[Args], deadline: float) -> None:
         self.commands = commands
         self.deadline = deadline  # time.monotonic()
         self.state = _State.QUEUED
-        self.waiter = Waiter() if waiter is None else waiter
+        self.waiter = Waiter()
 
 
 class Pipe:
@@ -252,8 +228,7 @@ class Pipe:
                 says whether Redis may have run the commands.
             BrokerClosedError: The pipe has been closed.
         """
-        waiter = Waiter()
-        entry = _Entry(commands, deadline, waiter)
+        entry = _Entry(commands, deadline)
         with self._lock:
             self._refuse_if_closing()
             if self._down_error is not None and time.monotonic() < self._down_until:
@@ -266,58 +241,20 @@ class Pipe:
             self._write_own(entry)
         else:
             self._enqueue(entry)
-        if waiter.wait(deadline - time.monotonic()):
-            return waiter.result()
+        if entry.waiter.wait(deadline - time.monotonic()):
+            return entry.waiter.result()
         with self._lock:
             taken = entry.state is not _State.QUEUED
             if not taken:
                 entry.state = _State.CANCELLED
                 self._queue.remove(entry)
                 self._room.notify()
-        if taken and waiter.wait(0):  # answered while we were deciding
-            return waiter.result()
+        if taken and entry.waiter.wait(0):  # answered while we were deciding
+            return entry.waiter.result()
         msg = f"Redis at {self._address} did not answer in time"
         raise RedisConnectionError(
             _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
         )
-
-    def post(
-        self,
-        commands: Sequence[Args],
-        deadline: float,
-        done: Callable[[list[object] | RedisRPCError], None],
-    ) -> None:
-        """Send *commands* together without waiting for their replies.
-
-        *done* gets the replies (error replies in their place), or the error
-        the call failed with, on another thread. A caller that finds the
-        connection idle writes the commands itself and leaves the replies
-        to the writer, so nothing waits between the call and the write.
-
-        Raises:
-            RedisConnectionError: The connection is known to be down, or
-                the queue had no room before *deadline*; not sent.
-            BrokerClosedError: The pipe has been closed.
-        """
-        entry = _Entry(commands, deadline, Callback(done))
-        with self._lock:
-            self._refuse_if_closing()
-            if self._down_error is not None and time.monotonic() < self._down_until:
-                raise _not_sent(self._down_error)
-            alone = not (self._busy or self._queue or self._unread)
-            if alone and self._link is not None:
-                self._busy = True
-                entry.state = _State.TAKEN
-        if entry.state is not _State.TAKEN:
-            self._enqueue(entry)
-            return
-        try:
-            self._exchange(entry, wait=False)
-        finally:
-            with self._lock:
-                self._busy = False
-                if self._queue or self._unread:
-                    self._work.notify()
 
     def _enqueue(self, entry: _Entry) -> None:
         """Queue *entry* for the writer, waiting for room up to its deadline.
@@ -360,7 +297,7 @@ class Pipe:
                 if self._queue or self._unread:
                     self._work.notify()
 
-    def _exchange(self, entry: _Entry, *, wait: bool = True) -> None:
+    def _exchange(self, entry: _Entry) -> None:
         if entry.deadline <= time.monotonic():
             entry.waiter.set_error(self._late())
             return
@@ -371,7 +308,7 @@ class Pipe:
             link.send(entry.commands)
             self.batches += 1
             self.written += 1
-            if not wait or not link.wait(entry.deadline - time.monotonic()):
+            if not link.wait(entry.deadline - time.monotonic()):
                 with self._lock:  # the replies are still due: the writer reads them
                     self._unread.append(entry)
                 return

@@ -29,7 +29,7 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
     from redis_rpc._heartbeat import Beat
     from redis_rpc._schemas import Destination
@@ -319,36 +319,6 @@ class Connection:
         """
         (reply,) = self._pipe.submit([_args(command)], self._deadline(deadline))
         return _checked(reply, self.address)
-
-    def post(
-        self,
-        command: Command,
-        *,
-        deadline: float | None = None,
-        failed: Callable[[RedisRPCError], None],
-    ) -> None:
-        """Send one command through the pipe without waiting for Redis' answer.
-
-        *failed* is called, on another thread, with our error if Redis
-        refused the command or it was not done by *deadline*; it must be
-        quick and must not raise.
-
-        Raises:
-            RedisConnectionError: The connection is known to be down, or
-                nothing could be queued before *deadline*; not sent.
-        """
-        address = self.address
-
-        def done(outcome: list[object] | RedisRPCError) -> None:
-            if isinstance(outcome, RedisRPCError):
-                failed(outcome)
-                return
-            try:
-                _checked(outcome[0], address)
-            except RedisRPCError as exc:
-                failed(exc)
-
-        self._pipe.post([_args(command)], self._deadline(deadline), done)
 
     def execute_many(
         self,

@@ -195,17 +195,6 @@ class ReplyListener:
             "Cannot request: the reply subscription to Redis is down", cause
         )
 
-    def fail(self, channel: str, error: Exception) -> None:
-        """Fail the request waiting on *channel* with *error*, unless its reply came first.
-
-        For a request whose sending failed after its caller went on to wait
-        for the reply. Safe from any thread.
-        """
-        with self._lock:
-            waiter = self._pending.pop(channel.encode(), None)
-        if waiter is not None:
-            waiter.future.set_exception(error)
-
     def discard(self, channel: str) -> None:
         """Forget *channel*; a reply arriving later is dropped."""
         with self._lock:

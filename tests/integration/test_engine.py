@@ -6,15 +6,22 @@ import threading
 import time
 
 import pytest
+import redis
 
 from redis_rpc import RedisBroker
-from redis_rpc.errors import RedisCommandError
 from tests.conftest import LONG_TIMEOUT
 
 CALLERS = 1000
 REQUESTS_EACH = 2
 # Pipe, reply listener, and one spare: the count must not grow with callers.
 MAX_CLIENT_CONNECTIONS = 3
+
+
+@pytest.fixture
+def raw(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 def connections(raw, name):
@@ -105,15 +112,3 @@ def test_many_publishes_at_once_share_writes(make_broker, unique_name):
     pipe = broker._connection._pipe
     assert pipe.written == 1000
     assert pipe.batches < pipe.written
-
-
-def test_a_refused_request_fails_at_once_although_nobody_waits_for_redis(
-    make_broker, unique_name, raw
-):
-    """A request Redis refuses (RPUSH to a string key) raises that refusal at once, not a timeout."""
-    raw.set(unique_name, b"not a list")
-    broker = make_broker()
-    begun = time.monotonic()
-    with pytest.raises(RedisCommandError, match="WRONGTYPE"):
-        broker.request("x", list=unique_name, timeout=LONG_TIMEOUT * 3)
-    assert time.monotonic() - begun < LONG_TIMEOUT
