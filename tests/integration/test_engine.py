@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import redis
 
 from redis_rpc import RedisBroker
 from tests.conftest import LONG_TIMEOUT
@@ -15,13 +14,6 @@ CALLERS = 1000
 REQUESTS_EACH = 2
 # Pipe, reply listener, and one spare: the count must not grow with callers.
 MAX_CLIENT_CONNECTIONS = 3
-
-
-@pytest.fixture
-def raw(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def connections(raw, name):
