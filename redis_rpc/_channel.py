@@ -34,11 +34,15 @@ import threading
 from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
-from redis_rpc._consumer import PERMISSION_PROBE_CHANNEL, Consumer, Delivery
+from redis_rpc._consumer import (
+    PERMISSION_PROBE_CHANNEL,
+    Consumer,
+    Delivery,
+    log_failure,
+)
 from redis_rpc._executor import WorkerPool
 from redis_rpc._redis import Publish
 from redis_rpc._schemas import PubSub
-from redis_rpc.errors import RedisRPCError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -271,20 +275,9 @@ class ChannelHub:
                     consumer.ready.set()
                 backoff = Backoff()
                 self._read(subscription)
-            except Exception as exc:  # the reader must outlive any error
+            except Exception as exc:  # noqa: BLE001 - the reader must outlive any error
                 if self.error is None:
-                    level = (
-                        logging.WARNING
-                        if isinstance(exc, RedisRPCError)
-                        else logging.ERROR
-                    )
-                    logger.log(
-                        level,
-                        "%s failed, retrying with backoff: %s",
-                        self.name,
-                        exc,
-                        exc_info=level == logging.ERROR,  # not ours: show where
-                    )
+                    log_failure(self.name, exc)
                 self._set_error(exc)
                 self._stopping.wait(backoff.delay())
                 backoff = backoff.after_failure()

@@ -73,6 +73,22 @@ def current_handling() -> tuple[Consumer, RedisMessage] | None:
     return None if consumer is None or message is None else (consumer, message)
 
 
+def log_failure(name: str, error: Exception) -> None:
+    """Say that the loop of *name* failed and retries: once per outage, not per retry.
+
+    Our own errors (Redis went away, refused a command) are warnings; any
+    other is a bug somewhere and is logged as an error with its traceback.
+    """
+    level = logging.WARNING if isinstance(error, RedisRPCError) else logging.ERROR
+    logger.log(
+        level,
+        "%s failed, retrying with backoff: %s",
+        name,
+        error,
+        exc_info=level == logging.ERROR,
+    )
+
+
 def reader_exit_bound(poll_interval: float) -> float:
     """How long a reader thread may take to notice a stop: a slot wait, a fetch, a margin."""
     return 2 * poll_interval + 0.5
@@ -255,20 +271,9 @@ class Consumer(abc.ABC):
                         if backoff.failures:
                             logger.warning("%s is consuming again", self.name)
                         self.error, backoff = None, Backoff()
-                except Exception as exc:  # the loop must outlive any error
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive any error
                     if self.error is None:
-                        level = (
-                            logging.WARNING
-                            if isinstance(exc, RedisRPCError)
-                            else logging.ERROR
-                        )
-                        logger.log(
-                            level,
-                            "%s failed, retrying with backoff: %s",
-                            self.name,
-                            exc,
-                            exc_info=level == logging.ERROR,  # not ours: show where
-                        )
+                        log_failure(self.name, exc)
                     self.error = exc
                     self._close()
                     is_open = False
