@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from types import FrameType
 
     from redis_rpc._broker import RedisBroker
@@ -15,6 +18,36 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound="Callable[[], Any]")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# What App.run() prints when the application has not configured logging.
+LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s [%(threadName)s] %(message)s"
+
+
+@contextlib.contextmanager
+def _default_logging() -> Iterator[None]:
+    """Log to stderr at INFO while the service runs, unless the application configured logging.
+
+    A service run by ``App.run()`` owns its process, so it should say what
+    it does, and a handler's exception must be visible, as with
+    FastStream; a library inside someone else's process must not (it only
+    has its ``NullHandler``). Configured means the root logger has a
+    handler. What is added is taken away again when ``run()`` returns.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    level = root.level
+    root.addHandler(handler)
+    if level == logging.WARNING:  # the default: nobody chose it
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 class App:
@@ -68,8 +101,14 @@ class App:
 
         Signal handlers are installed only when called from the main thread,
         and the previous ones are restored on return. An exception from a
-        hook still closes the broker before it propagates.
+        hook still closes the broker before it propagates. When the
+        application has not configured logging (the root logger has no
+        handler), log records of INFO and above go to stderr while it runs.
         """
+        with _default_logging():
+            self._run()
+
+    def _run(self) -> None:
         previous = self._install_signal_handlers()
         try:
             try:
