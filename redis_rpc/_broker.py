@@ -341,7 +341,11 @@ class RedisBroker:
         deadline = time.monotonic() + self._start_timeout
         while late := [part for part in parts if not part.ready.is_set()]:
             remaining = deadline - time.monotonic()
-            hopeless = any(_permanent(part.error) for part in late)
+            # Retrying cannot cure it; wait only until every late part has
+            # said why, so that the error names each cause.
+            hopeless = all(part.error is not None for part in late) and any(
+                _permanent(part.error) for part in late
+            )
             if hopeless or remaining <= 0 or self._state is not _State.STARTING:
                 break
             # Short waits, so that a close() from another thread is noticed.
@@ -355,8 +359,9 @@ class RedisBroker:
             msg = "The broker was closed while it was starting."
             raise BrokerClosedError(msg)
         if not started:
+            error = self._start_error(late)  # before close() clears the causes
             self.close()
-            raise self._start_error(late)
+            raise error
         logger.info("Broker started with %d consumer(s)", len(self._consumers))
 
     def _create_consumers_locked(self) -> tuple[list[Consumer], ChannelHub | None]:
