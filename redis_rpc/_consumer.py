@@ -211,7 +211,7 @@ class Consumer(abc.ABC):
             taken += 1
         finished = taken == self.subscriber.max_workers and not self._thread.is_alive()
         if self._pool is not None and not self._thread.is_alive():
-            # Idle workers see their stop sign at once; busy ones are not waited for.
+            # Idle workers end at once; busy ones are not waited for.
             self._pool.shutdown(timeout=0.0 if not finished else timeout)
         return finished
 
