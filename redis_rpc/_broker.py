@@ -24,6 +24,7 @@ from redis_rpc._consumer import (
     Consumer,
     Policy,
     Subscriber,
+    Watch,
     current_handling,
     in_handler,
     reader_exit_bound,
@@ -44,7 +45,7 @@ from redis_rpc._message import (
     new_correlation_id,
 )
 from redis_rpc._redis import Connection, Publish, send_command
-from redis_rpc._request import ReplyListener
+from redis_rpc._request import ReplyListener, Sent
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
 from redis_rpc._signing import coerce_key, signed_frame
 from redis_rpc._stream import StreamConsumer
@@ -203,7 +204,7 @@ class RedisBroker:
         if not 0 < poll_interval < self._connection.socket_timeout:
             msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({self._connection.socket_timeout} s), which blocking reads must not reach."
             raise SetupError(msg)
-        # Guards _state, _subscribers, _publishers, _consumers, _listener and _heartbeat.
+        # Guards _state, _subscribers, _publishers, _consumers, _listener, _heartbeat and _watch.
         self._lock = threading.Lock()
         self._state = _State.NEW
         self._subscribers: list[Subscriber] = []
@@ -211,6 +212,7 @@ class RedisBroker:
         self._consumers: list[Consumer] = []
         self._listener: ReplyListener | None = None
         self._heartbeat: Heartbeat | None = None  # created by start()
+        self._watch: Watch | None = None  # created by start()
         self._hub: ChannelHub | None = (
             None  # created by start(), for channel subscribers
         )
@@ -253,7 +255,7 @@ class RedisBroker:
         Raises:
             SetupError: Not exactly one source, a bad signature, or called after ``start()``.
         """
-        source = destination(channel, list, stream)
+        source = destination(channel, list, stream, fresh=True)
         workers = self._max_workers if max_workers is None else max_workers
         if workers < 1:
             msg = f"max_workers must be at least 1, not {workers}."
@@ -329,6 +331,7 @@ class RedisBroker:
             self._state = _State.STARTING
             listener = self._ensure_listener_locked()
             self._heartbeat = Heartbeat(self._connection)
+            self._watch = Watch()
             self._consumers, self._hub = self._create_consumers_locked()
             # Started under the lock, so that a concurrent close() finds them running.
             for consumer in self._consumers:
@@ -401,6 +404,7 @@ class RedisBroker:
                         poll_interval=self._poll_interval,
                         policy=self._policy,
                         heartbeat=self._heartbeat,
+                        watch=self._watch,
                     )
                 )
         return consumers, hub
@@ -453,7 +457,7 @@ class RedisBroker:
             if first:
                 self._state = _State.CLOSING
             consumers, listener = list(self._consumers), self._listener
-            heartbeat, hub = self._heartbeat, self._hub
+            heartbeat, hub, watch = self._heartbeat, self._hub, self._watch
         if not first:  # another thread is closing: wait until it is done
             self._closed.wait(
                 self._graceful_timeout + reader_exit_bound(self._poll_interval)
@@ -463,6 +467,9 @@ class RedisBroker:
         if hub is not None:
             hub.stop()  # no more deliveries; each consumer then drops what it queued
         late = stop_all(consumers, self._graceful_timeout)
+        # After the consumers: a handler stuck while they stop still gets relieved.
+        if watch is not None and not watch.stop(reader_exit_bound(self._poll_interval)):
+            logger.warning("The watch thread did not stop in time")
         if hub is not None:
             if not hub.join(reader_exit_bound(self._poll_interval)):
                 logger.warning("The channel reader did not stop in time")
@@ -659,22 +666,33 @@ class RedisBroker:
             )
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
+            sent = Sent(listener, reply_to)
             try:
-                receivers = self._connection.execute(command, deadline=deadline)
-            except RedisConnectionError as exc:
-                if deadline is None or exc.reason != "timeout":
+                # Whether anybody got it is in the answer: wait for it then.
+                counted = fail_fast and isinstance(command, Publish)
+                try:
+                    if counted:
+                        receivers = self._connection.execute(command, deadline=deadline)
+                    else:  # a failure to send fails the future, and is in sent.error
+                        self._connection.send(command, deadline=deadline, outcome=sent)
+                except RedisConnectionError as exc:
+                    sent.error = exc
                     raise
-                sent = (
+                if counted and receivers == 0:
+                    msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
+                    raise NoSubscriberError(msg, destination=str(target))
+                payload = future.result(
+                    None if deadline is None else max(0.0, deadline - time.monotonic())
+                )
+            except RedisConnectionError as exc:
+                # Only a failure to send; a lost reply subscription stays as it is.
+                if deadline is None or exc.reason != "timeout" or exc is not sent.error:
+                    raise
+                outcome = (
                     "may have been delivered" if exc.maybe_applied else "was not sent"
                 )
-                msg = f"Redis did not take the request to {target} within {timeout} s, so it {sent} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
+                msg = f"Redis did not take the request to {target} within {timeout} s, so it {outcome} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
                 raise timed_out(msg) from exc
-            if fail_fast and isinstance(command, Publish) and receivers == 0:
-                msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
-                raise NoSubscriberError(msg, destination=str(target))
-            payload = future.result(
-                None if deadline is None else max(0.0, deadline - time.monotonic())
-            )
         except FutureTimeoutError:
             msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
             raise timed_out(msg) from None
@@ -767,6 +785,7 @@ class RedisBroker:
         """
         self._lock = threading.Lock()
         self._consumers, self._listener, self._hub = [], None, None
+        self._watch = None
         self._connection.after_fork()
         closed = self._state in (_State.CLOSING, _State.CLOSED)
         self._started_before_fork |= self._state in (_State.STARTING, _State.RUNNING)

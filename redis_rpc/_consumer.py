@@ -12,6 +12,7 @@ doubles while fetches come back full, and falls back to one when they do not.
 from __future__ import annotations
 
 import abc
+import collections
 import functools
 import logging
 import threading
@@ -32,7 +33,7 @@ from redis_rpc._message import (
     error_frame_parts,
     frame_parts,
 )
-from redis_rpc._redis import Command, Publish, send_command
+from redis_rpc._redis import Command, Owed, Publish, Reader, send_command
 from redis_rpc._signing import check_request, signed_frame
 from redis_rpc.errors import (
     MessageDecodeError,
@@ -59,6 +60,13 @@ PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
 
 # .consumer and .message: whose handler the thread is running, and on what.
 _local = threading.local()
+
+# A subscriber whose handlers typically return within this many seconds has
+# them run on the consumer thread itself, batch by batch, with no hand-off
+# to a worker (which costs more than such a handler).
+_INLINE_BELOW = 0.001
+# Weight of the newest handler time in the running average.
+_TYPICAL_WEIGHT = 0.05
 
 
 def in_handler(consumers: Sequence[Consumer]) -> bool:
@@ -150,6 +158,7 @@ class Consumer(abc.ABC):
         poll_interval: float,
         policy: Policy = DEFAULT_POLICY,
         heartbeat: Heartbeat | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self.subscriber = subscriber
         # Shows other processes that this consumer is alive, where that matters.
@@ -172,7 +181,24 @@ class Consumer(abc.ABC):
         # warning about handlers that overrun close(). Each thread writes
         # only its own key.
         self._busy: dict[int, str] = {}
+        # Messages fetched in the batch being handled inline, not started yet.
+        self._spare: collections.deque[Delivery] = collections.deque()
+        # When the inline handler now running started (time.monotonic()); 0.0 when none is.
+        self.inline_since = 0.0
+        # A running average of the handlers' wall time, in seconds.
+        self._typical = 0.0
+        self._watch = watch
+        if watch is not None and workers > 1:
+            watch.add(self)
+        # Guards _thread, the fetching thread, which relieve() replaces.
+        self._role_lock = threading.Lock()
+        self._is_open = False
+        self._backoff = Backoff()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        # The blocking reads' own connection, which also carries what the
+        # handlers produced since the previous read; opened by _reads().
+        self._reader: Reader | None = None
+        self._owed = Owed(connection, f"the replies or acks of {self.name}")
 
     def start(self) -> None:
         self._thread.start()
@@ -188,9 +214,46 @@ class Consumer(abc.ABC):
 
     def join_reader(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for the consume loop to end; True if it did."""
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = time.monotonic() + timeout
+        while True:
+            thread = self._thread
+            if thread.ident is not None:  # started
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if thread is self._thread:  # not relieved meanwhile
+                return not thread.is_alive()
+
+    def relieve(self, since: float) -> None:
+        """Take the fetching away from a consumer thread stuck in an inline handler since *since*.
+
+        Called by the ``Watch``. The messages of its batch that were waiting
+        go to the workers, and a new consumer thread fetches on; the stuck
+        one ends once its handler returns. Nothing happens if that handler
+        has returned meanwhile.
+        """
+        with self._role_lock:
+            if self.inline_since != since:
+                return
+            self.inline_since = 0.0
+            waiting = 0
+            while self._spare:
+                try:
+                    delivery = self._spare.popleft()
+                except IndexError:  # the consumer thread took it after all
+                    break
+                assert self._pool is not None  # only pooled consumers are watched
+                self._pool.submit(functools.partial(self._handle, delivery))
+                waiting += 1
+            if not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name=self.name, daemon=True
+                )
+                self._thread.start()
+        logger.debug(
+            "%s: a handler has run inline for %.3f s; a new thread fetches, %d waiting message(s) went to workers",
+            self.name,
+            time.monotonic() - since,
+            waiting,
+        )
 
     def drain(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for in-flight handlers, then let the workers go.
@@ -229,8 +292,17 @@ class Consumer(abc.ABC):
     def _fetch(self, timeout: float, count: int) -> list[Delivery]:
         """Take at most *count* messages, waiting up to *timeout* seconds for the first."""
 
-    def _close(self) -> None:  # noqa: B027 - most transports hold nothing to release
-        """Release what ``_open()`` took; must not raise."""
+    def _close(self) -> None:
+        """Release what ``_open()`` took, and send what is owed; must not raise."""
+        self._owed.flush()
+        if self._reader is not None:
+            self._reader.close()
+
+    def _reads(self) -> Reader:
+        """The connection for this consumer's blocking reads."""
+        if self._reader is None:
+            self._reader = self._connection.reader()
+        return self._reader
 
     def _probes(self) -> list[Command]:
         """Harmless commands that the consumer will need to run later: replies, acks.
@@ -255,32 +327,40 @@ class Consumer(abc.ABC):
             logger.critical("%s died", self.name, exc_info=True)
             raise
 
+    def _fetching(self) -> bool:
+        """Whether the calling thread is the one that fetches (and was not relieved)."""
+        return self._thread is threading.current_thread()
+
     def _loop(self) -> None:
-        is_open, backoff = False, Backoff()
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and self._fetching():
                 try:
-                    if not is_open:
+                    if not self._is_open:
                         self._open()
                         self._check_permissions()
-                        is_open = True
+                        self._is_open = True
                     self._step()
+                    if not self._fetching():  # relieved: the successor goes on
+                        return
                     if (
                         self.error is not None
                     ):  # only a fetch that worked proves recovery
-                        if backoff.failures:
+                        if self._backoff.failures:
                             logger.warning("%s is consuming again", self.name)
-                        self.error, backoff = None, Backoff()
+                        self.error, self._backoff = None, Backoff()
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive any error
                     if self.error is None:
                         log_failure(self.name, exc)
                     self.error = exc
                     self._close()
-                    is_open = False
-                    self._stopping.wait(backoff.delay())
-                    backoff = backoff.after_failure()
+                    self._is_open = False
+                    self._stopping.wait(self._backoff.delay())
+                    self._backoff = self._backoff.after_failure()
         finally:
-            self._close()
+            if (
+                self._fetching()
+            ):  # a relieved thread leaves the connection to its successor
+                self._close()
 
     def _step(self) -> None:
         if not self._slots.acquire(timeout=self._poll_interval):
@@ -299,16 +379,32 @@ class Consumer(abc.ABC):
             for _ in range(taken):
                 self._slots.release()
             raise
+        finally:
+            self._owed.flush()  # in case the fetch did not read: a claim, an error
+        self._owed.reopen()  # what the handlers send goes with the next read
         self.ready.set()
         for _ in range(taken - len(deliveries)):
             self._slots.release()
         full = len(deliveries) == taken
         self._batch = min(2 * taken, self.subscriber.max_workers) if full else 1
-        for delivery in deliveries:
-            if self._pool is None:
-                self._handle(delivery)
-            else:
+        if self._pool is not None and self._typical >= _INLINE_BELOW:
+            for delivery in deliveries:
                 self._pool.submit(functools.partial(self._handle, delivery))
+            return
+        # Handled here, one after the other: the next fetch carries their
+        # replies. Should a handler overrun, the watch relieves this thread.
+        self._spare.extend(deliveries)
+        while self._fetching():
+            try:
+                delivery = self._spare.popleft()
+            except IndexError:
+                break
+            if self._watch is not None and self._pool is not None:
+                self.inline_since = time.monotonic()
+                self._watch.poke()
+            self._handle(delivery)
+            if self._fetching():  # else it is the successor's to set
+                self.inline_since = 0.0
 
     # -- failure policy, per transport --------------------------------------
 
@@ -325,10 +421,14 @@ class Consumer(abc.ABC):
     def _handle(self, delivery: Delivery) -> None:
         """Handle one message and send what it produces. Never raises."""
         _local.consumer = self
+        started = time.monotonic()
         try:
             commands, atomic = self._process(delivery)
-            if commands:
-                self._connection.execute_many(commands, atomic=atomic)
+            self._typical += (
+                time.monotonic() - started - self._typical
+            ) * _TYPICAL_WEIGHT
+            if commands:  # nobody waits: a failure is logged
+                self._owed.send(commands, atomic=atomic)
         except RedisRPCError as exc:  # Redis went away: the consume loop says so too
             logger.warning("%s could not send the reply or ack: %s", self.name, exc)
         except Exception:
@@ -497,6 +597,81 @@ class Consumer(abc.ABC):
             headers=response.headers,
             converter=self.subscriber.handler.converter,
         )
+
+
+class Watch:
+    """Relieves consumer threads stuck in an inline handler; one thread per broker.
+
+    A consumer with several workers runs typically quick handlers on its own
+    thread (see ``Consumer._step``). Should one of them take longer than
+    ``TICK``, the rest of its batch would wait, and nothing would be
+    fetched meanwhile: the watch then hands that rest to the workers and
+    the fetching to a new thread, within one to two ticks. Its thread runs
+    only while some consumer is handling inline, waking every ``TICK``.
+    """
+
+    # Seconds an inline handler may run before its consumer is relieved:
+    # several times the interpreter's switch interval (5 ms), so that a quick
+    # handler that merely waited for the interpreter lock is left alone.
+    TICK = 0.02
+    _IDLE_CHECK = 1.0  # seconds between checks for stop() while nothing runs inline
+
+    def __init__(self) -> None:
+        self._consumers: list[Consumer] = []
+        self._busy = threading.Event()  # some consumer may be handling inline
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards _thread
+        self._thread: threading.Thread | None = None
+
+    def add(self, consumer: Consumer) -> None:
+        """Watch *consumer* too; only before its thread starts."""
+        self._consumers.append(consumer)
+
+    def poke(self) -> None:
+        """Say that a consumer is handling inline: the watch looks until none is."""
+        if self._busy.is_set():
+            return
+        with self._lock:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="redis_rpc:watch", daemon=True
+                )
+                self._thread.start()
+        self._busy.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop watching; True if the thread ended within *timeout* seconds."""
+        self._stopping.set()
+        self._busy.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            if not self._busy.wait(self._IDLE_CHECK):
+                continue
+            self._stopping.wait(self.TICK)
+            if not self._look():
+                self._busy.clear()
+                if self._look():  # one began between the look and the clear
+                    self._busy.set()
+
+    def _look(self) -> bool:
+        """Relieve the consumers stuck for a tick; whether any handles inline."""
+        now, inline = time.monotonic(), False
+        for consumer in self._consumers:
+            since = consumer.inline_since
+            if since:
+                inline = True
+                if now - since >= self.TICK:
+                    try:
+                        consumer.relieve(since)
+                    except Exception:  # the watch must outlive any error
+                        logger.exception("Could not relieve %s", consumer.name)
+        return inline
 
 
 def stop_all(consumers: Sequence[Consumer], timeout: float) -> list[str]:

@@ -141,6 +141,39 @@ class Waiter:
         return self._value
 
 
+class Outcome(Protocol):
+    """Told how commands sent with ``Pipe.post()`` went; called once, on any thread, and must not raise."""
+
+    def set_result(self, value: list[object]) -> None:
+        """The replies, in order; an error reply is a ``RedisRPCError`` in its place."""
+
+    def set_error(self, error: RedisRPCError) -> None:
+        """Why the commands failed; ``maybe_applied`` says whether they may have run."""
+
+
+class Posted:
+    """The outcome of commands nobody waits on: it logs what went wrong.
+
+    Args:
+        what: What the commands do, for the log line, such as "the reply or ack of ...".
+    """
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def set_result(self, value: list[object]) -> None:
+        for reply in value:
+            # EXEC answers with a list, which holds the refusals of its commands.
+            for item in reply if isinstance(reply, list) else (reply,):
+                if isinstance(item, Exception):
+                    logger.warning("Redis refused %s: %s", self._what, item)
+
+    def set_error(self, error: RedisRPCError) -> None:
+        logger.warning("Could not send %s: %s", self._what, error)
+
+
 class _State(enum.Enum):
     QUEUED = "QUEUED"  # in the queue; the caller may still take it back
     TAKEN = "TAKEN"  # the writer has it: it may be written at any moment
@@ -152,11 +185,13 @@ class _Entry:
 
     __slots__ = ("commands", "deadline", "state", "waiter")
 
-    def __init__(self, commands: Sequence[Args], deadline: float) -> None:
+    def __init__(
+        self, commands: Sequence[Args], deadline: float, waiter: Waiter | Outcome
+    ) -> None:
         self.commands = commands
         self.deadline = deadline  # time.monotonic()
         self.state = _State.QUEUED
-        self.waiter = Waiter()
+        self.waiter = waiter
 
 
 class Pipe:
@@ -228,7 +263,41 @@ class Pipe:
                 says whether Redis may have run the commands.
             BrokerClosedError: The pipe has been closed.
         """
-        entry = _Entry(commands, deadline)
+        waiter = Waiter()
+        entry = _Entry(commands, deadline, waiter)
+        self._start(entry)
+        if waiter.wait(deadline - time.monotonic()):
+            return waiter.result()
+        with self._lock:
+            taken = entry.state is not _State.QUEUED
+            if not taken:
+                entry.state = _State.CANCELLED
+                self._queue.remove(entry)
+                self._room.notify()
+        if taken and waiter.wait(0):  # answered while we were deciding
+            return waiter.result()
+        msg = f"Redis at {self._address} did not answer in time"
+        raise RedisConnectionError(
+            _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
+        )
+
+    def post(self, commands: Sequence[Args], deadline: float, outcome: Outcome) -> None:
+        """Send *commands* together, without waiting for their replies.
+
+        For what nobody waits on as such: a server's replies and acks, or a
+        request, whose caller waits for the reply instead. *outcome* is
+        told what Redis answered, or why the commands failed, on whichever
+        thread finds out. Waits only when the queue is full, up to *deadline*.
+
+        Raises:
+            RedisConnectionError: Redis is known to be down, or the queue
+                stayed full until *deadline*; not sent.
+            BrokerClosedError: The pipe has been closed.
+        """
+        self._start(_Entry(commands, deadline, outcome))
+
+    def _start(self, entry: _Entry) -> None:
+        """Write *entry* at once when the connection is idle, or queue it for the writer."""
         with self._lock:
             self._refuse_if_closing()
             if self._down_error is not None and time.monotonic() < self._down_until:
@@ -241,20 +310,6 @@ class Pipe:
             self._write_own(entry)
         else:
             self._enqueue(entry)
-        if entry.waiter.wait(deadline - time.monotonic()):
-            return entry.waiter.result()
-        with self._lock:
-            taken = entry.state is not _State.QUEUED
-            if not taken:
-                entry.state = _State.CANCELLED
-                self._queue.remove(entry)
-                self._room.notify()
-        if taken and entry.waiter.wait(0):  # answered while we were deciding
-            return entry.waiter.result()
-        msg = f"Redis at {self._address} did not answer in time"
-        raise RedisConnectionError(
-            _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
-        )
 
     def _enqueue(self, entry: _Entry) -> None:
         """Queue *entry* for the writer, waiting for room up to its deadline.

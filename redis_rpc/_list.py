@@ -81,7 +81,9 @@ class ListConsumer(Consumer):
         source = self._source
         if source.reliable:  # BLMOVE moves one item at a time
             processing = self._key("processing", self._id)
-            payload = self._connection.blmove(source.list, processing, timeout)
+            payload = self._reads().blmove(
+                source.list, processing, timeout, owed=self._owed
+            )
             return (
                 []
                 if payload is None
@@ -89,14 +91,16 @@ class ListConsumer(Consumer):
             )
         if count > 1 and self._batching:
             try:
-                payloads = self._connection.blmpop(source.list, timeout, count)
+                payloads = self._reads().blmpop(
+                    source.list, timeout, count, owed=self._owed
+                )
             except RedisCommandError as exc:  # Redis before 7.0 has no BLMPOP
                 if "unknown command" not in str(exc).lower():
                     raise
                 self._batching = False
             else:
                 return [Delivery(payload) for payload in payloads]
-        payload = self._connection.blpop(source.list, timeout)
+        payload = self._reads().blpop(source.list, timeout, owed=self._owed)
         return [] if payload is None else [Delivery(payload)]
 
     def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:

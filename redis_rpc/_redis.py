@@ -19,7 +19,12 @@ import redis.client
 import redis.connection
 import redis.exceptions
 
-from redis_rpc._engine import Args, Pipe
+try:  # what redis-py's hiredis reader returns when a reply is incomplete
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # another redis-py layout: read_response() does it all
+    _NOT_ENOUGH_DATA = None
+
+from redis_rpc._engine import Args, Outcome, Pipe, Posted
 from redis_rpc._schemas import ListSub, PubSub
 from redis_rpc.errors import (
     RedisCommandError,
@@ -346,6 +351,38 @@ class Connection:
         replies = self._pipe.submit(group, self._deadline(deadline))
         return [_checked(reply, self.address) for reply in replies]
 
+    def post(
+        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+    ) -> None:
+        """Send *commands* in one write through the pipe, without waiting for the replies.
+
+        A failure or a refusal is logged, as concerning *what*.
+
+        Raises:
+            RedisConnectionError: Not sent: Redis is known to be down, or
+                the pipe's queue stayed full for ``socket_timeout``.
+        """
+        self.post_args(_grouped(commands, atomic=atomic), what=what)
+
+    def post_args(self, commands: list[Args], *, what: str) -> None:
+        """``post()`` for commands already spelled out as words."""
+        self._pipe.post(commands, self._deadline(None), Posted(what))
+
+    def send(
+        self, command: Command, *, deadline: float | None, outcome: Outcome
+    ) -> None:
+        """Send *command* through the pipe without waiting; *outcome* hears how it went.
+
+        Raises:
+            RedisConnectionError: Not sent: Redis is known to be down, or
+                the pipe's queue stayed full until *deadline*.
+        """
+        self._pipe.post([_args(command)], self._deadline(deadline), outcome)
+
+    def reader(self) -> Reader:
+        """A connection for one consumer thread's blocking reads; see ``Reader``."""
+        return Reader(self._client.connection_pool, self.address)
+
     def after_fork(self) -> None:
         """Drop the parent's pipe in a forked child; the next command opens another."""
         self._pipe.abandon()
@@ -618,6 +655,68 @@ def _args(command: Command) -> Args:
     return (b"XACK", command.stream, command.group, command.entry_id)
 
 
+def readable(connection: Any, timeout: float) -> bool:
+    """Whether *connection* has something to read, waiting up to *timeout* seconds.
+
+    redis-py's ``can_read()`` with hiredis polls the socket, then polls and
+    peeks again to tell a closed socket from a readable one, before the
+    read itself: each of those system calls lets go of the interpreter lock,
+    which with many threads costs a thread switch. Here one ``recv`` does
+    it all: the bytes go into the parser, and a closed socket raises there.
+    redis-py's own way is kept for the pure-Python parser, which does the same.
+
+    Raises:
+        redis.exceptions.ConnectionError: The connection is closed or broken.
+    """
+    parser: Any = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is None or not hasattr(reader, "has_data"):
+        return bool(connection.can_read(timeout))
+    if reader.has_data():
+        return True
+    try:
+        return bool(parser.read_from_socket(timeout=timeout, raise_on_timeout=False))
+    except OSError as exc:  # a reset: redis-py lets it through from here
+        msg = f"Error while reading from socket: {exc}"
+        raise redis.exceptions.ConnectionError(msg) from exc
+
+
+def read_buffered(connection: Any, limit: int) -> list[Any]:
+    """The replies *connection* holds, at least one and at most *limit*; call after ``readable()``.
+
+    With hiredis, complete replies are taken straight from its reader, with
+    none of ``read_response()``'s per-reply bookkeeping; a partial one is
+    waited for. Error replies are raised.
+    """
+    reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+    if reader is None or _NOT_ENOUGH_DATA is None:
+        replies = [connection.read_response()]
+        while len(replies) < limit and buffered(connection):
+            replies.append(connection.read_response())
+        return replies
+    replies = []
+    while len(replies) < limit:
+        reply = reader.gets()
+        if reply is _NOT_ENOUGH_DATA:
+            if replies:
+                break
+            reply = (
+                connection.read_response()
+            )  # only part of one is in: wait for the rest
+        if isinstance(reply, Exception):
+            raise reply
+        replies.append(reply)
+    return replies
+
+
+def buffered(connection: Any) -> bool:
+    """Whether *connection* holds unread bytes already: no system call with hiredis."""
+    reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+    if reader is None or not hasattr(reader, "has_data"):
+        return bool(connection.can_read(0))
+    return bool(reader.has_data())
+
+
 def _checked(reply: Any, address: str) -> Any:
     """*reply*, unless it is an error reply: then raise it as ours."""
     if isinstance(reply, RedisRPCError):
@@ -653,7 +752,7 @@ class _Link:
         connection = self._connection
         try:
             # Anything to read before we wrote is a close or a stray reply.
-            stale = connection.can_read(0)
+            stale = readable(connection, 0.0)
         except (redis.exceptions.RedisError, OSError):
             stale = True
         if stale:
@@ -670,7 +769,7 @@ class _Link:
 
     def wait(self, timeout: float) -> bool:
         try:
-            return bool(self._connection.can_read(timeout=max(0.0, timeout)))
+            return readable(self._connection, max(0.0, timeout))
         except redis.exceptions.RedisError as exc:
             raise translate(exc, self._address) from exc
 
@@ -689,6 +788,193 @@ class _Link:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             self._connection.disconnect()
             self._pool.release(self._connection)
+
+
+class Reader:
+    """One connection of the pool, held by one consumer thread for its blocking reads.
+
+    Each read also carries what the consumer owes Redis: the replies, events
+    and acks of the messages it handled since the previous read go out in
+    the same write, before the read, so that a busy consumer pays one round
+    trip per batch instead of one per message and per read. Not thread-safe:
+    only its consumer thread uses it. It connects on first use.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, address: str) -> None:
+        self._pool = pool
+        self._address = address
+        # Any: redis-py leaves most of a connection's methods untyped.
+        self._connection: Any = None
+
+    def blpop(self, key: str, timeout: float, *, owed: Owed) -> bytes | None:
+        """Pop the head of list *key*, waiting up to *timeout* seconds for one."""
+        reply: Any = self._read((b"BLPOP", key, timeout), owed)
+        return None if reply is None else cast("bytes", reply[1])
+
+    def blmpop(
+        self, key: str, timeout: float, count: int, *, owed: Owed
+    ) -> list[bytes]:
+        """Pop up to *count* items from the head of list *key*, waiting up to
+        *timeout* seconds for the first (``BLMPOP``, Redis 7.0 or newer)."""
+        reply: Any = self._read(
+            (b"BLMPOP", timeout, 1, key, b"LEFT", b"COUNT", count), owed
+        )
+        return [] if reply is None else cast("list[bytes]", reply[1])
+
+    def blmove(
+        self, source: str, destination: str, timeout: float, *, owed: Owed
+    ) -> bytes | None:
+        """Move the head of list *source* to the head of *destination*, waiting up to *timeout* seconds."""
+        reply = self._read(
+            (b"BLMOVE", source, destination, b"LEFT", b"LEFT", timeout), owed
+        )
+        return cast("bytes | None", reply)
+
+    def xreadgroup(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        block: float,
+        count: int,
+        *,
+        owed: Owed,
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Read up to *count* new entries for *consumer*, waiting up to *block* seconds."""
+        reply: Any = self._read(
+            (
+                b"XREADGROUP",
+                b"GROUP",
+                group,
+                consumer,
+                b"COUNT",
+                count,
+                b"BLOCK",
+                max(1, round(block * 1000)),
+                b"STREAMS",
+                stream,
+                b">",
+            ),
+            owed,
+        )
+        if not reply:
+            return []
+        # [[stream, entries]] with RESP2, {stream: entries} with RESP3
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        result = []
+        for entry_id, fields in entries:
+            if isinstance(fields, list):  # RESP2: a flat list of names and values
+                fields = dict(zip(fields[::2], fields[1::2], strict=True))
+            result.append((cast("bytes", entry_id), fields or {}))
+        return result
+
+    def close(self) -> None:
+        """Drop the connection; the next read opens another. Never raises."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                connection.disconnect()
+                self._pool.release(connection)
+
+    def _read(self, command: Args, owed: Owed) -> object:
+        """Write what is *owed*, then *command*, in one write; return the command's reply.
+
+        Raises:
+            RedisConnectionError: The connection failed; the owed commands
+                may or may not have run, and are logged as such.
+            RedisCommandError: Redis refused *command*.
+        """
+        owed_args = owed.take()
+        try:
+            if self._connection is None:
+                with map_errors(self._address):
+                    self._connection = self._pool.get_connection()
+            connection = self._connection
+            with map_errors(self._address):
+                connection.send_packed_command(
+                    connection.pack_commands([*owed_args, command]),
+                    check_health=False,
+                )
+                replies = [_reply(connection) for _ in owed_args]
+                reply = _reply(connection)
+        except RedisRPCError as exc:
+            self.close()
+            if owed_args:
+                owed.failed(exc)
+            raise
+        owed.answered(replies)
+        return _checked(reply, self._address)
+
+
+class Owed:
+    """What a consumer owes Redis (replies, events, acks), until its next read carries it.
+
+    Workers add to it while the consumer is between reads; otherwise they
+    send on their own through the pipe, so that nothing waits behind a
+    blocking read. Thread-safe.
+    """
+
+    def __init__(self, connection: Connection, what: str) -> None:
+        self._connection = connection
+        self._what = what
+        self._lock = threading.Lock()
+        self._commands: list[Args] = []
+        self._open = False  # whether the consumer will read again soon
+
+    def send(self, commands: Sequence[Command], *, atomic: bool) -> None:
+        """Have *commands* sent: with the next read if one is coming, or now.
+
+        Raises:
+            RedisConnectionError: As ``Connection.post()``.
+        """
+        with self._lock:
+            if self._open:
+                self._commands += _grouped(commands, atomic=atomic)
+                return
+        self._connection.post(commands, atomic=atomic, what=self._what)
+
+    def reopen(self) -> None:
+        """The consumer is back from a read: collect again until the next one."""
+        with self._lock:
+            self._open = True
+
+    def take(self) -> list[Args]:
+        """What the next read is to carry; until ``reopen()``, workers send on their own."""
+        with self._lock:
+            self._open = False
+            commands, self._commands = self._commands, []
+        return commands
+
+    def flush(self) -> None:
+        """Send what is collected through the pipe, and collect no more until ``reopen()``."""
+        commands = self.take()
+        if commands:
+            try:
+                self._connection.post_args(commands, what=self._what)
+            except RedisRPCError as exc:
+                self.failed(exc)
+
+    def answered(self, replies: list[object]) -> None:
+        Posted(self._what).set_result(replies)
+
+    def failed(self, error: RedisRPCError) -> None:
+        Posted(self._what).set_error(error)
+
+
+def _grouped(commands: Sequence[Command], *, atomic: bool) -> list[Args]:
+    """The words of *commands*, in a ``MULTI``/``EXEC`` group when *atomic*."""
+    group = [_args(command) for command in commands]
+    if atomic and len(group) > 1:
+        group = [(b"MULTI",), *group, (b"EXEC",)]
+    return group
+
+
+def _reply(connection: Any) -> object:
+    """The next reply on *connection*; an error reply is returned, as redis-py's exception."""
+    try:
+        return connection.read_response()
+    except redis.exceptions.ResponseError as exc:
+        return exc
 
 
 # What a Pub/Sub connection hands on: (pattern or None, channel, data).
@@ -830,12 +1116,10 @@ class Subscription:
             return found
         heard = False
         with self._guard():
-            if self._conn.can_read(timeout):
+            if readable(self._conn, timeout):
                 heard = True
-                while True:
-                    self._keep(self._conn.read_response(), found)
-                    if len(found) >= limit or not self._conn.can_read(0):
-                        break
+                for reply in read_buffered(self._conn, limit):
+                    self._keep(reply, found)
         now = time.monotonic()
         if heard:
             self._last_heard, self._ping_sent = now, None

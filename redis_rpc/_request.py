@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
 from redis_rpc._signing import check_reply
-from redis_rpc.errors import BrokerClosedError, RedisConnectionError
+from redis_rpc.errors import BrokerClosedError, RedisConnectionError, RedisRPCError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +36,39 @@ if TYPE_CHECKING:
     from redis_rpc._redis import Connection, Subscription
 
 logger = logging.getLogger(__name__)
+
+
+class _Secrets:
+    """Random hex digits from the OS's CSPRNG, read a few kilobytes at a time, per thread.
+
+    ``os.urandom()`` per request is a system call that lets go of the
+    interpreter lock, which costs a thread switch when many threads
+    request at once. A forked child draws afresh: it must not repeat
+    the parent's digits.
+    """
+
+    _CHUNK = 4096  # bytes per read of the OS's generator: 64 requests' worth
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._generation = 0  # bumped in a forked child
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._generation += 1
+
+    def hex(self, digits: int) -> str:
+        """*digits* random hex digits, never handed out before."""
+        local = self._local
+        pool: str = getattr(local, "pool", "")
+        if len(pool) < digits or local.generation != self._generation:
+            pool = os.urandom(self._CHUNK).hex()
+            local.generation = self._generation
+        local.pool = pool[digits:]
+        return pool[:digits]
+
+
+_secrets = _Secrets()
 
 
 class Reply:
@@ -78,6 +111,32 @@ class Reply:
         return self._payload
 
 
+class Sent:
+    """How sending a request went, when its caller waits only for the reply.
+
+    Given to the pipe with the request's command: a failure to send fails
+    the request's future, and is kept in ``error`` so that the caller can
+    tell it from the reply's own failures. Success needs no word: the
+    reply says it.
+    """
+
+    __slots__ = ("_channel", "_listener", "error")
+
+    def __init__(self, listener: ReplyListener, channel: str) -> None:
+        self._listener = listener
+        self._channel = channel
+        self.error: RedisRPCError | None = None
+
+    def set_result(self, value: list[object]) -> None:
+        for reply in value:
+            if isinstance(reply, RedisRPCError):  # Redis refused it: no reply will come
+                self.set_error(reply)
+
+    def set_error(self, error: RedisRPCError) -> None:
+        self.error = error
+        self._listener.fail(self._channel, error)
+
+
 class _Waiter:
     """One pending request, as the listener knows it; touched only under the listener's lock or on its thread."""
 
@@ -111,7 +170,9 @@ class ReplyListener:
         self._connection = connection
         self._poll_interval = poll_interval
         self._signing_key = signing_key
-        self._lock = threading.Lock()  # guards _pending, _accepting and _down
+        # Guards _accepting and _down, and adding to _pending. Taking from
+        # _pending needs no lock: whoever pops a waiter completes it.
+        self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # _accepting or _down changed
         self._pending: dict[bytes, _Waiter] = {}
         # True while subscribed: a request registered then is failed if the
@@ -177,8 +238,8 @@ class ReplyListener:
             BrokerClosedError: The listener has been stopped.
             RedisConnectionError: The reply subscription is down.
         """
-        # One system call for both: 128 bits each, from the OS's CSPRNG.
-        secret = os.urandom(32).hex()
+        # 128 bits each, from the OS's CSPRNG.
+        secret = _secrets.hex(64)
         channel, waiter = (
             f"{self.prefix}{secret[:32]}",
             _Waiter(secret[32:], correlation_id),
@@ -195,10 +256,15 @@ class ReplyListener:
             "Cannot request: the reply subscription to Redis is down", cause
         )
 
+    def fail(self, channel: str, error: BaseException) -> None:
+        """Fail the request waiting on *channel* with *error*, unless it is answered or gone."""
+        waiter = self._pending.pop(channel.encode(), None)
+        if waiter is not None:
+            waiter.future.set_exception(error)
+
     def discard(self, channel: str) -> None:
         """Forget *channel*; a reply arriving later is dropped."""
-        with self._lock:
-            self._pending.pop(channel.encode(), None)
+        self._pending.pop(channel.encode(), None)
 
     def stop(self, timeout: float) -> bool:
         """Stop the thread and fail every pending request; True if it ended in time."""
@@ -227,15 +293,17 @@ class ReplyListener:
             # Checked under the lock, so that stop() closing registration always wins.
             accepting = accepting and not self._stopping.is_set()
             self._accepting, self._down = accepting, down
-            futures = [waiter.future for waiter in self._pending.values()]
-            self._pending = {}
+            # Nothing is added from here on while not accepting.
+            channels = list(self._pending)
             self._changed.notify_all()
         if accepting:
             self.ready.set()
         else:
             self.ready.clear()
-        for future in futures:
-            future.set_exception(error())  # one each: callers re-raise it concurrently
+        for channel in channels:
+            waiter = self._pending.pop(channel, None)
+            if waiter is not None:  # one each: callers re-raise it concurrently
+                waiter.future.set_exception(error())
 
     def _run(self) -> None:
         backoff = Backoff()
@@ -269,35 +337,18 @@ class ReplyListener:
                 subscription.close()
 
     def _listen(self, subscription: Subscription) -> None:
-        # One wake-up hands over everything one read of the socket held, and
-        # the lock is taken twice per batch rather than twice per reply.
+        # One wake-up hands over everything one read of the socket held.
+        pending = self._pending
         while not self._stopping.is_set():
-            received = subscription.get_messages(self._poll_interval)
-            if not received:
-                continue
-            with self._lock:
-                found = [
-                    (channel, payload, self._pending.get(channel))
-                    for _, channel, payload in received
-                ]
-            checked: list[tuple[bytes, _Waiter, bytes]] = []
-            for channel, payload, waiter in found:
+            for _, channel, payload in subscription.get_messages(self._poll_interval):
+                waiter = pending.get(channel)
                 if waiter is None:
                     logger.debug("Dropped a reply on %r: its request is gone", channel)
-                elif self._acceptable(waiter, payload):
-                    checked.append((channel, waiter, payload))
-            if not checked:
-                continue
-            taken: list[tuple[_Waiter, bytes]] = []
-            with self._lock:
-                for channel, waiter, payload in checked:
-                    # discard() may have removed it meanwhile, or an earlier
-                    # reply in this batch took it: then nobody waits for this one.
-                    if self._pending.get(channel) is waiter:
-                        del self._pending[channel]
-                        taken.append((waiter, payload))
-            for waiter, payload in taken:
-                waiter.future.set_result(payload)
+                # discard() may take it meanwhile: then nobody waits for this reply.
+                elif self._acceptable(waiter, payload) and (
+                    pending.pop(channel, None) is waiter
+                ):
+                    waiter.future.set_result(payload)
 
     def _acceptable(self, waiter: _Waiter, payload: bytes) -> bool:
         """Whether *payload* is a reply *waiter* may take; a refused one is logged once per request."""

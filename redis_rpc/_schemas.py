@@ -6,6 +6,7 @@ frozen, so they can be handed between threads freely.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
@@ -180,27 +181,41 @@ class StreamSub:
 Destination: TypeAlias = PubSub | ListSub | StreamSub
 
 
+@functools.lru_cache(maxsize=1024)
+def _named(kind: type[Destination], name: str) -> Destination:
+    """The destination of *kind* named *name*: built once, as they are immutable."""
+    return kind(name)
+
+
 def destination(
     channel: str | PubSub | None,
     list: str | ListSub | None,
     stream: str | StreamSub | None,
+    *,
+    fresh: bool = False,
 ) -> Destination:
     """Build the one destination named by exactly one of the three keywords.
+
+    A name given as a string makes a destination that may be shared with
+    other calls, unless *fresh*: a subscriber's source needs its own (a
+    ``StreamSub`` draws its consumer name when built).
 
     Raises:
         SetupError: None or several of *channel*, *list* and *stream* were given.
     """
-    given = [
-        (value, kind)
-        for value, kind in ((channel, PubSub), (list, ListSub), (stream, StreamSub))
-        if value is not None
-    ]
-    if len(given) != 1:
-        msg = f"Give exactly one of channel=, list= or stream=; got {len(given)}."
+    if (channel is None) + (list is None) + (stream is None) != 2:
+        given = 3 - (channel is None) - (list is None) - (stream is None)
+        msg = f"Give exactly one of channel=, list= or stream=; got {given}."
         raise SetupError(msg)
-    value, kind = given[0]
+    value, kind = (
+        (channel, PubSub)
+        if channel is not None
+        else (list, ListSub)
+        if list is not None
+        else (stream, StreamSub)
+    )
     if isinstance(value, str):
-        return kind(value)
+        return kind(value) if fresh else _named(kind, value)
     if not isinstance(value, kind):
         msg = f"Expected a str or {kind.__name__}, not {type(value).__name__}."
         raise SetupError(msg)

@@ -171,8 +171,13 @@ class StreamConsumer(Consumer):
             retried = self._claim()
             if retried is not None:
                 return [retried]
-            entries = self._connection.xreadgroup(
-                source.stream, source.group, source.consumer, timeout, count
+            entries = self._reads().xreadgroup(
+                source.stream,
+                source.group,
+                source.consumer,
+                timeout,
+                count,
+                owed=self._owed,
             )
         except RedisCommandError as exc:
             if not _group_lost(exc):

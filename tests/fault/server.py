@@ -38,8 +38,10 @@ RECOVER_AFTER = 0.5  # reliable mode: a killed server's items come back this fas
 SLOW_DELAY = 0.2  # longer than the leak test's short request timeout
 SLOW_WORKERS = 16
 # The most threads the soak server ever runs: main, timer, the reply listener
-# (start() starts it), two consumers, the writer of replies and acks, workers.
-SOAK_THREADS = 6 + SLOW_WORKERS
+# (start() starts it), two consumers, the writer of replies and acks, the
+# watch of inline handlers, workers, and a consumer thread that the watch
+# relieved and that is still finishing its handler.
+SOAK_THREADS = 8 + SLOW_WORKERS
 
 
 def say(line: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 
@@ -79,7 +81,12 @@ class TestDestination:
     @pytest.mark.parametrize("keyword", ["channel", "list", "stream"])
     def test_rejects_empty_names(self, keyword):
         """An empty name under any keyword raises SetupError."""
-        options = {"channel": None, "list": None, "stream": None, keyword: ""}
+        options: dict[str, Any] = {
+            "channel": None,
+            "list": None,
+            "stream": None,
+            keyword: "",
+        }
         with pytest.raises(SetupError, match="non-empty"):
             destination(**options)
 
