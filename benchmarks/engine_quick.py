@@ -1,21 +1,26 @@
 """A quick measurement of the pipe: requests/s with 32 caller threads on a list.
 
-Run as ``python -m benchmarks.engine_quick``. It starts a private
-redis-server and a redis_rpc echo server process (``benchmarks._servers``,
-``max_workers=8``), then lets 32 threads request through one broker for
-a few seconds, several rounds, and prints each round's rate and the
-median. Run it on two checkouts to compare them; it uses only the public
-API, plus the pipe's counters when the checkout has a pipe.
+Run as ``python -m benchmarks.engine_quick [--workers N]``. It starts a
+private redis-server and a redis_rpc echo server process
+(``benchmarks._servers``, ``max_workers=8`` unless told), then lets 32
+threads request through one broker for a few seconds, several rounds, and
+prints each round's rate, the CPU time per request of the callers' process
+and of the server's, and the median rate. Run it on two checkouts to
+compare them; it uses only the public API, plus the pipe's counters when
+the checkout has a pipe.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
 
+from benchmarks._servers import cpu_seconds
 from redis_rpc import RedisBroker
 from redis_rpc.testing import RedisServer
 
@@ -53,7 +58,10 @@ def run_round(client: RedisBroker, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - started)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine_quick")
+    parser.add_argument("--workers", type=int, default=SERVER_WORKERS)
+    workers = parser.parse_args(argv).workers
     with RedisServer() as redis_server:
         server = subprocess.Popen(
             [
@@ -63,7 +71,7 @@ def main() -> None:
                 "redis_rpc",
                 redis_server.url,
                 "--max-workers",
-                str(SERVER_WORKERS),
+                str(workers),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -78,11 +86,18 @@ def main() -> None:
                 run_round(client, WARMUP_SECONDS)
                 rates = []
                 for n in range(ROUNDS):
+                    ours, theirs = cpu_seconds(os.getpid()), cpu_seconds(server.pid)
                     rates.append(run_round(client, ROUND_SECONDS))
-                    print(f"round {n + 1}: {rates[-1]:,.0f} requests/s")
+                    requests = rates[-1] * ROUND_SECONDS
+                    ours = (cpu_seconds(os.getpid()) - ours) / requests
+                    theirs = (cpu_seconds(server.pid) - theirs) / requests
+                    print(
+                        f"round {n + 1}: {rates[-1]:,.0f} requests/s, CPU per request:"
+                        f" callers {ours * 1e6:.0f} us, server {theirs * 1e6:.0f} us"
+                    )
                 print(
                     f"median of {ROUNDS}: {statistics.median(rates):,.0f} requests/s "
-                    f"({CALLERS} callers, list, server max_workers={SERVER_WORKERS})"
+                    f"({CALLERS} callers, list, server max_workers={workers})"
                 )
                 pipe = getattr(client._connection, "_pipe", None)
                 if pipe is not None:
