@@ -666,21 +666,20 @@ class RedisBroker:
             )
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame)
-            sent = Sent(listener, reply_to)
+
+            def unheard() -> NoSubscriberError:
+                msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
+                return NoSubscriberError(msg, destination=str(target))
+
+            # On a channel, Redis' answer says whether anybody got it.
+            counted = fail_fast and isinstance(command, Publish)
+            sent = Sent(listener, reply_to, unheard if counted else None)
             try:
-                # Whether anybody got it is in the answer: wait for it then.
-                counted = fail_fast and isinstance(command, Publish)
-                try:
-                    if counted:
-                        receivers = self._connection.execute(command, deadline=deadline)
-                    else:  # a failure to send fails the future, and is in sent.error
-                        self._connection.send(command, deadline=deadline, outcome=sent)
+                try:  # a failure to send fails the future, and is in sent.error
+                    self._connection.send(command, deadline=deadline, outcome=sent)
                 except RedisConnectionError as exc:
                     sent.error = exc
                     raise
-                if counted and receivers == 0:
-                    msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
-                    raise NoSubscriberError(msg, destination=str(target))
                 payload = future.result(
                     None if deadline is None else max(0.0, deadline - time.monotonic())
                 )

@@ -117,20 +117,29 @@ class Sent:
     Given to the pipe with the request's command: a failure to send fails
     the request's future, and is kept in ``error`` so that the caller can
     tell it from the reply's own failures. Success needs no word: the
-    reply says it.
+    reply says it. With *unheard*, a ``PUBLISH`` that reached nobody fails
+    the future with ``unheard()``: no reply can come.
     """
 
-    __slots__ = ("_channel", "_listener", "error")
+    __slots__ = ("_channel", "_listener", "_unheard", "error")
 
-    def __init__(self, listener: ReplyListener, channel: str) -> None:
+    def __init__(
+        self,
+        listener: ReplyListener,
+        channel: str,
+        unheard: Callable[[], RedisRPCError] | None = None,
+    ) -> None:
         self._listener = listener
         self._channel = channel
+        self._unheard = unheard
         self.error: RedisRPCError | None = None
 
     def set_result(self, value: list[object]) -> None:
         for reply in value:
             if isinstance(reply, RedisRPCError):  # Redis refused it: no reply will come
                 self.set_error(reply)
+            elif reply == 0 and self._unheard is not None:
+                self.set_error(self._unheard())
 
     def set_error(self, error: RedisRPCError) -> None:
         self.error = error
