@@ -97,7 +97,13 @@ def _reset_after_fork() -> None:
         broker._after_fork()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+def _warn_after_fork() -> None:
+    # Runs in the parent: a started broker's consumers stay here, not in the child.
+    for broker in list(_brokers):
+        broker._forked_while_running()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork, after_in_parent=_warn_after_fork)
 
 
 class _State(enum.Enum):
@@ -220,6 +226,11 @@ class RedisBroker:
         self._started_before_fork = (
             False  # start() ran in a process we were forked from
         )
+        # The process whose threads and connections these are; another pid
+        # means a fork that skipped os.register_at_fork() (uWSGI without
+        # py-call-osafterfork), after which none of them works.
+        self._pid = os.getpid()
+        self._warned_fork = False  # the parent said once that it forked while serving
         _brokers.add(self)
 
     def __repr__(self) -> str:
@@ -753,6 +764,34 @@ class RedisBroker:
         if self._state in (_State.CLOSING, _State.CLOSED):
             msg = f"Cannot {action}: the broker has been closed."
             raise BrokerClosedError(msg)
+        if self._pid != os.getpid():
+            msg = (
+                f"Cannot {action}: this process (pid {os.getpid()}) was forked from"
+                f" pid {self._pid} without running Python's fork hooks, so the"
+                " broker's threads and connections are still the parent's, and replies"
+                " would go to the parent. uWSGI forks this way unless told otherwise:"
+                " set py-call-osafterfork = true (or lazy-apps = true), or create the"
+                " broker after the fork."
+            )
+            raise BrokerStateError(msg)
+
+    def _forked_while_running(self) -> None:
+        """In the parent after a fork: say once that consumers do not follow into children."""
+        if (
+            self._state is not _State.RUNNING
+            or not self._consumers
+            or self._warned_fork
+        ):
+            return
+        self._warned_fork = True
+        logger.warning(
+            "This process forked while %r was serving: its %d consumer(s) keep running"
+            " in this process only, and the child cannot start it. Start serving"
+            " brokers in each child after the fork instead (gunicorn: post_fork; "
+            "uWSGI: lazy-apps).",
+            self,
+            len(self._consumers),
+        )
 
     def _reply_listener(self) -> ReplyListener:
         listener = self._listener
@@ -783,6 +822,7 @@ class RedisBroker:
         pool notices the new pid and opens fresh connections by itself.
         """
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._consumers, self._listener, self._hub = [], None, None
         self._watch = None
         self._connection.after_fork()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import select
 import signal
@@ -25,10 +27,19 @@ def pid_echo(body):
     return {"pid": os.getpid(), "body": body}
 
 
-def run_in_child(check):
+def fork_without_hooks() -> int:
+    """fork(2) straight from libc, as uWSGI does by default: Python's at-fork hooks do not run.
+
+    ``PyDLL`` keeps the interpreter lock held across the call, so the child
+    starts out holding it, as after ``os.fork()``.
+    """
+    return int(ctypes.PyDLL(None).fork())
+
+
+def run_in_child(check, fork=os.fork):
     """Fork; in the child, run *check()* and send back its JSON result; return it in the parent."""
     read, write = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: never return into pytest
         code = 1
         try:
@@ -150,3 +161,54 @@ def test_broker_declared_before_fork_serves_in_the_child(own_server, unique_name
     finally:
         client.close()
         broker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_that_skipped_the_hooks_fails_the_first_request_at_once(
+    own_server, unique_name
+):
+    """In a child forked without Python's fork hooks, request() raises BrokerStateError naming the uWSGI fix instead of timing out."""
+    server = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    server.subscriber(list=unique_name)(pid_echo)
+    client = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    with server, client:
+        # The listener and the pipe are up in the parent: the child inherits them.
+        assert client.request("warm", list=unique_name).decode()["body"] == "warm"
+
+        def check():
+            started = time.monotonic()
+            try:
+                client.request("child", list=unique_name, timeout=LONG_TIMEOUT)
+            except BrokerStateError as exc:
+                return {"error": str(exc), "took": time.monotonic() - started}
+            return {"error": None, "took": time.monotonic() - started}
+
+        child = run_in_child(check, fork=fork_without_hooks)
+        # The parent's broker is untouched.
+        assert client.request("after", list=unique_name).decode()["body"] == "after"
+    assert child["error"] is not None, "the request in the child did not fail"
+    assert child["took"] < SHORT_TIMEOUT
+    assert "py-call-osafterfork" in child["error"]
+    assert "forked from" in child["error"]
+
+
+@pytest.mark.timeout(60)
+def test_forking_a_serving_broker_warns_once_in_the_parent(
+    own_server, unique_name, caplog
+):
+    """A process that forks while a broker serves logs one warning: the consumers stay in the parent."""
+    server = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    server.subscriber(list=unique_name)(pid_echo)
+    idle = RedisBroker(
+        own_server.url, poll_interval=POLL_INTERVAL
+    )  # started, serves nothing
+    with server, idle, caplog.at_level(logging.WARNING, logger="redis_rpc"):
+        assert run_in_child(lambda: {"ok": True}) == {"ok": True}
+        assert run_in_child(lambda: {"ok": True}) == {"ok": True}
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if "forked while" in record.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "post_fork" in warnings[0]
