@@ -80,6 +80,9 @@ class Link(Protocol):
                 answer in time; it is closed.
         """
 
+    def ready(self) -> bool:
+        """Whether a reply has been received already, so that ``read()`` will not wait."""
+
     def wait(self, timeout: float) -> bool:
         """Whether a reply is ready to read within *timeout* seconds.
 
@@ -219,7 +222,8 @@ class Pipe:
         self._max_queued = max_queued
         self._max_batch = max_batch
         # Guards _queue, each queued entry's state, _closing, _thread, _busy,
-        # _unread, _down_until, _down_error and _backoff; held for list operations only, never I/O.
+        # _unread, _down_until, _down_error, _backoff, _writer_waits and
+        # _room_waiters; held for list operations only, never I/O.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # something was queued, or close()
         self._room = threading.Condition(self._lock)  # the queue has room again
@@ -239,6 +243,9 @@ class Pipe:
         # the writer reads those replies before any others.
         self._unread: list[_Entry] = []
         self._link: Link | None = None
+        # Who waits on the conditions, so that nobody notifies an empty room.
+        self._writer_waits = False
+        self._room_waiters = 0
         self.batches = 0  # writes so far, for tests and benchmarks
         self.written = 0  # calls written so far
 
@@ -306,6 +313,11 @@ class Pipe:
             if alone and self._link is not None:
                 self._busy = True
                 entry.state = _State.TAKEN
+            elif len(self._queue) < self._max_queued and self._thread is not None:
+                self._queue.append(entry)  # the common case, under the same lock
+                if self._writer_waits:
+                    self._work.notify()
+                return
         if entry.state is _State.TAKEN:
             self._write_own(entry)
         else:
@@ -329,14 +341,19 @@ class Pipe:
                         reason="timeout",
                         maybe_applied=False,
                     )
-                self._room.wait(min(remaining, threading.TIMEOUT_MAX))
+                self._room_waiters += 1
+                try:
+                    self._room.wait(min(remaining, threading.TIMEOUT_MAX))
+                finally:
+                    self._room_waiters -= 1
             self._queue.append(entry)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="redis_rpc:writer", daemon=True
                 )
                 self._thread.start()
-            self._work.notify()
+            if self._writer_waits:
+                self._work.notify()
 
     def _write_own(self, entry: _Entry) -> None:
         """Write *entry* and read its replies on the calling thread, which holds the connection.
@@ -349,7 +366,7 @@ class Pipe:
         finally:
             with self._lock:
                 self._busy = False
-                if self._queue or self._unread:
+                if (self._queue or self._unread) and self._writer_waits:
                     self._work.notify()
 
     def _exchange(self, entry: _Entry) -> None:
@@ -423,7 +440,11 @@ class Pipe:
                 self._busy = False  # callers may write for themselves meanwhile
                 while self._busy or not (self._queue or self._unread or self._closing):
                     # Bounded, as every wait; nothing to do but wait again.
-                    self._work.wait(1.0)
+                    self._writer_waits = True
+                    try:
+                        self._work.wait(1.0)
+                    finally:
+                        self._writer_waits = False
             flushed = self._closing and (
                 not self._queue or time.monotonic() > self._flush_until
             )
@@ -438,7 +459,8 @@ class Pipe:
                 entry = self._queue.popleft()
                 entry.state = _State.TAKEN
                 batch.append(entry)
-            self._room.notify(len(batch))
+            if self._room_waiters:
+                self._room.notify(len(batch))
         return unread, batch
 
     def _run(self) -> None:
@@ -456,6 +478,9 @@ class Pipe:
                 # while earlier replies are still on their way.
                 self._write(batch, in_flight)
                 if in_flight:
+                    self._read_one(in_flight)
+                # Replies already received cost no wait: take them all now.
+                while in_flight and self._link is not None and self._link.ready():
                     self._read_one(in_flight)
         except BaseException:
             logger.critical("The Redis writer thread died", exc_info=True)

@@ -773,7 +773,27 @@ class _Link:
         except redis.exceptions.RedisError as exc:
             raise translate(exc, self._address) from exc
 
+    def ready(self) -> bool:
+        try:
+            return buffered(self._connection)
+        except (redis.exceptions.RedisError, OSError):
+            return False  # the next read() says what went wrong
+
     def read(self) -> object:
+        # With hiredis, a reply already received comes straight from its reader.
+        reader = getattr(getattr(self._connection, "_parser", None), "_reader", None)
+        if reader is not None and _NOT_ENOUGH_DATA is not None:
+            reply = reader.gets()
+            if reply is not _NOT_ENOUGH_DATA:
+                if isinstance(reply, redis.exceptions.ResponseError):
+                    error = translate(reply, self._address)
+                    error.__cause__ = reply
+                    return error
+                if not isinstance(reply, Exception):
+                    return reply
+                # Anything else hiredis hands back is a broken connection.
+                msg = f"Redis at {self._address} sent an unreadable reply: {reply}"
+                raise RedisConnectionError(msg, reason="unreachable") from reply
         try:
             return self._connection.read_response()
         except redis.exceptions.ResponseError as exc:

@@ -39,6 +39,9 @@ class FakeLink:
         self.world.reading.set()
         return self.world.gate.wait(timeout)
 
+    def ready(self) -> bool:
+        return bool(self.unanswered) and self.world.gate.is_set()
+
     def read(self) -> object:
         world = self.world
         world.reading.set()
