@@ -6,8 +6,14 @@ BIN := $(VENV)/bin
 
 .PHONY: example test check format clean redis-server bench soak
 
-$(BIN)/.installed: setup.cfg setup.py
+# The package alone, for the example: its three dependencies, nothing else.
+$(BIN)/.package: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# The package with the test and lint tools.
+$(BIN)/.installed: $(BIN)/.package
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
 	touch $@
@@ -15,7 +21,7 @@ $(BIN)/.installed: setup.cfg setup.py
 redis-server:
 	@scripts/ensure-redis-server
 
-example: $(BIN)/.installed redis-server
+example: $(BIN)/.package redis-server
 	$(BIN)/python examples/rpc.py
 
 test: $(BIN)/.installed redis-server

@@ -175,6 +175,15 @@ class OutputLines:
         except queue.Empty:
             pytest.fail(f"{self.name}: the process printed nothing within {timeout} s.")
 
+    def rest(self) -> list[str]:
+        """The lines printed and not read yet, without waiting for more."""
+        lines = []
+        while True:
+            try:
+                lines.append(self._lines.get_nowait())
+            except queue.Empty:
+                return lines
+
     def close(self, timeout: float = LONG_TIMEOUT) -> None:
         """Wait for the reader, which ends once the process has gone, then close the pipe."""
         self._reader.join(timeout)

@@ -1,0 +1,134 @@
+"""Every Python code block of README.rst runs as written, against a private redis-server.
+
+A block is a program of its own, run in a fresh interpreter from the
+repository root, with ``redis://localhost:6379`` pointing at the test
+server. A block preceded by the comment ``.. serves`` is a server: it
+starts in the background, must print nothing to stderr that looks like a
+traceback, serves the blocks that follow it, and must exit 0 on SIGTERM
+once they are done. Any other block must exit 0 by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+from tests.conftest import PROCESS_TEST_TIMEOUT, READY_TIMEOUT
+from tests.helpers import OutputLines
+
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.rst"
+DEFAULT_URL = "redis://localhost:6379"
+SERVES = ".. serves"
+# A server block prints this once it serves (App.run() logs it at INFO).
+SERVING = "Broker started"
+
+
+@attrs.frozen
+class Block:
+    line: int  # where the block starts in README.rst, for messages
+    code: str
+    serves: bool
+
+
+def python_blocks(text: str) -> list[Block]:
+    """The ``.. code-block:: python`` blocks of *text*, dedented, in order."""
+    lines = text.splitlines()
+    blocks = []
+    for number, line in enumerate(lines):
+        if line.strip() != ".. code-block:: python":
+            continue
+        previous = [x.strip() for x in lines[max(0, number - 3) : number] if x.strip()]
+        serves = bool(previous) and previous[-1] == SERVES
+        body: list[str] = []
+        for following in lines[number + 1 :]:
+            if following.strip() and not following.startswith((" ", "\t")):
+                break
+            body.append(following)
+        indent = min(
+            len(x) - len(x.lstrip()) for x in body if x.strip()
+        )  # a block has code
+        code = "\n".join(x[indent:] for x in body).strip() + "\n"
+        blocks.append(Block(line=number + 1, code=code, serves=serves))
+    return blocks
+
+
+def test_the_readme_blocks_are_found():
+    """The parser finds blocks, and a serving one is told apart."""
+    text = (
+        "Intro.\n\n.. serves\n\n.. code-block:: python\n\n    print(1)\n\n"
+        "    print(2)\n\nText.\n\n.. code-block:: python\n\n    x = 3\n"
+    )
+    assert python_blocks(text) == [
+        Block(line=5, code="print(1)\n\nprint(2)\n", serves=True),
+        Block(line=13, code="x = 3\n", serves=False),
+    ]
+    assert python_blocks(README.read_text()), "README.rst has no Python block"
+
+
+def _start(block: Block, url: str, tmp_path: Path) -> subprocess.Popen[str]:
+    script = tmp_path / f"readme_line_{block.line}.py"
+    script.write_text(block.code.replace(DEFAULT_URL, url))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(
+    process: subprocess.Popen[str], block: Block, output: OutputLines, seen: list[str]
+) -> None:
+    try:
+        code = process.wait(READY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(READY_TIMEOUT)
+        code = None
+    output.close()
+    printed = "\n".join([*seen, *output.rest()])
+    assert code == 0, f"README.rst line {block.line} exited {code}:\n{printed}"
+    assert "Traceback" not in printed, f"README.rst line {block.line}:\n{printed}"
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT * 2)
+def test_every_python_block_of_the_readme_runs(redis_url, tmp_path):
+    """Each block runs as written; server blocks serve the blocks after them and stop on SIGTERM."""
+    servers: list[tuple[subprocess.Popen[str], Block, OutputLines, list[str]]] = []
+    try:
+        for block in python_blocks(README.read_text()):
+            process = _start(block, redis_url, tmp_path)
+            assert process.stdout is not None
+            output = OutputLines(process.stdout, name=f"readme-{block.line}")
+            if not block.serves:
+                _finish(process, block, output, [])
+                continue
+            seen: list[str] = []
+            servers.append((process, block, output, seen))
+            while not any(SERVING in line for line in seen):
+                seen.append(output.next(READY_TIMEOUT))
+    finally:
+        for process, _, _, _ in servers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, block, output, seen in servers:
+            _finish(process, block, output, seen)
+
+
+def test_blocks_name_no_other_server():
+    """Blocks reach Redis only through the URL the test rewrites."""
+    for block in python_blocks(README.read_text()):
+        urls = set(re.findall(r"rediss?://[^\"' ]+", block.code))
+        assert urls <= {DEFAULT_URL}, f"README.rst line {block.line}: {urls}"
