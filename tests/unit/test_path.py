@@ -54,6 +54,15 @@ class TestParse:
         assert parsed.names == names
 
     @pytest.mark.parametrize(
+        "template",
+        ["logs.{level}", "{a}.x.{b}", "a*.{level}", "x.{{y}}.{z}", "x.{{y}}", "p*"],
+    )
+    def test_same_subscription_as_faststream(self, template):
+        """Where FastStream accepts a template, we subscribe to the name it does."""
+        faststream_redis = pytest.importorskip("faststream.redis")
+        assert parse(template).subscription == faststream_redis.PubSub(template).name
+
+    @pytest.mark.parametrize(
         ("template", "subscription"),
         [("x.{{y}}", "x.{y}"), ("a}}b", "a}b"), ("plain", "plain"), ("p*", "p*")],
     )
