@@ -13,6 +13,7 @@ from redis_rpc._app import App
 from redis_rpc._broker import RedisBroker
 from redis_rpc._convert import make_converter
 from redis_rpc._message import RedisMessage, RedisResponse, Response
+from redis_rpc._path import Path
 from redis_rpc._schemas import ListSub, PubSub, StreamSub
 from redis_rpc.errors import RemoteError
 
@@ -24,6 +25,7 @@ __all__ = [
     "App",
     "ListSub",
     "Logger",
+    "Path",
     "PubSub",
     "RedisBroker",
     "RedisMessage",

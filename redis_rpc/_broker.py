@@ -46,7 +46,7 @@ from redis_rpc._message import (
 )
 from redis_rpc._redis import Connection, Publish, send_command
 from redis_rpc._request import ReplyListener, Sent
-from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination
+from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination, subscription
 from redis_rpc._signing import coerce_key, signed_frame
 from redis_rpc._stream import StreamConsumer
 from redis_rpc.errors import (
@@ -256,7 +256,11 @@ class RedisBroker:
         The handler's first parameter receives the body, structured into
         its annotation (an attrs class, a dataclass, ``list[int]``, ...)
         when it has one; parameters annotated ``Logger`` or ``RedisMessage``
-        receive a logger and the message. Its return value (or a
+        receive a logger and the message. A channel may be a template,
+        ``"logs.{level}"``: it is subscribed as the pattern ``logs.*``, and
+        a parameter ``level: str = Path()`` receives the part of the
+        channel a message arrived on that stands in the place of
+        ``{level}``. Its return value (or a
         ``Response``) is published to the request's ``reply_to`` channel,
         unless *no_reply* is set. A body that does not fit, or a handler that
         raises, gets an error reply when the caller is a redis_rpc broker;
@@ -264,9 +268,12 @@ class RedisBroker:
         itself is returned unchanged.
 
         Raises:
-            SetupError: Not exactly one source, a bad signature, or called after ``start()``.
+            SetupError: Not exactly one source, a bad signature, a malformed
+                channel template or a path parameter it does not name, or
+                called after ``start()``.
         """
         source = destination(channel, list, stream, fresh=True)
+        template = subscription(source)
         workers = self._max_workers if max_workers is None else max_workers
         if workers < 1:
             msg = f"max_workers must be at least 1, not {workers}."
@@ -285,7 +292,7 @@ class RedisBroker:
             if inspect.iscoroutinefunction(func):
                 msg = f"Handler {func.__qualname__} is async; redis_rpc calls handlers on threads, so define it with def."
                 raise SetupError(msg)
-            handler = Handler(func, self._handler_logger, self._converter)
+            handler = Handler(func, self._handler_logger, self._converter, template)
             subscriber = Subscriber(source, handler, no_reply, workers)
             with self._lock:
                 if self._state is not _State.NEW:
@@ -737,12 +744,9 @@ class RedisBroker:
             and consumer.subscriber.max_workers == 1
             and type(source) is type(target)
             and (
-                source.name == target.name
-                or (
-                    isinstance(source, PubSub)
-                    and source.pattern
-                    and fnmatch.fnmatchcase(target.name, source.name)
-                )
+                _reaches(source, target.name)
+                if isinstance(source, PubSub)
+                else source.name == target.name
             )
         ):
             msg = f"Cannot request {target} from inside its own handler: its only worker is the calling thread, so this process could not answer before the timeout. Call the function directly, or give that subscriber max_workers=2 or more."
@@ -845,3 +849,14 @@ def _with_publishers(
     return attrs.evolve(
         subscriber, publishers=tuple(publishers.get(subscriber.handler.func, ()))
     )
+
+
+def _reaches(source: PubSub, channel: str) -> bool:
+    """Whether a message published to *channel* reaches a subscriber of *source*."""
+    template = subscription(source)
+    assert template is not None  # a channel always has one
+    if template.names:
+        return bool(template.values(channel))
+    if source.pattern:
+        return fnmatch.fnmatchcase(channel, template.subscription)
+    return channel == template.subscription

@@ -42,7 +42,7 @@ from redis_rpc._consumer import (
 )
 from redis_rpc._executor import WorkerPool
 from redis_rpc._redis import Publish
-from redis_rpc._schemas import PubSub
+from redis_rpc._schemas import PubSub, subscription
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -98,10 +98,16 @@ class ChannelConsumer(Consumer):
         )
         self._pool = None  # the hub's shared workers run the handler
         self._hub = hub
+        template = subscription(self.source)
+        assert template is not None  # a channel always has one
+        # What is subscribed to, and how placeholder values are taken from
+        # the channel a message arrived on, if it has placeholders.
+        self.template = template
         self._lock = (
             threading.Lock()
         )  # guards _queue, _queued_bytes, _running and _dropped
-        self._queue: collections.deque[bytes] = collections.deque()
+        # Each payload with the channel it arrived on.
+        self._queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._queued_bytes = 0
         # Turns on the shared pool serving this consumer, queued or running:
         # never more than max_workers, so neither are its handlers.
@@ -131,18 +137,21 @@ class ChannelConsumer(Consumer):
                 "%s dropped %d queued message(s) on closing", self.name, dropped
             )
 
-    def deliver(self, payload: bytes) -> None:
-        """Queue *payload* for the handler; called by the hub's reader thread, never blocks."""
+    def deliver(self, payload: bytes, channel: bytes = b"") -> None:
+        """Queue *payload*, which arrived on *channel*, for the handler.
+
+        Called by the hub's reader thread; never blocks.
+        """
         dropped = 0
         with self._lock:
             if self._stopping.is_set():
                 return
-            self._queue.append(payload)
+            self._queue.append((payload, channel))
             self._queued_bytes += len(payload)
             while len(self._queue) > 1 and (
                 len(self._queue) > QUEUE_LIMIT or self._queued_bytes > QUEUE_BYTES
             ):
-                self._queued_bytes -= len(self._queue.popleft())
+                self._queued_bytes -= len(self._queue.popleft()[0])
                 dropped += 1
             first_drop = dropped > 0 and self._dropped == 0
             self._dropped += dropped
@@ -178,9 +187,9 @@ class ChannelConsumer(Consumer):
                     self._running -= 1
                     caught_up, self._dropped = self._dropped, 0
                     break
-                payload = self._queue.popleft()
+                payload, channel = self._queue.popleft()
                 self._queued_bytes -= len(payload)
-            self._handle(Delivery(payload))  # gives the slot back
+            self._handle(self._delivery(payload, channel))  # gives the slot back
         else:  # more may be waiting: behind other subscribers' turns
             self._submit()
             return
@@ -188,6 +197,16 @@ class ChannelConsumer(Consumer):
             logger.warning(
                 "%s caught up after dropping %d message(s)", self.name, caught_up
             )
+
+    def _delivery(self, payload: bytes, channel: bytes) -> Delivery:
+        if not self.template.names:
+            return Delivery(payload)
+        name = channel.decode(errors="replace")
+        return Delivery(
+            payload,
+            where=f"a message on {name[:200]!r}",
+            path=self.template.values(name),
+        )
 
     def _open(self) -> None:  # pragma: no cover - the hub subscribes for us
         raise NotImplementedError
@@ -232,9 +251,9 @@ class ChannelHub:
 
     def add(self, consumer: ChannelConsumer) -> None:
         """Serve *consumer* too; only before ``start()``."""
-        source = consumer.source
-        routes = self._patterns if source.pattern else self._channels
-        routes.setdefault(source.channel.encode(), []).append(consumer)
+        routes = self._patterns if consumer.source.pattern else self._channels
+        name = consumer.template.subscription.encode()
+        routes.setdefault(name, []).append(consumer)
         self._consumers.append(consumer)
 
     def start(self) -> None:
@@ -317,4 +336,4 @@ class ChannelHub:
                 else:
                     targets = self._patterns.get(pattern, ())
                 for consumer in targets:
-                    consumer.deliver(data)
+                    consumer.deliver(data, channel)

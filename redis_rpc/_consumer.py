@@ -43,7 +43,7 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from redis_rpc._handler import Handler
     from redis_rpc._heartbeat import Heartbeat
@@ -135,12 +135,15 @@ class Delivery:
         ack: The command that settles it once it is done with, if any.
         where: Where to find it again in a log line, such as ``"entry 1-0"``.
         deliveries: How many times it has been handed to a consumer, this one included.
+        path: The values of the channel template's placeholders, if any
+            (see ``RedisMessage.path``).
     """
 
     payload: bytes
     ack: Command | None = None
     where: str = ""
     deliveries: int = 1
+    path: Mapping[str, str] | None = None
 
 
 class Consumer(abc.ABC):
@@ -447,6 +450,7 @@ class Consumer(abc.ABC):
                 delivery.payload,
                 handler.converter,
                 max_size=self._policy.max_message_size,
+                path=delivery.path,
             )
         except MessageTooLargeError as exc:
             message = RedisMessage.from_frame_headers(delivery.payload)

@@ -100,8 +100,10 @@ def check_structurable(converter: cattrs.Converter, target: Any) -> None:
             check_structurable(converter, argument)
 
 
-def structure(converter: cattrs.Converter, value: Any, target: Any) -> Any:
-    """Structure a decoded body *value* into *target*.
+def structure(
+    converter: cattrs.Converter, value: Any, target: Any, *, what: str = "The body"
+) -> Any:
+    """Structure a decoded body *value* into *target*; *what* names it in the error.
 
     Raises:
         ValidationError: *value* does not fit *target*; its ``errors`` name
@@ -115,7 +117,7 @@ def structure(converter: cattrs.Converter, value: Any, target: Any) -> Any:
         else:
             errors = [f"{exc} @ $"]
         name = target.__name__ if isinstance(target, type) else repr(target)
-        msg = f"The body does not fit {name}: {'; '.join(errors)}."
+        msg = f"{what} does not fit {name}: {'; '.join(errors)}."
         raise ValidationError(msg, errors=errors) from exc
 
 

@@ -4,9 +4,10 @@ The first parameter that is not injected gets the body: structured into its
 annotation by the broker's converter (``Item``, ``list[int]``, ...), as
 bytes when annotated ``bytes``, and as decoded when it has no annotation or
 ``Any``. A parameter annotated ``Logger`` gets a logger, one annotated
-``RedisMessage`` the incoming message. The plan is worked out once, when
-the handler is registered, so bad signatures fail at import time rather
-than per message.
+``RedisMessage`` the incoming message, and one whose default is ``Path()``
+a placeholder's value from the channel the message arrived on. The plan is
+worked out once, when the handler is registered, so bad signatures fail at
+import time rather than per message.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any
 
-from redis_rpc import _convert
+import attrs
+
+from redis_rpc import _convert, _path
 from redis_rpc._message import RedisMessage
-from redis_rpc.errors import SetupError
+from redis_rpc.errors import SetupError, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,6 +40,16 @@ class _Arg(enum.Enum):
     MESSAGE = enum.auto()
 
 
+@attrs.frozen
+class _PathArg:
+    """A path parameter: the value of the placeholder *name*, structured into *hint*."""
+
+    name: str
+    parameter: str
+    hint: Any  # None: the text as it is
+    default: Any
+
+
 class Handler:
     """A user function with its argument plan. Immutable after construction."""
 
@@ -45,20 +58,26 @@ class Handler:
         func: Callable[..., Any],
         logger: logging.Logger,
         converter: cattrs.Converter | None = None,
+        template: _path.ChannelTemplate | None = None,
     ) -> None:
+        """*template*: the subscriber's channel template, which path parameters must name placeholders of."""
         self.func = func
         self.name = getattr(func, "__qualname__", repr(func))
         self._logger = logger
         self.converter = converter or _convert.make_converter()
         self._body_type: Any = None  # what a TYPED_BODY is structured into
-        self._args: list[_Arg] = []  # positional-only parameters, in order
-        self._kwargs: dict[str, _Arg] = {}
+        self._template = template
+        self._args: list[_Arg | _PathArg] = []  # positional-only parameters, in order
+        self._kwargs: dict[str, _Arg | _PathArg] = {}
         hints = _type_hints(func)
         body_taken = False
         for index, param in enumerate(inspect.signature(func).parameters.values()):
             hint = hints.get(param.name)
             variadic = param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
-            if hint is logging.Logger:
+            arg: _Arg | _PathArg
+            if isinstance(param.default, _path.PathParam):
+                arg = self._path_arg(param.name, hint, param.default)
+            elif hint is logging.Logger:
                 arg = _Arg.LOGGER
             elif hint is RedisMessage:
                 arg = _Arg.MESSAGE
@@ -90,7 +109,9 @@ class Handler:
 
         Raises:
             MessageDecodeError: The body is not what its content type says.
-            ValidationError: The body does not fit the body parameter's annotation.
+            ValidationError: The body does not fit the body parameter's
+                annotation, or a path value its parameter's, or the channel
+                gave no value for a path parameter without a default.
         """
         args = [self._value(arg, message) for arg in self._args]
         kwargs = {name: self._value(arg, message) for name, arg in self._kwargs.items()}
@@ -109,7 +130,42 @@ class Handler:
         self._body_type = hint
         return _Arg.TYPED_BODY
 
-    def _value(self, arg: _Arg, message: RedisMessage) -> Any:
+    def _path_arg(self, parameter: str, hint: Any, marker: _path.PathParam) -> _PathArg:
+        name = marker.real_name or parameter
+        names = () if self._template is None else self._template.names
+        if name not in names:
+            where = (
+                "its subscriber is not a channel"
+                if self._template is None
+                else f"channel {self._template.template!r} has no {{{name}}}"
+            )
+            msg = f"Cannot call handler {self.name}: parameter {parameter!r} takes a path value, but {where}."
+            raise SetupError(msg)
+        if hint is not None and not _convert.needs_structuring(hint):
+            hint = None
+        if hint is not None and hint is not bytes:
+            try:  # as for the body: a type the converter cannot handle fails here
+                _convert.check_structurable(self.converter, hint)
+            except Exception as exc:
+                msg = f"Cannot structure path parameter {parameter!r} of handler {self.name} into {hint!r}: {exc}"
+                raise SetupError(msg) from exc
+        return _PathArg(name, parameter, hint, marker.default)
+
+    def _path_value(self, arg: _PathArg, message: RedisMessage) -> Any:
+        text = message.path.get(arg.name)
+        if text is None:
+            if arg.default is not _path.MISSING:
+                return arg.default
+            assert self._template is not None  # else _path_arg() refused it
+            msg = f"No value for path parameter {arg.parameter!r}: the channel the message came on does not fit {self._template.template!r}."
+            raise ValidationError(msg, errors=[f"missing {{{arg.name}}} @ path"])
+        if arg.hint is None:
+            return text
+        return _path.value(self.converter, text, arg.hint, arg.parameter)
+
+    def _value(self, arg: _Arg | _PathArg, message: RedisMessage) -> Any:
+        if isinstance(arg, _PathArg):
+            return self._path_value(arg, message)
         if arg is _Arg.BODY:
             return message.decode()
         if arg is _Arg.TYPED_BODY:

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import types
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -47,6 +48,8 @@ _PROTOCOL_HEADERS = frozenset(
 
 # Used only by messages built outside a broker; never mutated.
 _DEFAULT_CONVERTER = _convert.make_converter()
+# The path of a message without path parameters: shared, so read-only.
+_NO_PATH: Mapping[str, str] = types.MappingProxyType({})
 
 
 @attrs.frozen
@@ -68,6 +71,10 @@ class RedisMessage:
             redis_rpc callers do, FastStream callers do not.
         nonce: The random value a redis_rpc caller put on its request,
             which our reply echoes; ``""`` when there is none.
+        path: The values of the placeholders of the subscriber's channel
+            template, taken from the channel the message arrived on:
+            ``{"level": "info"}`` for ``logs.info`` and ``logs.{level}``.
+            Empty for any other subscriber, or a channel that does not fit.
     """
 
     body: bytes
@@ -84,6 +91,7 @@ class RedisMessage:
     )
     # Left out of repr: with it, anyone who reads a debug log could answer the request.
     nonce: str = attrs.field(default="", repr=False)
+    path: Mapping[str, str] = _NO_PATH
 
     @classmethod
     def from_payload(
@@ -92,12 +100,14 @@ class RedisMessage:
         converter: cattrs.Converter = _DEFAULT_CONVERTER,
         *,
         max_size: int | None = None,
+        path: Mapping[str, str] | None = None,
     ) -> RedisMessage:
         """Parse whatever FastStream may put in Redis.
 
-        *converter* is what ``decode(SomeType)`` will use. A payload longer
-        than *max_size* bytes is refused before any parsing: a JSON envelope
-        costs many times its size in memory to parse.
+        *converter* is what ``decode(SomeType)`` will use, and *path* the
+        message's ``path``. A payload longer than *max_size* bytes is
+        refused before any parsing: a JSON envelope costs many times its
+        size in memory to parse.
 
         Raises:
             MessageTooLargeError: *payload* is longer than *max_size*.
@@ -106,7 +116,7 @@ class RedisMessage:
         """
         check_size(payload, max_size, "The message")
         body, headers = _codec.decode_payload(payload)
-        return cls._from_parts(body, headers, converter)
+        return cls._from_parts(body, headers, converter, path)
 
     @classmethod
     def from_frame_headers(cls, payload: bytes) -> RedisMessage:
@@ -124,6 +134,7 @@ class RedisMessage:
         body: bytes,
         headers: dict[str, Any],
         converter: cattrs.Converter = _DEFAULT_CONVERTER,
+        path: Mapping[str, str] | None = None,
     ) -> RedisMessage:
         """Build a message from a body and a new *headers* dict, which it takes over."""
         # Popping the protocol headers leaves the user's: no second dict, no filter pass.
@@ -147,6 +158,7 @@ class RedisMessage:
             error=None if error is None else str(error),
             converter=converter,
             nonce=str(nonce or ""),
+            path=_NO_PATH if path is None else path,
         )
 
     def decode(

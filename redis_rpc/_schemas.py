@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
+from redis_rpc import _path
 from redis_rpc.errors import SetupError
 
 DEFAULT_GROUP = "redis_rpc"
@@ -56,14 +57,21 @@ def _default_consumer() -> str:
 
 @attrs.frozen
 class PubSub:
-    """A Pub/Sub channel; a name containing ``*`` is subscribed as a pattern."""
+    """A Pub/Sub channel; a name containing ``*`` is subscribed as a pattern.
+
+    So is a subscriber's channel template with ``{name}`` placeholders,
+    such as ``"logs.{level}"`` (subscribed as ``logs.*``): a handler
+    parameter with ``Path()`` as its default receives each placeholder's
+    value. ``{{`` and ``}}`` are literal braces. Templates only matter to
+    subscribers; a name published to is taken as it is.
+    """
 
     channel: str = attrs.field(validator=_not_empty)
     pattern: bool = attrs.field()
 
     @pattern.default
     def _pattern_default(self) -> bool:
-        return "*" in self.channel
+        return "*" in self.channel or _path.has_placeholders(self.channel)
 
     @property
     def name(self) -> str:
@@ -220,3 +228,22 @@ def destination(
         msg = f"Expected a str or {kind.__name__}, not {type(value).__name__}."
         raise SetupError(msg)
     return value
+
+
+def subscription(source: Destination) -> _path.ChannelTemplate | None:
+    """The parsed channel template of a subscriber's *source*; ``None`` for a list or stream.
+
+    Raises:
+        SetupError: A malformed template, placeholders on a channel given
+            ``pattern=False``, or on a list or stream.
+    """
+    if not isinstance(source, PubSub):
+        if _path.has_placeholders(source.name):
+            msg = f"{source} has a {{placeholder}}, but only channels take them (as in FastStream); subscribe to a channel, or use the list's or stream's own name."
+            raise SetupError(msg)
+        return None
+    template = _path.parse(source.channel)
+    if template.names and not source.pattern:
+        msg = f"{source} has placeholders, so it is subscribed as a pattern; leave out pattern=False, or write {{{{ and }}}} for literal braces."
+        raise SetupError(msg)
+    return template
