@@ -1,10 +1,11 @@
 """gunicorn settings for the Flask example: ``gunicorn -c gunicorn.conf.py app:app``.
 
 Where the broker lives: rpc.py creates it when a worker imports the app,
-after the fork (``preload_app`` is off, gunicorn's default). Preloading
-would be fine for a broker that only calls, since it opens its connections
-in whichever process uses it, but never start a serving broker in the
-master: its consumers would run there, not in the workers.
+after the fork (``preload_app`` is off, gunicorn's default). ``--preload``
+works too: the broker then is created in the master, which never uses it,
+and opens its connections in whichever worker uses it. But never start a
+serving broker in the master: its consumers would run there, not in the
+workers.
 """
 
 from __future__ import annotations
@@ -20,19 +21,23 @@ worker_class = "gthread"
 threads = 4
 
 
+# SERVE_IN_WORKERS=1 also runs the handlers in every web worker, for a
+# deployment without service.py processes.
+SERVE_IN_WORKERS = os.environ.get("SERVE_IN_WORKERS") == "1"
+
+
 def post_fork(server, worker):
     """Run in each new worker, before it loads the app.
 
     A broker that only calls needs nothing here. A web worker that also
-    serves handlers must start its broker in the worker, here or in
-    ``post_worker_init``, never in the master::
-
+    serves handlers starts its broker here, in the worker, never in the
+    master (consumers do not survive a fork); ``worker_exit`` closes it,
+    letting in-flight handlers finish.
+    """
+    if SERVE_IN_WORKERS:
         import service  # declares the handlers on rpc.broker
 
         service.broker.start()
-
-    ``worker_exit`` below then closes it, letting in-flight handlers finish.
-    """
 
 
 def post_worker_init(worker):

@@ -1,4 +1,8 @@
-"""The Flask and Django examples, deployed as a user would: a service process and gunicorn with 2 workers."""
+"""The Flask and Django examples, deployed as a user would: a service process and gunicorn with 2 workers.
+
+A third run serves the Flask example's handlers in the web workers
+themselves, started in post_fork from an app that gunicorn preloaded.
+"""
 
 from __future__ import annotations
 
@@ -41,14 +45,29 @@ WEB_DONE = re.compile(r"Shutting down: Master")
 
 
 @attrs.frozen
-class Example:
+class Deployment:
     folder: Path
-    service: tuple[str, ...]  # argv after the interpreter
+    service: tuple[str, ...] | None  # argv of the service process, if any
     wsgi_app: str
+    web_packages: tuple[str, ...]
+    options: tuple[str, ...] = ()  # more gunicorn options
+    env: dict[str, str] = attrs.field(factory=dict)
 
 
-FLASK = Example(EXAMPLES / "flask_app", ("service.py",), "app:app")
-DJANGO = Example(EXAMPLES / "django_project", ("manage.py", "runrpc"), "mysite.wsgi")
+FLASK = Deployment(
+    EXAMPLES / "flask_app", ("service.py",), "app:app", ("gunicorn", "flask")
+)
+# No service process: each web worker starts a serving broker in post_fork,
+# though the app, and so the broker, was imported in the master.
+FLASK_SERVING_WORKERS = attrs.evolve(
+    FLASK, service=None, options=("--preload",), env={"SERVE_IN_WORKERS": "1"}
+)
+DJANGO = Deployment(
+    EXAMPLES / "django_project",
+    ("manage.py", "runrpc"),
+    "mysite.wsgi",
+    ("gunicorn", "django"),
+)
 
 
 def require(*modules: str) -> None:
@@ -123,8 +142,8 @@ def run(redis_url):
     )
     env.pop("DJANGO_SETTINGS_MODULE", None)
 
-    def start(example: Example, *argv: str) -> Process:
-        process = Process(list(argv), example.folder, env)
+    def start(deployment: Deployment, *argv: str) -> Process:
+        process = Process(list(argv), deployment.folder, env | deployment.env)
         processes.append(process)
         return process
 
@@ -139,16 +158,23 @@ def get_json(opener: urllib.request.OpenerDirector, url: str) -> tuple[int, Any]
 
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
-@pytest.mark.parametrize("example", [FLASK, DJANGO], ids=["flask", "django"])
-def test_example_under_gunicorn(run, example):
-    """Every request through both gunicorn workers is answered by the service, and SIGTERM stops both cleanly."""
-    require("gunicorn", "flask" if example is FLASK else "django")
-    service = run(example, *example.service)
-    service.wait_for(SERVING)
+@pytest.mark.parametrize(
+    "deployment",
+    [FLASK, FLASK_SERVING_WORKERS, DJANGO],
+    ids=["flask", "flask-serving-workers", "django"],
+)
+def test_example_under_gunicorn(run, deployment):
+    """Every request through both gunicorn workers gets its handler's answer, and SIGTERM stops every process with status 0."""
+    require(*deployment.web_packages)
+    processes = []
+    if deployment.service is not None:
+        service = run(deployment, *deployment.service)
+        service.wait_for(SERVING)
+        processes.append((service, SERVICE_DONE))
 
     port = free_port()
     web = run(
-        example,
+        deployment,
         "-m",
         "gunicorn",
         "--config",
@@ -160,8 +186,10 @@ def test_example_under_gunicorn(run, example):
         # gunicorn 25.1+ opens a control socket at one path per user, which
         # two gunicorns at once (two test runs) would share.
         "--no-control-socket",
-        example.wsgi_app,
+        *deployment.options,
+        deployment.wsgi_app,
     )
+    processes.insert(0, (web, WEB_DONE))
     workers = {int(m[1]) for m in web.wait_for(LOADED, WORKERS)}
     assert len(workers) == WORKERS
 
@@ -179,12 +207,11 @@ def test_example_under_gunicorn(run, example):
     ]
     assert {body["pid"] for _, body in answers} == workers
 
-    assert web.terminate() == 0
-    # What the master and its workers printed on the way out is in the pipe.
-    closed = {int(m[1]) for m in web.wait_for(CLOSED, WORKERS)}
-    assert closed == workers
-    web.wait_for(WEB_DONE)
-    assert service.terminate() == 0
-    service.wait_for(SERVICE_DONE)
-    for process in (service, web):
+    for process, done in processes:  # the web server first, as its callers
+        assert process.terminate() == 0
+        # What it printed on the way out is in the pipe: read up to its last line.
+        if process is web:
+            closed = {int(m[1]) for m in web.wait_for(CLOSED, WORKERS)}
+            assert closed == workers
+        process.wait_for(done)
         assert not [line for line in process.seen if "Traceback" in line]
