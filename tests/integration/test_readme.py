@@ -6,6 +6,11 @@ server. A block preceded by the comment ``.. serves`` is a server: it
 starts in the background, must print nothing to stderr that looks like a
 traceback, serves the blocks that follow it, and must exit 0 on SIGTERM
 once they are done. Any other block must exit 0 by itself.
+
+A block preceded by ``.. from <path>`` (in any language) is an excerpt of a
+file that other tests run, such as an example's gunicorn configuration:
+its lines must appear in that file, in order (``...`` stands for lines
+left out).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ ROOT = Path(__file__).parents[2]
 README = ROOT / "README.rst"
 DEFAULT_URL = "redis://localhost:6379"
 SERVES = ".. serves"
+FROM = ".. from "
 # A server block prints this once it serves (App.run() logs it at INFO).
 SERVING = "Broker started"
 
@@ -35,29 +41,43 @@ SERVING = "Broker started"
 class Block:
     line: int  # where the block starts in README.rst, for messages
     code: str
-    serves: bool
+    serves: bool = False
+    source: str = ""  # the file it is an excerpt of, if any
+    language: str = "python"
 
 
-def python_blocks(text: str) -> list[Block]:
-    """The ``.. code-block:: python`` blocks of *text*, dedented, in order."""
+def code_blocks(text: str) -> list[Block]:
+    """The ``.. code-block::`` blocks of *text*, dedented, in order."""
     lines = text.splitlines()
     blocks = []
     for number, line in enumerate(lines):
-        if line.strip() != ".. code-block:: python":
+        if not line.startswith(".. code-block:: "):
             continue
+        language = line.split("::", 1)[1].strip()
         previous = [x.strip() for x in lines[max(0, number - 3) : number] if x.strip()]
-        serves = bool(previous) and previous[-1] == SERVES
+        marker = previous[-1] if previous else ""
         body: list[str] = []
         for following in lines[number + 1 :]:
             if following.strip() and not following.startswith((" ", "\t")):
                 break
             body.append(following)
-        indent = min(
-            len(x) - len(x.lstrip()) for x in body if x.strip()
-        )  # a block has code
+        indent = min(len(x) - len(x.lstrip()) for x in body if x.strip())
         code = "\n".join(x[indent:] for x in body).strip() + "\n"
-        blocks.append(Block(line=number + 1, code=code, serves=serves))
+        blocks.append(
+            Block(
+                line=number + 1,
+                code=code,
+                serves=marker == SERVES,
+                source=marker[len(FROM) :] if marker.startswith(FROM) else "",
+                language=language,
+            )
+        )
     return blocks
+
+
+def python_blocks(text: str) -> list[Block]:
+    """The Python blocks of *text* that run as programs (not excerpts)."""
+    return [b for b in code_blocks(text) if b.language == "python" and not b.source]
 
 
 def test_the_readme_blocks_are_found():
@@ -70,7 +90,36 @@ def test_the_readme_blocks_are_found():
         Block(line=5, code="print(1)\n\nprint(2)\n", serves=True),
         Block(line=13, code="x = 3\n", serves=False),
     ]
+    excerpt = ".. from a/b.ini\n\n.. code-block:: ini\n\n    [x]\n"
+    assert code_blocks(excerpt) == [
+        Block(line=3, code="[x]\n", source="a/b.ini", language="ini")
+    ]
     assert python_blocks(README.read_text()), "README.rst has no Python block"
+
+
+def test_every_excerpt_is_in_its_file():
+    """A block marked ``.. from <path>`` shows lines of that file, in order."""
+    excerpts = [b for b in code_blocks(README.read_text()) if b.source]
+    assert excerpts, "README.rst has no excerpt"
+    for block in excerpts:
+        lines = [x.strip() for x in (ROOT / block.source).read_text().splitlines()]
+        position = 0
+        for wanted in (x.strip() for x in block.code.splitlines()):
+            if not wanted or wanted == "...":
+                continue
+            assert wanted in lines[position:], (
+                f"README.rst line {block.line}: {wanted!r} is not in {block.source}"
+                " (after the lines before it)"
+            )
+            position = lines.index(wanted, position) + 1
+
+
+def test_every_block_is_run_or_an_excerpt():
+    """No code block escapes both checks: other languages must be excerpts."""
+    for block in code_blocks(README.read_text()):
+        assert block.language == "python" or block.source, (
+            f"README.rst line {block.line}: a {block.language} block that is not an excerpt"
+        )
 
 
 def _start(block: Block, url: str, tmp_path: Path) -> subprocess.Popen[str]:
