@@ -12,6 +12,7 @@ from logging import Logger
 from redis_rpc._app import App
 from redis_rpc._broker import RedisBroker
 from redis_rpc._convert import make_converter
+from redis_rpc._hooks import DestinationStats, Event, Health, Stats, SubscriberStats
 from redis_rpc._message import RedisMessage, RedisResponse, Response
 from redis_rpc._path import Path
 from redis_rpc._schemas import ListSub, PubSub, StreamSub
@@ -23,6 +24,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "App",
+    "DestinationStats",
+    "Event",
+    "Health",
     "ListSub",
     "Logger",
     "Path",
@@ -32,7 +36,9 @@ __all__ = [
     "RedisResponse",
     "RemoteError",
     "Response",
+    "Stats",
     "StreamSub",
+    "SubscriberStats",
     "__version__",
     "make_converter",
 ]

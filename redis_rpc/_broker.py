@@ -33,6 +33,17 @@ from redis_rpc._consumer import (
 from redis_rpc._convert import make_converter
 from redis_rpc._handler import Handler
 from redis_rpc._heartbeat import Heartbeat
+from redis_rpc._hooks import (
+    MAX_COUNTED_DESTINATIONS,
+    OTHER_DESTINATIONS,
+    DestinationCounter,
+    Event,
+    Health,
+    Stats,
+    SubscriberStats,
+    around,
+    outcome_of,
+)
 from redis_rpc._list import ListConsumer
 from redis_rpc._message import (
     ACCEPT_ERRORS,
@@ -44,7 +55,7 @@ from redis_rpc._message import (
     frame_parts,
     new_correlation_id,
 )
-from redis_rpc._redis import Connection, Publish, send_command
+from redis_rpc._redis import Connection, Ping, Publish, send_command
 from redis_rpc._request import ReplyListener, Sent
 from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination, subscription
 from redis_rpc._signing import coerce_key, signed_frame
@@ -62,11 +73,12 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
 
     import cattrs
 
+    from redis_rpc._hooks import Hook
     from redis_rpc._schemas import Destination
 
 logger = logging.getLogger(__name__)
@@ -157,6 +169,9 @@ class RedisBroker:
             not sign, then cannot talk to this broker. ``None`` (the
             default) signs nothing and accepts everything.
         logger: The logger handed to handler parameters annotated ``Logger``.
+        hooks: Callables run around every publish, request and process:
+            each takes an ``Event`` and returns a context manager (see
+            ``redis_rpc.Event``). Tracing and metrics integrations are hooks.
         **options: Passed to ``redis.Redis.from_url()``.
 
     Raises:
@@ -178,6 +193,7 @@ class RedisBroker:
         send_tracebacks: bool = False,
         logger: logging.Logger | None = None,
         signing_key: bytes | str | None = None,
+        hooks: Sequence[Hook] = (),
         **options: Any,
     ) -> None:
         if max_workers < 1:
@@ -196,9 +212,15 @@ class RedisBroker:
         self._max_message_size = max_message_size
         self._converter = converter or make_converter()
         self._signing_key = coerce_key(signing_key)
+        self._hooks = tuple(hooks)
         self._policy = Policy(
-            max_message_size, send_tracebacks, signing_key=self._signing_key
+            max_message_size,
+            send_tracebacks,
+            signing_key=self._signing_key,
+            hooks=self._hooks,
         )
+        # What publish() and request() did, by destination; see stats().
+        self._destinations: dict[str, DestinationCounter] = {}
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
         self._connection = Connection(
             url,
@@ -573,6 +595,34 @@ class RedisBroker:
         """
         self._check_open("publish")
         target = destination(channel, list, stream)
+        counter = self._destination_counter(target)
+        if not self._hooks:
+            result = self._publish(
+                body, target, headers, correlation_id, reply_to, maxlen, timeout
+            )
+            counter.published()
+            return result
+        event = Event("publish", str(target), dict(headers or {}), correlation_id or "")
+        result = around(
+            self._hooks,
+            event,
+            lambda: self._publish(
+                body, target, event.headers, correlation_id, reply_to, maxlen, timeout
+            ),
+        )
+        counter.published()
+        return result
+
+    def _publish(
+        self,
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        reply_to: str,
+        maxlen: int | None,
+        timeout: float | None,
+    ) -> int | str:
         deadline = None if timeout is None else time.monotonic() + timeout
         frame = signed_frame(
             *frame_parts(
@@ -648,6 +698,40 @@ class RedisBroker:
         """
         self._check_open("request")
         target = destination(channel, list, stream)
+        counter = self._destination_counter(target)
+        if not self._hooks:
+            started = time.monotonic()
+            try:
+                reply = self._request(
+                    body, target, headers, correlation_id, timeout, fail_fast
+                )
+            except BaseException as exc:
+                counter.requested(outcome_of(exc), time.monotonic() - started)
+                raise
+            counter.requested("ok", time.monotonic() - started)
+            return reply
+        event = Event("request", str(target), dict(headers or {}), correlation_id or "")
+
+        def call() -> RedisMessage:
+            event.message = self._request(
+                body, target, event.headers, correlation_id, timeout, fail_fast
+            )
+            return event.message
+
+        try:
+            return around(self._hooks, event, call)
+        finally:
+            counter.requested(event.outcome, event.duration)
+
+    def _request(
+        self,
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        timeout: float | None,
+        fail_fast: bool,
+    ) -> RedisMessage:
         timeout = self._nested_timeout(target, timeout)
         if headers and REPLY_TO in headers:
             msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
@@ -763,6 +847,72 @@ class RedisBroker:
                 timeout=0.0 if timeout is None else timeout,
             )
         return remaining if timeout is None else min(timeout, remaining)
+
+    def stats(self) -> Stats:
+        """A snapshot of what this broker did: per subscriber, and per destination called.
+
+        Cheap, and safe to call from any thread; the counters run from the
+        broker's creation (subscribers' from ``start()``).
+        """
+        subscribers: dict[str, SubscriberStats] = {}
+        for consumer in list(self._consumers):
+            key = str(consumer.subscriber.source)
+            if key in subscribers:  # a second handler on the same source
+                key = f"{key} ({consumer.subscriber.handler.name})"
+            subscribers[key] = consumer.counter.snapshot()
+        destinations = {
+            key: counter.snapshot() for key, counter in list(self._destinations.items())
+        }
+        return Stats(subscribers=subscribers, destinations=destinations)
+
+    def ping(self, timeout: float = 1.0) -> Health:
+        """Whether Redis answers and every part of the broker is up; never longer than *timeout*.
+
+        The parts: the reply subscription, once a request started it; and
+        once ``start()`` ran, every consumer and the shared channel reader.
+        A broker that only calls is healthy when Redis answers and its reply
+        subscription, if any, is up.
+
+        Returns:
+            A ``Health``, true when nothing is down; its ``problems`` say
+            what is down and why, one line each.
+        """
+        problems: list[str] = []
+        deadline = time.monotonic() + timeout
+        try:
+            self._connection.execute(Ping(), deadline=deadline)
+        except RedisRPCError as exc:
+            problems.append(f"redis: {exc}")
+        state = self._state
+        if state in (_State.CLOSING, _State.CLOSED):
+            problems.append(f"broker: {state.name.lower()}")
+        elif self._subscribers and state is not _State.RUNNING:
+            problems.append(f"broker: {state.name.lower()}, not serving yet")
+        listener = self._listener
+        if listener is not None and not listener.ready.is_set():
+            problems.append(
+                f"{listener.name}: {listener.error or 'not subscribed yet'}".rstrip(".")
+            )
+        parts: list[Consumer | ChannelHub] = [
+            c for c in self._consumers if not isinstance(c, ChannelConsumer)
+        ]
+        if self._hub is not None:
+            parts.append(self._hub)
+        for part in parts:
+            if part.error is not None:
+                problems.append(f"{part.name}: {part.error}".rstrip("."))
+            elif not part.ready.is_set():
+                problems.append(f"{part.name}: not up yet")
+        return Health(healthy=not problems, problems=tuple(problems))
+
+    def _destination_counter(self, target: Destination) -> DestinationCounter:
+        key = str(target)
+        counter = self._destinations.get(key)
+        if counter is None:
+            if len(self._destinations) >= MAX_COUNTED_DESTINATIONS:
+                key = OTHER_DESTINATIONS  # so many names: count the rest together
+            counter = self._destinations.setdefault(key, DestinationCounter())
+        return counter
 
     def _check_open(self, action: str) -> None:
         if self._state in (_State.CLOSING, _State.CLOSED):

@@ -24,6 +24,7 @@ import attrs
 
 from redis_rpc._backoff import Backoff
 from redis_rpc._executor import WorkerPool
+from redis_rpc._hooks import Event, SubscriberCounter, around
 from redis_rpc._message import (
     NONCE,
     RedisMessage,
@@ -33,7 +34,7 @@ from redis_rpc._message import (
     error_frame_parts,
     frame_parts,
 )
-from redis_rpc._redis import Command, Owed, Publish, Reader, send_command
+from redis_rpc._redis import Command, Owed, Publish, Reader, RPush, XAdd, send_command
 from redis_rpc._signing import check_request, signed_frame
 from redis_rpc.errors import (
     MessageDecodeError,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
     from redis_rpc._handler import Handler
     from redis_rpc._heartbeat import Heartbeat
+    from redis_rpc._hooks import Hook
     from redis_rpc._redis import Connection
     from redis_rpc._schemas import Destination
 
@@ -58,8 +60,19 @@ _FIRST_FETCH_TIMEOUT = 0.01
 
 PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
 
-# .consumer and .message: whose handler the thread is running, and on what.
-_local = threading.local()
+
+class _Local(threading.local):
+    """What the calling thread is busy with, each attribute with its default."""
+
+    consumer: Consumer | None = None  # whose handler the thread is running
+    message: RedisMessage | None = None  # on what
+    # How the message being handled went, for the counters: set by _process().
+    outcome = "rejected"
+    dead = False  # moved to a dead-letter list or stream
+    seconds = 0.0  # spent in the handler
+
+
+_local = _Local()
 
 # A subscriber whose handlers typically return within this many seconds has
 # them run on the consumer thread itself, batch by batch, with no hand-off
@@ -121,6 +134,8 @@ class Policy:
     send_tracebacks: bool = False
     # Incoming requests and events must be signed with it, and all we send is.
     signing_key: bytes | None = attrs.field(default=None, kw_only=True, repr=False)
+    # Run around every handler call; see _hooks.
+    hooks: tuple[Hook, ...] = attrs.field(default=(), kw_only=True)
 
 
 DEFAULT_POLICY = Policy()
@@ -191,6 +206,7 @@ class Consumer(abc.ABC):
         # A running average of the handlers' wall time, in seconds.
         self._typical = 0.0
         self._watch = watch
+        self.counter = SubscriberCounter()  # read by broker.stats()
         if watch is not None and workers > 1:
             watch.add(self)
         # Guards _thread, the fetching thread, which relieve() replaces.
@@ -424,6 +440,8 @@ class Consumer(abc.ABC):
     def _handle(self, delivery: Delivery) -> None:
         """Handle one message and send what it produces. Never raises."""
         _local.consumer = self
+        _local.outcome, _local.dead, _local.seconds = "rejected", False, 0.0
+        self.counter.started()
         started = time.monotonic()
         try:
             commands, atomic = self._process(delivery)
@@ -437,6 +455,9 @@ class Consumer(abc.ABC):
         except Exception:
             logger.exception("%s could not send the reply or ack", self.name)
         finally:
+            self.counter.finished(
+                _local.outcome, dead=_local.dead, seconds=_local.seconds
+            )
             _local.consumer = _local.message = None
             self._busy.pop(threading.get_ident(), None)
             self._slots.release()
@@ -457,10 +478,10 @@ class Consumer(abc.ABC):
             self._log_rejected(delivery, message, exc)
             # With a key, an unverified reply_to gets nothing: it may not be the sender's.
             reply = [] if self._policy.signing_key else self._error_reply(message, exc)
-            return reply + self._dead_letter(delivery, exc), True
+            return reply + self._set_aside(delivery, exc), True
         except Exception as exc:  # noqa: BLE001 - unreadable, so no reply_to to answer on
             self._log_rejected(delivery, None, exc)
-            return self._dead_letter(delivery, exc), True
+            return self._set_aside(delivery, exc), True
         logger.debug("%s received %r", self.name, message)
         key = self._policy.signing_key
         if key is not None and (problem := check_request(delivery.payload, key)):
@@ -472,6 +493,7 @@ class Consumer(abc.ABC):
                 message.correlation_id,
                 problem,
             )
+            _local.outcome = "refused"
             return settle, False
         if message.deadline is not None and message.deadline < time.time():
             logger.warning(
@@ -481,12 +503,13 @@ class Consumer(abc.ABC):
                 message.correlation_id,
                 time.time() - message.deadline,
             )
+            _local.outcome = "expired"
             return settle, False
         try:
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
-            return self._error_reply(message, exc) + self._dead_letter(
+            return self._error_reply(message, exc) + self._set_aside(
                 delivery, exc
             ), True
         _local.message = message  # for request() from inside the handler
@@ -494,11 +517,27 @@ class Consumer(abc.ABC):
             f"handler {handler.name} on {delivery.where or self.subscriber.source}"
             f" (correlation_id={message.correlation_id[:100]!r}, since {time.strftime('%H:%M:%S')})"
         )
+        began = time.monotonic()
         try:
-            return self._outgoing(
-                message, handler.func(*args, **kwargs)
-            ) + settle, False
+            if self._policy.hooks:
+                event = Event(
+                    "process",
+                    str(self.subscriber.source),
+                    dict(message.headers),
+                    message.correlation_id,
+                    message,
+                )
+                result = around(
+                    self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
+                )
+            else:
+                result = handler.func(*args, **kwargs)
+            _local.outcome, _local.seconds = "handled", time.monotonic() - began
+            return self._outgoing(message, result) + settle, False
         except BaseException as exc:  # even SystemExit must not end the thread
+            if _local.outcome != "handled":  # the handler raised, not _outgoing()
+                _local.seconds = time.monotonic() - began
+            _local.outcome = "failed"
             logger.exception(
                 "Handler %s failed on %s from %s (correlation_id=%r, delivery %d)",
                 handler.name,
@@ -512,7 +551,13 @@ class Consumer(abc.ABC):
                 return reply + settle, False
             if self._can_retry(delivery):
                 return [], False  # left unsettled, to be delivered again
-            return self._dead_letter(delivery, exc), True
+            return self._set_aside(delivery, exc), True
+
+    def _set_aside(self, delivery: Delivery, error: BaseException) -> list[Command]:
+        """``_dead_letter()``, counting the message as dead-lettered when it is moved."""
+        commands = self._dead_letter(delivery, error)
+        _local.dead = any(isinstance(c, (RPush, XAdd)) for c in commands)
+        return commands
 
     def _log_rejected(
         self, delivery: Delivery, message: RedisMessage | None, error: Exception

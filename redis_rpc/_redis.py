@@ -193,7 +193,12 @@ class LRem:
     data: bytes
 
 
-Command: TypeAlias = Publish | RPush | XAdd | XAck | LRem
+@attrs.frozen
+class Ping:
+    """``PING``: whether Redis answers."""
+
+
+Command: TypeAlias = Publish | RPush | XAdd | XAck | LRem | Ping
 
 # Moves every item of a dead consumer's processing list back to the head of
 # its source list, oldest first in line, then forgets the consumer; all in one
@@ -649,6 +654,8 @@ def _args(command: Command) -> Args:
             command.data,
             *fields,
         )
+    if isinstance(command, Ping):
+        return (b"PING",)
     if isinstance(command, LRem):
         # Counted from the tail, where the oldest in-flight items are.
         return (b"LREM", command.key, -1, command.data)

@@ -75,11 +75,11 @@ def test_the_wheel_holds_the_package_and_its_metadata(built):
     assert metadata["Name"] == "redis-rpc"
     runtime = sorted(
         requirement.split(">")[0].split("=")[0].strip()
-        for requirement in metadata.get_all("Requires-Dist")
+        for requirement in metadata.get_all("Requires-Dist") or []
         if "extra ==" not in requirement
     )
     assert runtime == ["attrs", "cattrs", "redis"]
-    assert "hiredis" in metadata.get_all("Provides-Extra")
+    assert "hiredis" in (metadata.get_all("Provides-Extra") or [])
     assert metadata["Description-Content-Type"] == "text/x-rst"
 
 

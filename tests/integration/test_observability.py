@@ -1,0 +1,181 @@
+"""broker.ping(), broker.stats() and hooks, against a real redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import pytest
+
+from redis_rpc import Event, RedisBroker, RedisMessage, StreamSub
+from redis_rpc.errors import NoSubscriberError, RemoteError, RequestTimeoutError
+from redis_rpc.testing import RedisServer
+from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
+from tests.helpers import wait_for
+
+TRACE = "x-test-trace"
+
+
+def test_stats_count_what_subscribers_and_callers_did(make_broker, raw, unique_name):
+    """Handled, failed, rejected and dead-lettered messages, and requests by outcome, are counted exactly."""
+    server = make_broker()
+    stream = StreamSub(f"{unique_name}-s", claim_idle_time=None)
+
+    @server.subscriber(list=unique_name)
+    def double(n: int) -> int:
+        if n < 0:
+            raise ValueError("negative")
+        return 2 * n
+
+    @server.subscriber(stream=stream)
+    def record(n: int) -> None:
+        return None
+
+    client = make_broker()
+    with server, client:
+        for n in range(5):
+            assert client.request(n, list=unique_name).decode() == 2 * n
+        with pytest.raises(RemoteError):
+            client.request(-1, list=unique_name)
+        with pytest.raises(RemoteError):
+            client.request("not a number", list=unique_name)
+        with pytest.raises(NoSubscriberError):
+            client.request(1, channel=f"{unique_name}-nobody")
+        with pytest.raises(RequestTimeoutError):
+            client.request(1, list=f"{unique_name}-nobody", timeout=0.2)
+        client.publish("not a number", stream=stream.stream)  # rejected, dead-lettered
+        client.publish(7, stream=stream.stream)
+        assert wait_for(
+            lambda: server.stats().subscribers[f"stream:{stream.stream}"].handled == 1,
+            SHORT_TIMEOUT,
+        )
+        stats = server.stats()
+        sent = client.stats()
+    listed = stats.subscribers[f"list:{unique_name}"]
+    assert (listed.received, listed.handled, listed.failed, listed.rejected) == (
+        7,
+        5,
+        1,
+        1,
+    )
+    assert (listed.in_flight, listed.dead_lettered) == (0, 0)
+    assert listed.handler_seconds > 0
+    streamed = stats.subscribers[f"stream:{stream.stream}"]
+    assert (streamed.received, streamed.handled, streamed.rejected) == (2, 1, 1)
+    assert streamed.dead_lettered == 1
+    assert raw.xlen(stream.dead_letter) == 1
+    calls = sent.destinations[f"list:{unique_name}"]
+    assert (calls.requests, calls.answered, calls.failed) == (7, 5, {"remote_error": 2})
+    assert sent.destinations[f"channel:{unique_name}-nobody"].failed == {
+        "no_subscriber": 1
+    }
+    assert sent.destinations[f"list:{unique_name}-nobody"].failed == {"timeout": 1}
+    assert sent.destinations[f"stream:{stream.stream}"].published == 2
+
+
+def test_hooks_run_around_publish_request_and_process(make_broker, unique_name):
+    """A hook sees each operation with its outcome, may add headers, and the handler runs inside its context."""
+    events: list[tuple[str, str, str]] = []
+    inside = threading.local()
+    seen_in_handler: list[tuple[str | None, bool]] = []
+    lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hook(event: Event):
+        if event.kind != "process":
+            event.headers[TRACE] = f"from-{event.kind}"
+        inside.active = True
+        yield  # a bare yield: the broker never throws into it
+        inside.active = False
+        with lock:
+            events.append((event.kind, event.destination, event.outcome))
+
+    server = make_broker(hooks=[hook])
+
+    @server.subscriber(list=unique_name)
+    def handle(body: str) -> str:
+        return body
+
+    @server.subscriber(list=f"{unique_name}-raises")
+    def fails(body: str) -> str:
+        raise RuntimeError("no")
+
+    # A handler that reports what it saw: the header and the hook's context.
+    @server.subscriber(list=f"{unique_name}-peek")
+    def peek(body: str, message: RedisMessage) -> str:
+        seen_in_handler.append(
+            (message.headers.get(TRACE), getattr(inside, "active", False))
+        )
+        return body
+
+    client = make_broker(hooks=[hook])
+    with server, client:
+        assert client.request("hi", list=unique_name).decode() == "hi"
+        with pytest.raises(RemoteError):
+            client.request("x", list=f"{unique_name}-raises")
+        client.request("look", list=f"{unique_name}-peek")
+        client.publish("event", list=unique_name)
+        # Processed twice: the request, then the published event.
+        assert wait_for(
+            lambda: events.count(("process", f"list:{unique_name}", "ok")) == 2,
+            SHORT_TIMEOUT,
+        )
+    assert ("request", f"list:{unique_name}", "ok") in events
+    assert ("publish", f"list:{unique_name}", "ok") in events
+    assert ("request", f"list:{unique_name}-raises", "remote_error") in events
+    assert ("process", f"list:{unique_name}-raises", "error") in events
+    assert seen_in_handler == [("from-request", True)]
+
+
+def test_a_hook_cannot_swallow_or_hide_a_failure(make_broker, unique_name):
+    """The operation's exception reaches the caller unchanged, after every hook saw it."""
+    seen: list[BaseException | None] = []
+
+    @contextlib.contextmanager
+    def hook(event: Event):
+        yield
+        seen.append(event.error)
+
+    client = make_broker(hooks=[hook, hook])
+    with pytest.raises(RequestTimeoutError) as info:
+        client.request(1, list=unique_name, timeout=0.1)
+    assert seen == [info.value, info.value]
+
+
+def test_ping_says_healthy_and_what_is_down(make_broker, unique_name):
+    """A running broker is healthy; a closed one, and one whose Redis is gone, say why, within the timeout."""
+    server = make_broker()
+    server.subscriber(list=unique_name)(lambda body: body)
+    assert not server.ping(SHORT_TIMEOUT)  # declared handlers, not started yet
+    with server:
+        health = server.ping(SHORT_TIMEOUT)
+        assert health, health.problems
+        assert health.problems == ()
+    closed = server.ping(SHORT_TIMEOUT)
+    assert not closed
+    assert any("closed" in problem for problem in closed.problems)
+
+
+@pytest.mark.timeout(60)
+def test_ping_during_an_outage_returns_within_its_timeout(unique_name):
+    """With Redis gone, ping() answers unhealthy within its timeout, naming Redis and the consumer."""
+    with RedisServer() as redis_server:
+        broker = RedisBroker(redis_server.url, poll_interval=POLL_INTERVAL)
+        broker.subscriber(list=unique_name)(lambda body: body)
+        with broker:
+            assert broker.ping(SHORT_TIMEOUT)
+            redis_server.kill()
+            started = time.monotonic()
+            health = broker.ping(0.5)
+            assert time.monotonic() - started < 0.5 + SHORT_TIMEOUT / 2
+            assert not health
+            assert any(problem.startswith("redis:") for problem in health.problems)
+            assert wait_for(
+                lambda: any(
+                    unique_name in problem for problem in broker.ping(0.2).problems
+                ),
+                LONG_TIMEOUT,
+            )
+            redis_server.start()
+            assert wait_for(lambda: bool(broker.ping(0.5)), LONG_TIMEOUT)
