@@ -121,8 +121,12 @@ class TestRedisBroker:
         return mock
 
     def _find(self, func: Callable[..., Any]) -> MagicMock | None:
-        # By identity: a callable object need not be hashable.
-        return next((mock for known, mock in self._mocks if known is func), None)
+        # Not by hash: a callable object need not be hashable. By equality,
+        # because each access to a bound method makes a new, equal, object.
+        return next(
+            (mock for known, mock in self._mocks if known is func or known == func),
+            None,
+        )
 
     def _new_mock(self, func: Callable[..., Any]) -> MagicMock:
         name = getattr(func, "__qualname__", "handler")
