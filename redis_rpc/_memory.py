@@ -7,8 +7,10 @@ the command here instead of to a socket. Here it is routed at once, on the
 calling thread, as Redis and the broker's consumers would route it:
 
 - ``PUBLISH`` reaches every channel subscriber whose channel equals the
-  name or whose pattern matches it, and, on a reply channel, the broker's
-  reply listener (which checks nonce and signature as it does on Redis);
+  name or whose pattern matches it (a template such as ``logs.{level}``
+  is its pattern ``logs.*``, and its handler gets the path values), and,
+  on a reply channel, the broker's reply listener (which checks nonce and
+  signature as it does on Redis);
 - ``RPUSH`` reaches the first subscriber of the list, as one ``BLPOP``
   would take it;
 - ``XADD`` reaches one subscriber of each consumer group of the stream.
@@ -22,14 +24,15 @@ Acknowledgements have nothing to settle and are dropped. So when
 request still without a reply will never get one: it fails at once with
 the timeout error the real broker would raise once its timeout ran out.
 
-Patterns are matched with ``fnmatch.fnmatchcase``, which agrees with
-Redis' glob on ``*``, ``?`` and ``[...]``, not on ``[^...]`` or ``\\``
-escapes. Nothing here opens a socket or starts a thread.
+Patterns are matched by Redis' glob rules (``*``, ``?``, ``[...]`` with
+``^`` and ranges, ``\\`` escapes). Nothing here opens a socket or starts
+a thread.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import functools
+import re
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -151,17 +154,18 @@ class MemoryConnection(Connection):
         )
 
     def _publish(self, channel: str, data: bytes) -> int:
-        consumers = [c for c in self._channels if _matches(c, channel)]
+        consumers = [c for c in self._channels if _subscribed(c, channel)]
         listener = self._listener
         to_listener = listener is not None and channel.startswith(listener.prefix)
         if to_listener:
             assert listener is not None
             listener.deliver(channel.encode(), data)
+        raw = channel.encode()
         for consumer in consumers:
-            self._run(consumer, Delivery(data))
+            self._run(consumer, consumer._delivery(data, raw))
         # Redis counts subscriptions, and the broker subscribes each name or
         # pattern once, however many subscribers share it.
-        subscriptions = {(c.source.pattern, c.source.channel) for c in consumers}
+        subscriptions = {(c.source.pattern, c.template.subscription) for c in consumers}
         return len(subscriptions) + to_listener
 
     def _push(self, key: str, data: bytes) -> int:
@@ -208,11 +212,77 @@ class MemoryConnection(Connection):
             self.route(command)
 
 
-def _matches(consumer: ChannelConsumer, channel: str) -> bool:
-    source = consumer.source
-    if source.pattern:
-        return fnmatch.fnmatchcase(channel, source.channel)
-    return source.channel == channel
+def _subscribed(consumer: ChannelConsumer, channel: str) -> bool:
+    """Whether Redis would hand a message on *channel* to the hub for *consumer*."""
+    name = consumer.template.subscription
+    if consumer.source.pattern:
+        return glob(name).fullmatch(channel) is not None
+    return name == channel
+
+
+@functools.lru_cache(maxsize=1024)
+def glob(pattern: str) -> re.Pattern[str]:
+    """The expression matching what the Redis glob *pattern* matches (``PSUBSCRIBE``'s rules).
+
+    ``*`` any text, ``?`` one character, ``[abc]``, ``[a-z]`` and ``[^a]``
+    one character of a set, ``\\`` takes the next character as it is.
+    An unclosed set runs to the end of the pattern, as in Redis.
+    """
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[":  # a set; an unclosed one runs to the end of the pattern
+            end = _set_end(pattern, i + 1)
+            out.append(_char_set(pattern[i + 1 : end]))
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _set_end(pattern: str, start: int) -> int:
+    """The index of the ``]`` closing a set that opens before *start*, or the pattern's length."""
+    i = start
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        if pattern[i] == "]":
+            return i
+        i += 1
+    return len(pattern)
+
+
+def _char_set(body: str) -> str:
+    """A regex character class for the inside of a Redis glob set."""
+    negate = body.startswith("^")
+    if negate:
+        body = body[1:]
+    parts, i = [], 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\" and i + 1 < len(body):
+            i += 1
+            char = body[i]
+        elif i + 2 < len(body) and body[i + 1] == "-":
+            low, high = sorted((char, body[i + 2]))  # Redis takes z-a as a-z
+            parts.append(f"{re.escape(low)}-{re.escape(high)}")
+            i += 3
+            continue
+        parts.append(re.escape(char))
+        i += 1
+    if not parts:  # "[]" matches nothing, "[^]" any one character
+        return "." if negate else "(?!)"
+    return f"[{'^' if negate else ''}{''.join(parts)}]"
 
 
 class RecordingHandler(Handler):
@@ -224,7 +294,9 @@ class RecordingHandler(Handler):
     """
 
     def __init__(self, handler: Handler, mock: MagicMock) -> None:
-        super().__init__(handler.func, handler._logger, handler.converter)
+        super().__init__(
+            handler.func, handler._logger, handler.converter, handler._template
+        )
         self.mock = mock
 
     def arguments(self, message: RedisMessage) -> tuple[list[Any], dict[str, Any]]:

@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from redis_rpc import PubSub, RedisBroker, RedisMessage, Response
+from redis_rpc._memory import glob
 from redis_rpc.testing import TestRedisBroker
 from tests.conftest import SHORT_TIMEOUT
 from tests.helpers import wait_for
@@ -219,3 +220,38 @@ def test_same_outcome_in_memory_and_on_redis(
 
     assert gist(on_redis) == expected_gist
     assert in_memory == on_redis
+
+
+GLOBS = ["*", "h?llo", "h[ae]llo", "h[^e]llo", "h[a-c]llo", "h[c-a]llo"]
+GLOBS += [r"what\?", r"h[\]]", "h[", "h[]", "a.b+c", "x[^]", "y[ab"]
+NAMES = ["hello", "hallo", "hbllo", "hdllo", "hllo", "what?", "whatX", "h]", "h["]
+NAMES += ["h", "ha", "a.b+c", "aXb+c", "xy", "x", "ya", "yc", "y[ab"]
+
+
+def test_glob_agrees_with_redis(raw, unique_name):
+    """Patterns match in memory exactly as PSUBSCRIBE patterns match on Redis."""
+    subscription = raw.pubsub()
+    confirmed: list[Any] = []
+    try:
+        for pattern in GLOBS:
+            subscription.psubscribe(unique_name + pattern)
+
+        def all_confirmed() -> bool:
+            confirmed.extend(
+                message
+                for message in iter(
+                    lambda: subscription.get_message(timeout=0.01), None
+                )
+                if message["type"] == "psubscribe"
+            )
+            return len(confirmed) == len(GLOBS)
+
+        assert wait_for(all_confirmed)
+        for name in NAMES:
+            expected = sum(
+                glob(unique_name + pattern).fullmatch(unique_name + name) is not None
+                for pattern in GLOBS
+            )
+            assert raw.publish(unique_name + name, b"") == expected, name
+    finally:
+        subscription.close()

@@ -12,6 +12,7 @@ import pytest
 
 from redis_rpc import (
     ListSub,
+    Path,
     PubSub,
     RedisBroker,
     RedisMessage,
@@ -20,6 +21,7 @@ from redis_rpc import (
     Response,
     StreamSub,
 )
+from redis_rpc._memory import glob
 from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,
@@ -211,6 +213,45 @@ class TestRouting:
             assert br.request("disk full", "logs.error").decode() == "disk full!"
             with pytest.raises(NoSubscriberError):
                 br.request("x", "metrics.cpu")
+
+    def test_path_parameters(self, broker):
+        """A channel template routes as its pattern, and Path() parameters get their values."""
+
+        @broker.subscriber("logs.{service}.{level}")
+        def log(
+            line: str, svc: str = Path("service"), level: str = Path()
+        ) -> list[str]:
+            return [line, svc, level]
+
+        with TestRedisBroker(broker) as br:
+            reply = br.request("full", "logs.disk.error")
+            assert reply.decode() == ["full", "disk", "error"]
+            log.mock.assert_called_once_with("full")
+
+    def test_path_value_that_does_not_fit(self, broker):
+        """A path value that does not fit its type fails validation, as on Redis."""
+
+        @broker.subscriber("shard.{n}")
+        def shard(body: str, n: int = Path()) -> int:
+            return n
+
+        with TestRedisBroker(broker) as br:
+            assert br.request("x", "shard.7").decode() == 7
+            with pytest.raises(RemoteError) as caught:
+                br.request("x", "shard.seven")
+        assert caught.value.type_name == "ValidationError"
+
+    def test_escaped_glob_characters(self, broker):
+        """Glob characters in a template's fixed text match only themselves."""
+
+        @broker.subscriber("what?.{topic}")
+        def what(body: str, topic: str = Path()) -> str:
+            return topic
+
+        with TestRedisBroker(broker) as br:
+            assert br.request("x", "what?.news").decode() == "news"
+            with pytest.raises(NoSubscriberError):
+                br.request("x", "whatX.news")
 
     def test_publish_counts_subscriptions(self, broker):
         """publish() to a channel answers how many subscriptions got it, as Redis does."""
@@ -502,3 +543,28 @@ class TestLifecycle:
         with TestRedisBroker(broker) as br:
             br.publish("t1", list="tasks")
         assert dead == ["t1"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches", "misses"),
+    [
+        ("news.*", ["news.", "news.a.b"], ["new", "xnews.a"]),
+        ("h?llo", ["hello", "hallo"], ["hllo", "heello"]),
+        ("h[ae]llo", ["hello", "hallo"], ["hillo"]),
+        ("h[^e]llo", ["hallo"], ["hello"]),
+        ("h[a-c]llo", ["hbllo"], ["hdllo"]),
+        ("h[c-a]llo", ["hbllo"], ["hdllo"]),
+        (r"what\?", ["what?"], ["whatX"]),
+        (r"h[\]]", ["h]"], ["h["]),
+        ("h[", [], ["h[", "ha"]),
+        ("h[ab", ["ha", "hb"], ["h[ab", "hc"]),
+        ("h[]", [], ["h", "h]", "ha"]),
+        ("a.b+c", ["a.b+c"], ["aXb+c", "a.bbc"]),
+    ],
+)
+def test_glob_follows_redis(pattern, matches, misses):
+    """Patterns match channel names by Redis' glob rules, not by regular expressions or fnmatch."""
+    for name in matches:
+        assert glob(pattern).fullmatch(name), name
+    for name in misses:
+        assert not glob(pattern).fullmatch(name), name
