@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from redis_rpc import PubSub, RedisBroker, RedisMessage, Response
+from redis_rpc import Path, PubSub, RedisBroker, RedisMessage, Response
 from redis_rpc._memory import glob
 from redis_rpc.testing import TestRedisBroker
 from tests.conftest import SHORT_TIMEOUT
@@ -75,6 +75,10 @@ def declare(broker: RedisBroker, name: str) -> list[Any]:
     def outer(n: int) -> int:
         inner = broker.request(Item("inner", n), f"{name}.total", correlation_id="in")
         return inner.decode(int) + 1
+
+    @broker.subscriber(f"{name}.shard.{{n}}")
+    def shard(body: str, n: int = Path()) -> list[Any]:
+        return [body, n]
 
     @broker.subscriber(f"{name}.quiet", no_reply=True)
     def quiet(body: str) -> str:
@@ -162,6 +166,11 @@ SCENARIOS: dict[str, tuple[Callable[[RedisBroker, str, list[Any]], Any], Any]] =
     "pattern channel": (
         _request("disk full", channel="{}.logs.error"),
         ("reply", "disk full!"),
+    ),
+    "path parameter": (_request("x", channel="{}.shard.7"), ("reply", ["x", 7])),
+    "path parameter that does not fit": (
+        _request("x", channel="{}.shard.seven"),
+        ("raised", "RemoteError"),
     ),
     "nested request": (_request(4, channel="{}.outer"), ("reply", 9)),
     "publisher chain": (
