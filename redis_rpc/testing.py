@@ -36,9 +36,13 @@ class TestRedisBroker:
     size-check as ever, and each message is handled at once, on the
     calling thread, by the broker's own consumers: typed validation,
     error replies raised as ``RemoteError``, ``Response`` headers and
-    ``@broker.publisher`` routing, channel patterns, lists and streams.
-    Nothing is written anywhere, no thread is started, and *broker* is
-    left as it was (never started) when the block ends.
+    ``@broker.publisher`` routing, channel patterns and templates, lists
+    and streams. What handlers send (results to ``@broker.publisher``
+    destinations, their own ``request()`` and ``publish()``) is handled
+    the same way, nested inside them, so ``publish()`` returns once every
+    handler it reached has run, and a test may check their effects right
+    after it. Nothing is written anywhere, no thread is started, and
+    *broker* is left as it was (never started) when the block ends.
 
     A request that no handler answers fails at once with the error the
     real broker raises: ``NoSubscriberError`` on a channel nobody
