@@ -245,6 +245,8 @@ class RedisBroker:
             None  # created by start(), for channel subscribers
         )
         self._closed = threading.Event()  # set once close() has finished
+        # The connection and listener set aside while TestRedisBroker serves in memory.
+        self._real: tuple[Connection, ReplyListener | None] = (self._connection, None)
         self._started_before_fork = (
             False  # start() ran in a process we were forked from
         )
@@ -966,6 +968,60 @@ class RedisBroker:
             )
             self._listener.start()
         return self._listener
+
+    # -- in memory, for TestRedisBroker ---------------------------------------
+
+    def _serve_in_memory(
+        self, connection: Connection
+    ) -> tuple[ReplyListener, list[Consumer]]:
+        """Swap in *connection* and serve through it, with consumers that are never started.
+
+        The broker counts as ``RUNNING`` until ``_stop_serving_in_memory()``:
+        ``request()`` and ``publish()`` run as ever, but on *connection*.
+        Returned for *connection* to hand messages to: a reply listener
+        without a subscription, and the consumers built as ``start()``
+        builds them. Nothing here starts a thread or opens a socket.
+
+        Raises:
+            BrokerStateError: The broker is not ``NEW``: started, closed,
+                or already serving in memory.
+        """
+        with self._lock:
+            if self._state is not _State.NEW:
+                msg = f"Cannot test a broker that is {self._state.name}: hand TestRedisBroker a broker that was never started."
+                raise BrokerStateError(msg)
+            self._real = self._connection, self._listener
+            self._connection = connection
+            self._listener = listener = ReplyListener(
+                connection,
+                poll_interval=self._poll_interval,
+                signing_key=self._signing_key,
+            )
+            listener.accept_in_memory()
+            self._heartbeat, self._watch = Heartbeat(connection), Watch()
+            self._consumers, self._hub = self._create_consumers_locked()
+            self._state = _State.RUNNING
+            return listener, list(self._consumers)
+
+    def _stop_serving_in_memory(self) -> None:
+        """Undo ``_serve_in_memory()``: ``NEW`` again, on the real connection, unless closed meanwhile."""
+        with self._lock:
+            listener = self._listener
+            self._connection, self._listener = self._real
+            self._consumers, self._hub = [], None
+            self._heartbeat = self._watch = None
+            closed = self._state is not _State.RUNNING
+            if not closed:
+                self._state = _State.NEW
+        if listener is not None:
+            listener.stop(0.0)  # fails a request still waiting in another thread
+        if closed:  # close() ran in memory: what was set aside is closed too
+            real_listener = self._real[1]
+            if real_listener is not None and not real_listener.stop(
+                reader_exit_bound(self._poll_interval)
+            ):
+                logger.warning("The reply listener did not stop in time")
+            self._connection.close()
 
     def _after_fork(self) -> None:
         """Forget everything of the parent's but the declarations; runs alone in a forked child.

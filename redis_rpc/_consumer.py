@@ -462,6 +462,22 @@ class Consumer(abc.ABC):
             self._busy.pop(threading.get_ident(), None)
             self._slots.release()
 
+    def process_inline(self, delivery: Delivery) -> tuple[list[Command], bool]:
+        """Run the handler on *delivery* on the calling thread and return what to send; for ``TestRedisBroker``.
+
+        The thread counts as this consumer's while the handler runs, as in
+        ``_handle()``, so that ``request()`` from the handler sees its
+        deadline. What the thread was handling before is restored after,
+        so calls nest: a handler's own ``request()``, handled in memory,
+        runs another handler inside it. Nothing is sent and no slot is taken.
+        """
+        outer = current_handling()
+        _local.consumer = self
+        try:
+            return self._process(delivery)
+        finally:
+            _local.consumer, _local.message = outer or (None, None)
+
     def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:
         """Run the handler on *delivery*; return what to send, and whether atomically."""
         settle = [] if delivery.ack is None else [delivery.ack]

@@ -345,19 +345,31 @@ class ReplyListener:
             finally:
                 subscription.close()
 
+    def accept_in_memory(self) -> None:
+        """Take requests without subscribing: ``TestRedisBroker`` hands the replies to ``deliver()``.
+
+        The thread is never started; ``stop()`` works as after ``start()``.
+        """
+        self._set_accepting(True)
+
+    def deliver(self, channel: bytes, payload: bytes) -> None:
+        """Complete the request waiting on *channel* with *payload*, if it is acceptable."""
+        pending = self._pending
+        waiter = pending.get(channel)
+        if waiter is None:
+            logger.debug("Dropped a reply on %r: its request is gone", channel)
+        # discard() may take it meanwhile: then nobody waits for this reply.
+        elif self._acceptable(waiter, payload) and (
+            pending.pop(channel, None) is waiter
+        ):
+            waiter.future.set_result(payload)
+
     def _listen(self, subscription: Subscription) -> None:
         # One wake-up hands over everything one read of the socket held.
-        pending = self._pending
+        deliver = self.deliver
         while not self._stopping.is_set():
             for _, channel, payload in subscription.get_messages(self._poll_interval):
-                waiter = pending.get(channel)
-                if waiter is None:
-                    logger.debug("Dropped a reply on %r: its request is gone", channel)
-                # discard() may take it meanwhile: then nobody waits for this reply.
-                elif self._acceptable(waiter, payload) and (
-                    pending.pop(channel, None) is waiter
-                ):
-                    waiter.future.set_result(payload)
+                deliver(channel, payload)
 
     def _acceptable(self, waiter: _Waiter, payload: bytes) -> bool:
         """Whether *payload* is a reply *waiter* may take; a refused one is logged once per request."""

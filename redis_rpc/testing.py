@@ -1,4 +1,4 @@
-"""Test helpers: ``RedisServer`` runs a private ``redis-server`` on a free loopback port."""
+"""Test helpers: ``TestRedisBroker`` runs a broker's handlers in memory; ``RedisServer`` runs a private ``redis-server``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,141 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from unittest.mock import MagicMock
+
+import attrs
+
+from redis_rpc._memory import MemoryConnection, RecordingHandler
+from redis_rpc.errors import BrokerStateError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ["RedisServer"]
+    from redis_rpc._broker import RedisBroker
+
+__all__ = ["RedisServer", "TestRedisBroker"]
+
+_MISSING = object()
+
+
+class TestRedisBroker:
+    """Runs a broker's handlers in memory, with no Redis and no network, for the broker's own tests.
+
+    ``with TestRedisBroker(broker) as br:`` hands back *broker* itself,
+    serving in memory until the block ends: its ``request()`` and
+    ``publish()`` (and those its handlers make) encode, sign and
+    size-check as ever, and each message is handled at once, on the
+    calling thread, by the broker's own consumers: typed validation,
+    error replies raised as ``RemoteError``, ``Response`` headers and
+    ``@broker.publisher`` routing, channel patterns and templates, lists
+    and streams. What handlers send (results to ``@broker.publisher``
+    destinations, their own ``request()`` and ``publish()``) is handled
+    the same way, nested inside them, so ``publish()`` returns once every
+    handler it reached has run, and a test may check their effects right
+    after it. Nothing is written anywhere, no thread is started, and
+    *broker* is left as it was (never started) when the block ends.
+
+    A request that no handler answers fails at once with the error the
+    real broker raises: ``NoSubscriberError`` on a channel nobody
+    subscribes to, ``RequestTimeoutError`` otherwise (a list or stream
+    without a subscriber, or a handler that sends no reply), without
+    waiting for the timeout, since nothing else could answer later.
+    A handler's exception on a message sent by ``publish()`` is logged,
+    as by the real broker, not raised. A stream entry whose handler
+    failed is not delivered again.
+
+    Each handler function gets a ``mock`` attribute for the duration of
+    the block: a ``unittest.mock.MagicMock`` called with the body of each
+    message that reaches the handler, decoded by its content type (before
+    it is structured into the parameter's type, so invalid bodies are
+    recorded too). ``mock(handler)`` returns the same object for code
+    that is type-checked, and still after the block. Each block starts
+    with fresh mocks.
+
+    The broker must be new (never started); it may be used by one block at
+    a time. Inside the block, ``start()`` raises ``BrokerStateError`` (the
+    broker already counts as running) and ``close()`` closes the broker.
+    Safe to use from several threads inside the block, but handlers then
+    run concurrently whatever their ``max_workers``.
+
+    Raises:
+        BrokerStateError: On entering, when *broker* was started, closed, or
+            is already in a ``TestRedisBroker`` block.
+    """
+
+    __test__ = False  # not a test class, whatever its name says to pytest
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self._mocks: list[tuple[Callable[..., Any], MagicMock]] = []
+        # Functions given a mock attribute, and what that attribute was before.
+        self._attached: list[tuple[Callable[..., Any], object]] = []
+
+    def __repr__(self) -> str:
+        return f"<TestRedisBroker {self.broker!r}>"
+
+    def __enter__(self) -> RedisBroker:
+        connection = MemoryConnection()
+        listener, consumers = self.broker._serve_in_memory(connection)
+        self._mocks, self._attached = [], []
+        for consumer in consumers:
+            handler = consumer.subscriber.handler
+            mock = self._find(handler.func) or self._new_mock(handler.func)
+            consumer.subscriber = attrs.evolve(
+                consumer.subscriber, handler=RecordingHandler(handler, mock)
+            )
+        connection.attach(consumers, listener)
+        return self.broker
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for func, before in self._attached:
+            if before is _MISSING:
+                del func.mock  # type: ignore[attr-defined]
+            else:
+                func.mock = before  # type: ignore[attr-defined]
+        self._attached = []
+        self.broker._stop_serving_in_memory()
+
+    def mock(self, handler: Callable[..., Any]) -> MagicMock:
+        """The mock that records the bodies *handler* received in the current (or last) block.
+
+        Raises:
+            BrokerStateError: *handler* is not a subscriber of the broker, or
+                no block has been entered yet.
+        """
+        mock = self._find(handler)
+        if mock is None:
+            name = getattr(handler, "__qualname__", repr(handler))
+            msg = f"{name} is not a handler of this broker, or no TestRedisBroker block has been entered yet."
+            raise BrokerStateError(msg)
+        return mock
+
+    def _find(self, func: Callable[..., Any]) -> MagicMock | None:
+        # Not by hash: a callable object need not be hashable. By equality,
+        # because each access to a bound method makes a new, equal, object.
+        return next(
+            (mock for known, mock in self._mocks if known is func or known == func),
+            None,
+        )
+
+    def _new_mock(self, func: Callable[..., Any]) -> MagicMock:
+        name = getattr(func, "__qualname__", "handler")
+        mock = MagicMock(name=f"{name}.mock")
+        self._mocks.append((func, mock))
+        before = getattr(func, "mock", _MISSING)
+        try:
+            func.mock = mock  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # a bound method, a builtin: mock() only
+            return mock
+        self._attached.append((func, before))
+        return mock
 
 
 class RedisServer:
