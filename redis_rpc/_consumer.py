@@ -473,9 +473,14 @@ class Consumer(abc.ABC):
         """
         outer = current_handling()
         _local.consumer = self
+        _local.outcome, _local.dead, _local.seconds = "rejected", False, 0.0
+        self.counter.started()
         try:
             return self._process(delivery)
         finally:
+            self.counter.finished(
+                _local.outcome, dead=_local.dead, seconds=_local.seconds
+            )
             _local.consumer, _local.message = outer or (None, None)
 
     def _process(self, delivery: Delivery) -> tuple[list[Command], bool]:

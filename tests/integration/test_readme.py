@@ -10,7 +10,9 @@ once they are done. Any other block must exit 0 by itself.
 A block preceded by ``.. from <path>`` (in any language) is an excerpt of a
 file that other tests run, such as an example's gunicorn configuration:
 its lines must appear in that file, in order (``...`` stands for lines
-left out).
+left out). A block preceded by ``.. file: <name>`` is a module that later
+blocks import: it is saved under that name beside them, not run. A block
+preceded by ``.. pytest`` is a test module, run with pytest.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ README = ROOT / "README.rst"
 DEFAULT_URL = "redis://localhost:6379"
 SERVES = ".. serves"
 FROM = ".. from "
+FILE = ".. file: "
+PYTEST = ".. pytest"
 # A server block prints this once it serves (App.run() logs it at INFO).
 SERVING = "Broker started"
 
@@ -44,6 +48,8 @@ class Block:
     serves: bool = False
     source: str = ""  # the file it is an excerpt of, if any
     language: str = "python"
+    module: str = ""  # the file name it is saved as, for later blocks to import
+    pytest: bool = False  # a test module, run with pytest
 
 
 def code_blocks(text: str) -> list[Block]:
@@ -70,6 +76,8 @@ def code_blocks(text: str) -> list[Block]:
                 serves=marker == SERVES,
                 source=marker[len(FROM) :] if marker.startswith(FROM) else "",
                 language=language,
+                module=marker[len(FILE) :] if marker.startswith(FILE) else "",
+                pytest=marker == PYTEST,
             )
         )
     return blocks
@@ -123,12 +131,29 @@ def test_every_block_is_run_or_an_excerpt():
 
 
 def _start(block: Block, url: str, tmp_path: Path) -> subprocess.Popen[str]:
-    script = tmp_path / f"readme_line_{block.line}.py"
+    name = (
+        f"test_readme_line_{block.line}.py"
+        if block.pytest
+        else f"readme_line_{block.line}.py"
+    )
+    script = tmp_path / name
     script.write_text(block.code.replace(DEFAULT_URL, url))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The blocks' own modules (.. file:) beside them, then the checkout.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(tmp_path), str(ROOT)))}
+    command = [sys.executable, str(script)]
+    if block.pytest:
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(script),
+        ]
     return subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=ROOT,
+        command,
+        cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -158,6 +183,11 @@ def test_every_python_block_of_the_readme_runs(redis_url, tmp_path):
     servers: list[tuple[subprocess.Popen[str], Block, OutputLines, list[str]]] = []
     try:
         for block in python_blocks(README.read_text()):
+            if block.module:
+                (tmp_path / block.module).write_text(
+                    block.code.replace(DEFAULT_URL, redis_url)
+                )
+                continue
             process = _start(block, redis_url, tmp_path)
             assert process.stdout is not None
             output = OutputLines(process.stdout, name=f"readme-{block.line}")

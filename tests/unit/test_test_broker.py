@@ -568,3 +568,28 @@ def test_glob_follows_redis(pattern, matches, misses):
         assert glob(pattern).fullmatch(name), name
     for name in misses:
         assert not glob(pattern).fullmatch(name), name
+
+
+def test_stats_count_what_the_handlers_did_in_memory():
+    """broker.stats() counts in-memory handling as it counts handling over Redis."""
+    broker = RedisBroker("redis://127.0.0.1:1/0")
+
+    @broker.subscriber(list="numbers")
+    def double(n: int) -> int:
+        if n < 0:
+            raise ValueError("negative")
+        return 2 * n
+
+    with TestRedisBroker(broker) as br:
+        assert br.request(2, list="numbers").decode() == 4
+        with pytest.raises(RemoteError):
+            br.request(-1, list="numbers")
+        stats = br.stats()
+    served = stats.subscribers["list:numbers"]
+    assert (served.received, served.handled, served.failed, served.in_flight) == (
+        2,
+        1,
+        1,
+        0,
+    )
+    assert stats.destinations["list:numbers"].requests == 2
