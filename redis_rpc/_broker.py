@@ -327,6 +327,27 @@ class RedisBroker:
 
         return register
 
+    def serve_health(self, channel: str, *, timeout: float = 1.0) -> None:
+        """Answer health checks on *channel*: each request gets what ``ping(timeout)`` found.
+
+        For probes that cannot call into the process, such as
+        ``redis-rpc health URL CHANNEL`` in a Kubernetes readiness probe:
+        they need nothing but the Redis access a caller has. The reply is
+        ``{"healthy": bool, "problems": [str, ...]}``. Give each process
+        a channel of its own (its host name in it, say) to probe it alone.
+
+        Raises:
+            SetupError: As ``subscriber()``: called after ``start()``, or a bad name.
+        """
+
+        def health(_body: object = None) -> dict[str, Any]:
+            found = self.ping(timeout)
+            return {"healthy": found.healthy, "problems": list(found.problems)}
+
+        health.__name__ = health.__qualname__ = "health"
+        # Its own worker, so that a backlog elsewhere does not fail the probe.
+        self.subscriber(channel, max_workers=1)(health)
+
     def publisher(
         self,
         channel: str | PubSub | None = None,

@@ -179,3 +179,25 @@ def test_ping_during_an_outage_returns_within_its_timeout(unique_name):
             )
             redis_server.start()
             assert wait_for(lambda: bool(broker.ping(0.5)), LONG_TIMEOUT)
+
+
+def test_serve_health_answers_probes_with_what_ping_found(
+    make_broker, raw, unique_name
+):
+    """A broker serving health on a channel answers each request with its ping(): healthy, then what is down."""
+    channel = f"{unique_name}.health"
+    server = make_broker()
+    server.subscriber(list=unique_name)(lambda body: body)
+    server.serve_health(channel, timeout=SHORT_TIMEOUT)
+    probe = make_broker()
+
+    def ask():
+        return probe.request(None, channel=channel, timeout=LONG_TIMEOUT).decode()
+
+    with server:
+        assert ask() == {"healthy": True, "problems": []}
+        # The list's consumer goes down for good: its key now holds a string.
+        raw.set(unique_name, "not a list")
+        assert wait_for(lambda: not ask()["healthy"], LONG_TIMEOUT)
+        problems = ask()["problems"]
+        assert any(unique_name in p and "WRONGTYPE" in p for p in problems), problems
