@@ -159,6 +159,9 @@ class Delivery:
     where: str = ""
     deliveries: int = 1
     path: Mapping[str, str] | None = None
+    # Whether it holds one of the consumer's slots: one taken ahead of the
+    # free workers (ListSub(prefetch=...)) takes one before it starts.
+    slot: bool = True
 
 
 class Consumer(abc.ABC):
@@ -192,6 +195,8 @@ class Consumer(abc.ABC):
         self._poll_interval = poll_interval
         self._stopping = threading.Event()
         self._batch = 1  # how many messages the next fetch may take
+        # How many a fetch may take whatever the free workers (ListSub(prefetch=)).
+        self._prefetch: int = getattr(subscriber.source, "prefetch", 1)
         workers = subscriber.max_workers
         self._slots = threading.BoundedSemaphore(workers)
         self._pool = WorkerPool(workers, self.name) if workers > 1 else None
@@ -260,7 +265,7 @@ class Consumer(abc.ABC):
                 except IndexError:  # the consumer thread took it after all
                     break
                 assert self._pool is not None  # only pooled consumers are watched
-                self._pool.submit(functools.partial(self._handle, delivery))
+                self._pool.submit(functools.partial(self._start_handling, delivery))
                 waiting += 1
             if not self._stopping.is_set():
                 self._thread = threading.Thread(
@@ -392,8 +397,10 @@ class Consumer(abc.ABC):
             taken += 1
         # Until the first fetch came back, start() is waiting: keep it short.
         timeout = self._poll_interval if self.ready.is_set() else _FIRST_FETCH_TIMEOUT
+        # A list may read ahead of its free workers, where the user said so.
+        count = max(taken, self._prefetch)
         try:
-            deliveries = self._fetch(timeout, taken)
+            deliveries = self._fetch(timeout, count)
         except BaseException:
             for _ in range(taken):
                 self._slots.release()
@@ -404,11 +411,15 @@ class Consumer(abc.ABC):
         self.ready.set()
         for _ in range(taken - len(deliveries)):
             self._slots.release()
-        full = len(deliveries) == taken
+        if len(deliveries) > taken:  # the ones read ahead take a slot when they start
+            deliveries[taken:] = [
+                attrs.evolve(delivery, slot=False) for delivery in deliveries[taken:]
+            ]
+        full = len(deliveries) >= taken
         self._batch = min(2 * taken, self.subscriber.max_workers) if full else 1
         if self._pool is not None and self._typical >= _INLINE_BELOW:
             for delivery in deliveries:
-                self._pool.submit(functools.partial(self._handle, delivery))
+                self._pool.submit(functools.partial(self._start_handling, delivery))
             return
         # Handled here, one after the other: the next fetch carries their
         # replies. Should a handler overrun, the watch relieves this thread.
@@ -418,12 +429,20 @@ class Consumer(abc.ABC):
                 delivery = self._spare.popleft()
             except IndexError:
                 break
+            if not delivery.slot:  # read ahead: wait for a worker of our own
+                self._slots.acquire()
             if self._watch is not None and self._pool is not None:
                 self.inline_since = time.monotonic()
                 self._watch.poke()
             self._handle(delivery)
             if self._fetching():  # else it is the successor's to set
                 self.inline_since = 0.0
+
+    def _start_handling(self, delivery: Delivery) -> None:
+        """``_handle()`` on a worker, once *delivery* holds a slot."""
+        if not delivery.slot:
+            self._slots.acquire()
+        self._handle(delivery)
 
     # -- failure policy, per transport --------------------------------------
 

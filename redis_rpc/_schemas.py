@@ -99,12 +99,24 @@ class ListSub:
         dead_letter: In reliable mode, the list that an item whose handler
             failed (with no caller to tell) is moved to; ``"<list>:dead"``
             by default.
+        prefetch: Take up to this many items per read, even when fewer
+            workers are free (1, the default: never more than the free
+            workers). Items taken ahead wait in this process for a worker,
+            in order: they are lost if the process dies before handling
+            them, and other consumers of the list cannot take them
+            meanwhile. Not with ``reliable``, which moves one item at a time.
     """
 
     list: str = attrs.field(validator=_not_empty)
     reliable: bool = attrs.field(default=False, kw_only=True)
     recover_after: float = attrs.field(default=30.0, kw_only=True, validator=_positive)
     dead_letter: str = attrs.field(kw_only=True, validator=_not_empty)
+    prefetch: int = attrs.field(default=1, kw_only=True, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.reliable and self.prefetch > 1:
+            msg = "ListSub(reliable=True) moves one item at a time; prefetch cannot be above 1."
+            raise SetupError(msg)
 
     @dead_letter.default
     def _dead_letter_default(self) -> str:
