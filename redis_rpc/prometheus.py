@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, TypeVar
 
+import attrs
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from redis_rpc._hooks import Event
 
     M = TypeVar("M", bound=MetricWrapperBase)
+
+    # A handler's or destination's name, and the custom label values.
+    _Key = tuple[str, tuple[str, ...]]
 
 __all__ = ["PrometheusHook"]
 
@@ -47,6 +51,28 @@ _OWN_LABELS = frozenset(
 # What a failed publish or request is labelled with in exception_type,
 # where FastStream raises a different class for the same failure.
 _EXCEPTION_TYPES = {"timeout": "TimeoutError"}
+
+
+@attrs.frozen
+class _Handled:
+    """The labelled metrics of one handler."""
+
+    labels: dict[str, str]
+    received: Counter = attrs.field(kw_only=True)
+    size: Histogram = attrs.field(kw_only=True)
+    in_process: Gauge = attrs.field(kw_only=True)
+    duration: Histogram = attrs.field(kw_only=True)
+    # By status, added once one is counted: FastStream shows no series at 0.
+    statuses: dict[str, Counter] = attrs.field(factory=dict, kw_only=True)
+
+
+@attrs.frozen
+class _Sent:
+    """The labelled metrics of one destination of publishes and requests."""
+
+    labels: dict[str, str]
+    duration: Histogram = attrs.field(kw_only=True)
+    statuses: dict[str, Counter] = attrs.field(factory=dict, kw_only=True)
 
 
 class PrometheusHook:
@@ -75,6 +101,15 @@ class PrometheusHook:
       with the channel, list or stream name. A ``request()`` counts here as
       one publish that lasts until its reply is in, as FastStream's does;
       replies sent by handlers are not counted, in FastStream neither.
+
+    ``exception_type`` is the exception's class name, except that a request
+    that timed out says ``TimeoutError``, as FastStream's does, rather than
+    ``RequestTimeoutError``. Where we differ: a process hook runs around the
+    handler, so messages that never reach one (unreadable, not fitting the
+    handler's types, expired or refused; FastStream counts the first two as
+    ``error``) are not counted here but in ``broker.stats()``; FastStream's
+    ``nacked``, ``rejected`` and ``skipped`` statuses never occur; and a
+    pattern subscriber is labelled with its pattern, not with each channel.
 
     Args:
         registry: Where the metrics are registered; prometheus_client's
@@ -113,6 +148,10 @@ class PrometheusHook:
         extra = tuple(self._custom_labels)
         on_handler = ("app_name", "broker", "handler", *extra)
         to_destination = ("app_name", "broker", "destination", *extra)
+        # Labelled metrics by name and custom label values, looked up once:
+        # labels() takes a lock and checks its arguments on every call.
+        self._handlers: dict[_Key, _Handled] = {}
+        self._destinations: dict[_Key, _Sent] = {}
 
         self._received = self._metric(
             Counter,
@@ -181,52 +220,106 @@ class PrometheusHook:
 
     @contextlib.contextmanager
     def _process(self, event: Event) -> Iterator[None]:
-        labels = self._labels(event, "handler")
-        self._received.labels(**labels).inc()
+        series = self._handled(event)
+        series.received.inc()
         if event.message is not None:
-            self._received_size.labels(**labels).observe(len(event.message.body))
-        in_process = self._in_process.labels(**labels)
-        in_process.inc()
+            series.size.observe(len(event.message.body))
+        series.in_process.inc()
         try:
             yield
         finally:
-            in_process.dec()
+            series.in_process.dec()
         # The broker fills in the outcome before leaving the hooks; a failed
         # handler never raises through here, so this runs for it too.
-        self._process_duration.labels(**labels).observe(event.duration)
-        failed = event.outcome != "ok"
-        if failed and event.error is not None:
+        series.duration.observe(event.duration)
+        if event.outcome == "ok":
+            self._count(self._processed, series, "acked")
+            return
+        if event.error is not None:
             self._process_exceptions.labels(
-                **labels, exception_type=type(event.error).__name__
+                **series.labels, exception_type=type(event.error).__name__
             ).inc()
-        self._processed.labels(**labels, status="error" if failed else "acked").inc()
+        self._count(self._processed, series, "error")
 
     @contextlib.contextmanager
     def _publish(self, event: Event) -> Iterator[None]:
-        labels = self._labels(event, "destination")
+        series = self._sent(event)
         yield
-        self._publish_duration.labels(**labels).observe(event.duration)
-        failed = event.outcome != "ok"
-        if failed and event.error is not None:
+        series.duration.observe(event.duration)
+        if event.outcome == "ok":
+            self._count(self._published, series, "success")
+            return
+        if event.error is not None:
             exception_type = _EXCEPTION_TYPES.get(
                 event.outcome, type(event.error).__name__
             )
             self._publish_exceptions.labels(
-                **labels, exception_type=exception_type
+                **series.labels, exception_type=exception_type
             ).inc()
-        self._published.labels(**labels, status="error" if failed else "success").inc()
+        self._count(self._published, series, "error")
 
-    def _labels(self, event: Event, where: str) -> dict[str, str]:
+    def _handled(self, event: Event) -> _Handled:
+        """The labelled metrics of *event*'s handler, looked up once."""
+        key = self._key(event)
+        series = self._handlers.get(key)
+        if series is None:
+            labels = self._labels("handler", key)
+            # Two threads may both get here: labels() hands both the same
+            # children, so whichever is kept counts the same series.
+            series = self._handlers.setdefault(
+                key,
+                _Handled(
+                    labels,
+                    received=self._received.labels(**labels),
+                    size=self._received_size.labels(**labels),
+                    in_process=self._in_process.labels(**labels),
+                    duration=self._process_duration.labels(**labels),
+                ),
+            )
+        return series
+
+    def _sent(self, event: Event) -> _Sent:
+        """The labelled metrics of *event*'s destination, looked up once."""
+        key = self._key(event)
+        series = self._destinations.get(key)
+        if series is None:
+            labels = self._labels("destination", key)
+            series = self._destinations.setdefault(  # as in _handled()
+                key,
+                _Sent(
+                    labels,
+                    duration=self._publish_duration.labels(**labels),
+                ),
+            )
+        return series
+
+    @staticmethod
+    def _count(metric: Counter, series: _Handled | _Sent, status: str) -> None:
+        """Add one to *metric* labelled as *series* with *status*."""
+        counter = series.statuses.get(status)
+        if counter is None:  # a race here, too, ends with the one child
+            counter = series.statuses.setdefault(
+                status, metric.labels(**series.labels, status=status)
+            )
+        counter.inc()
+
+    def _key(self, event: Event) -> _Key:
         # event.destination is "kind:name" ("list:orders"); FastStream labels
         # with the bare name, and a kind never contains a colon.
-        labels = {
+        custom = tuple(
+            value if isinstance(value, str) else value(event)
+            for value in self._custom_labels.values()
+        )
+        return event.destination.partition(":")[2], custom
+
+    def _labels(self, where: str, key: _Key) -> dict[str, str]:
+        name, custom = key
+        return {
             "app_name": self._app_name,
             "broker": BROKER,
-            where: event.destination.partition(":")[2],
+            where: name,
+            **dict(zip(self._custom_labels, custom, strict=True)),
         }
-        for name, value in self._custom_labels.items():
-            labels[name] = value if isinstance(value, str) else value(event)
-        return labels
 
     def _metric(
         self,
