@@ -24,7 +24,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s [%(threadName)s] %(message)s"
 
 
 @contextlib.contextmanager
-def _default_logging() -> Iterator[None]:
+def _default_logging(level: int | None = None) -> Iterator[None]:
     """Log to stderr at INFO while the service runs, unless the application configured logging.
 
     A service run by ``App.run()`` owns its process, so it should say what
@@ -32,22 +32,30 @@ def _default_logging() -> Iterator[None]:
     FastStream; a library inside someone else's process must not (it only
     has its ``NullHandler``). Configured means the root logger has a
     handler. What is added is taken away again when ``run()`` returns.
+
+    Args:
+        level: The root logger's level instead, chosen by whoever runs the
+            service (``redis-rpc run --log-level``); it applies to the
+            application's own set-up too, since it was asked for by name.
     """
     root = logging.getLogger()
-    if root.handlers:
-        yield
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    level = root.level
-    root.addHandler(handler)
-    if level == logging.WARNING:  # the default: nobody chose it
-        root.setLevel(logging.INFO)
+    previous = root.level
+    handler = None
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+        # WARNING is the default level: nobody chose it.
+        if level is None and previous == logging.WARNING:
+            level = logging.INFO
+    if level is not None:
+        root.setLevel(level)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
+        if handler is not None:
+            root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 class App:

@@ -397,6 +397,12 @@ class Connection:
         with map_errors(self.address):
             self._client.ping()
 
+    def server_version(self) -> str:
+        """The ``redis_version`` that ``INFO server`` reports, or ``"unknown"``."""
+        with map_errors(self.address):
+            info = self._client.info("server")
+        return str(info.get("redis_version", "unknown"))
+
     def blpop(self, key: str, timeout: float) -> bytes | None:
         """Pop the head of list *key*, waiting up to *timeout* seconds for one."""
         with map_errors(self.address):
