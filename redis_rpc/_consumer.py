@@ -539,6 +539,7 @@ class Consumer(abc.ABC):
             f" (correlation_id={message.correlation_id[:100]!r}, since {time.strftime('%H:%M:%S')})"
         )
         began = time.monotonic()
+        reply_headers: dict[str, str] = {}
         try:
             if self._policy.hooks:
                 event = Event(
@@ -547,6 +548,7 @@ class Consumer(abc.ABC):
                     dict(message.headers),
                     message.correlation_id,
                     message,
+                    reply_headers=reply_headers,
                 )
                 result = around(
                     self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
@@ -554,7 +556,7 @@ class Consumer(abc.ABC):
             else:
                 result = handler.func(*args, **kwargs)
             _local.outcome, _local.seconds = "handled", time.monotonic() - began
-            return self._outgoing(message, result) + settle, False
+            return self._outgoing(message, result, reply_headers) + settle, False
         except BaseException as exc:  # even SystemExit must not end the thread
             if _local.outcome != "handled":  # the handler raised, not _outgoing()
                 _local.seconds = time.monotonic() - began
@@ -627,7 +629,10 @@ class Consumer(abc.ABC):
         )
         return []
 
-    def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:
+    def _outgoing(
+        self, message: RedisMessage, result: Any, extra_headers: dict[str, str]
+    ) -> list[Command]:
+        """The reply and the results for publishers; *extra_headers* are the hooks'."""
         reply = bool(message.reply_to) and not self.subscriber.no_reply
         if not (reply or self.subscriber.publishers):
             return []
@@ -636,13 +641,15 @@ class Consumer(abc.ABC):
         key = self._policy.signing_key
         commands: list[Command] = []
         if self.subscriber.publishers:  # new events: no nonce, signed as events
-            event = signed_frame(*self._result_parts(message, response), key)
+            event = signed_frame(
+                *self._result_parts(message, response, extra_headers), key
+            )
             check_size(event, self._policy.max_message_size, "The handler's result")
             commands += (
                 send_command(dest, event, maxlen) for dest in self.subscriber.publishers
             )
         if reply:  # echoes the request's nonce, and is signed over it
-            data, headers = self._result_parts(message, response)
+            data, headers = self._result_parts(message, response, extra_headers)
             if message.nonce:
                 headers[NONCE] = message.nonce
             # Without a nonce nobody waits in request(): the result of a
@@ -659,12 +666,14 @@ class Consumer(abc.ABC):
         return commands
 
     def _result_parts(
-        self, message: RedisMessage, response: Response
+        self, message: RedisMessage, response: Response, extra_headers: dict[str, str]
     ) -> tuple[bytes, dict[str, str]]:
         return frame_parts(
             response.body,
             correlation_id=response.correlation_id or message.correlation_id,
-            headers=response.headers,
+            headers={**extra_headers, **response.headers}
+            if extra_headers
+            else response.headers,
             converter=self.subscriber.handler.converter,
         )
 
