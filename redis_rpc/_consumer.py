@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import traceback
+import types
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 _FIRST_FETCH_TIMEOUT = 0.01
 
 PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
+# What hooks add to a reply when there are none, or when none added anything.
+_NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 
 
 class _Local(threading.local):
@@ -630,7 +633,10 @@ class Consumer(abc.ABC):
         return []
 
     def _outgoing(
-        self, message: RedisMessage, result: Any, extra_headers: dict[str, str]
+        self,
+        message: RedisMessage,
+        result: Any,
+        extra_headers: Mapping[str, str] = _NO_HEADERS,
     ) -> list[Command]:
         """The reply and the results for publishers; *extra_headers* are the hooks'."""
         reply = bool(message.reply_to) and not self.subscriber.no_reply
@@ -666,7 +672,10 @@ class Consumer(abc.ABC):
         return commands
 
     def _result_parts(
-        self, message: RedisMessage, response: Response, extra_headers: dict[str, str]
+        self,
+        message: RedisMessage,
+        response: Response,
+        extra_headers: Mapping[str, str],
     ) -> tuple[bytes, dict[str, str]]:
         return frame_parts(
             response.body,

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TelemetryHook"]
 
-# The schema FastStream's middleware names: the attribute names below are those of it.
+# FastStream's middleware declares this schema version; the attribute names follow it.
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.11.0"
 _SYSTEM = "redis"
 
