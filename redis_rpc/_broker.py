@@ -625,7 +625,9 @@ class RedisBroker:
             )
             counter.published()
             return result
-        event = Event("publish", str(target), dict(headers or {}), correlation_id or "")
+        # Picked here rather than in _publish(), so that hooks see it.
+        correlation_id = correlation_id or new_correlation_id()
+        event = Event("publish", str(target), dict(headers or {}), correlation_id)
         result = around(
             self._hooks,
             event,
@@ -733,7 +735,8 @@ class RedisBroker:
                 raise
             counter.requested("ok", time.monotonic() - started)
             return reply
-        event = Event("request", str(target), dict(headers or {}), correlation_id or "")
+        correlation_id = correlation_id or new_correlation_id()  # for the hooks to see
+        event = Event("request", str(target), dict(headers or {}), correlation_id)
 
         def call() -> RedisMessage:
             event.message = self._request(

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import traceback
+import types
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 _FIRST_FETCH_TIMEOUT = 0.01
 
 PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
+# What hooks add to a reply when there are none, or when none added anything.
+_NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 
 
 class _Local(threading.local):
@@ -558,6 +561,7 @@ class Consumer(abc.ABC):
             f" (correlation_id={message.correlation_id[:100]!r}, since {time.strftime('%H:%M:%S')})"
         )
         began = time.monotonic()
+        reply_headers: dict[str, str] = {}
         try:
             if self._policy.hooks:
                 event = Event(
@@ -566,6 +570,7 @@ class Consumer(abc.ABC):
                     dict(message.headers),
                     message.correlation_id,
                     message,
+                    reply_headers=reply_headers,
                 )
                 result = around(
                     self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
@@ -573,7 +578,7 @@ class Consumer(abc.ABC):
             else:
                 result = handler.func(*args, **kwargs)
             _local.outcome, _local.seconds = "handled", time.monotonic() - began
-            return self._outgoing(message, result) + settle, False
+            return self._outgoing(message, result, reply_headers) + settle, False
         except BaseException as exc:  # even SystemExit must not end the thread
             if _local.outcome != "handled":  # the handler raised, not _outgoing()
                 _local.seconds = time.monotonic() - began
@@ -646,7 +651,13 @@ class Consumer(abc.ABC):
         )
         return []
 
-    def _outgoing(self, message: RedisMessage, result: Any) -> list[Command]:
+    def _outgoing(
+        self,
+        message: RedisMessage,
+        result: Any,
+        extra_headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> list[Command]:
+        """The reply and the results for publishers; *extra_headers* are the hooks'."""
         reply = bool(message.reply_to) and not self.subscriber.no_reply
         if not (reply or self.subscriber.publishers):
             return []
@@ -655,13 +666,15 @@ class Consumer(abc.ABC):
         key = self._policy.signing_key
         commands: list[Command] = []
         if self.subscriber.publishers:  # new events: no nonce, signed as events
-            event = signed_frame(*self._result_parts(message, response), key)
+            event = signed_frame(
+                *self._result_parts(message, response, extra_headers), key
+            )
             check_size(event, self._policy.max_message_size, "The handler's result")
             commands += (
                 send_command(dest, event, maxlen) for dest in self.subscriber.publishers
             )
         if reply:  # echoes the request's nonce, and is signed over it
-            data, headers = self._result_parts(message, response)
+            data, headers = self._result_parts(message, response, extra_headers)
             if message.nonce:
                 headers[NONCE] = message.nonce
             # Without a nonce nobody waits in request(): the result of a
@@ -678,12 +691,17 @@ class Consumer(abc.ABC):
         return commands
 
     def _result_parts(
-        self, message: RedisMessage, response: Response
+        self,
+        message: RedisMessage,
+        response: Response,
+        extra_headers: Mapping[str, str],
     ) -> tuple[bytes, dict[str, str]]:
         return frame_parts(
             response.body,
             correlation_id=response.correlation_id or message.correlation_id,
-            headers=response.headers,
+            headers={**extra_headers, **response.headers}
+            if extra_headers
+            else response.headers,
             converter=self.subscriber.handler.converter,
         )
 

@@ -7,7 +7,8 @@ exception never passes through a hook: a hook written as a generator with a
 bare ``yield`` still sees the end of a failed call, and cannot swallow or
 replace its exception. Before a publish or a request, a hook may add
 headers to ``event.headers`` (a trace context, say); around a process, the
-handler runs inside every hook's context, on the hook's thread.
+handler runs inside every hook's context, on the hook's thread, and headers
+a hook adds to ``event.reply_headers`` go out with the handler's reply.
 
 The counters (``broker.stats()``) are kept whether or not there are hooks,
 under one small lock per subscriber or destination, so that they are exact.
@@ -63,7 +64,8 @@ class Event:
         destination: Where the message goes or came from, such as ``"list:orders"``.
         headers: For a publish or a request, the headers about to be sent,
             which a hook may add to; for a process, the message's headers.
-        correlation_id: The message's, or ``""`` when the broker picks one.
+        correlation_id: The message's; for a publish or a request, the one
+            the broker picked when the caller gave none.
         message: For a process, the message handled; for a request, the reply once in.
         outcome: Filled in before the hooks are left: ``"ok"``, or why not.
             A publish or request: ``"timeout"``, ``"remote_error"``,
@@ -72,6 +74,9 @@ class Event:
             (the handler raised).
         error: The exception, when there was one.
         duration: Seconds the operation took.
+        reply_headers: For a process, headers to add to the handler's reply
+            and to the results it sends to publishers; the handler's own
+            ``Response`` headers win over them. Unused otherwise.
     """
 
     kind: str
@@ -82,6 +87,7 @@ class Event:
     outcome: str = ""
     error: BaseException | None = None
     duration: float = 0.0
+    reply_headers: dict[str, str] = attrs.field(factory=dict)
 
 
 def outcome_of(error: BaseException) -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from redis_rpc import Event, RedisBroker, RedisMessage, StreamSub
+from redis_rpc import Event, RedisBroker, RedisMessage, Response, StreamSub
 from redis_rpc.errors import NoSubscriberError, RemoteError, RequestTimeoutError
 from redis_rpc.testing import RedisServer
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
@@ -126,6 +126,32 @@ def test_hooks_run_around_publish_request_and_process(make_broker, unique_name):
     assert ("request", f"list:{unique_name}-raises", "remote_error") in events
     assert ("process", f"list:{unique_name}-raises", "error") in events
     assert seen_in_handler == [("from-request", True)]
+
+
+def test_process_hook_adds_headers_to_the_reply(make_broker, unique_name):
+    """Headers a process hook puts in reply_headers go out with the reply; the handler's own win."""
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def hook(event: Event):
+        if event.kind == "process":
+            event.reply_headers.update({TRACE: "from-process", "x-both": "hook"})
+        else:
+            seen.append(event.correlation_id)
+        yield
+
+    server = make_broker(hooks=[hook])
+
+    @server.subscriber(list=unique_name)
+    def answer(body: str) -> Response:
+        return Response(body, headers={"x-both": "handler"})
+
+    with server:
+        reply = server.request("hi", list=unique_name)
+    assert reply.headers == {TRACE: "from-process", "x-both": "handler"}
+    # The broker picked a correlation id before the hook ran, and sent that one.
+    assert seen == [reply.correlation_id]
+    assert reply.correlation_id
 
 
 def test_a_hook_cannot_swallow_or_hide_a_failure(make_broker, unique_name):

@@ -60,7 +60,7 @@ def only(directory: Path, pattern: str) -> Path:
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
 def test_the_wheel_holds_the_package_and_its_metadata(built):
-    """The wheel carries every module and py.typed, no tests, and the three runtime dependencies."""
+    """The wheel carries every module and py.typed, no tests, the three runtime dependencies and the optional extras."""
     wheel = only(built, "redis_rpc-*-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -79,7 +79,7 @@ def test_the_wheel_holds_the_package_and_its_metadata(built):
         if "extra ==" not in requirement
     )
     assert runtime == ["attrs", "cattrs", "redis"]
-    assert "hiredis" in (metadata.get_all("Provides-Extra") or [])
+    assert {"hiredis", "otel"} <= set(metadata.get_all("Provides-Extra") or [])
     assert metadata["Description-Content-Type"] == "text/x-rst"
 
 

@@ -6,6 +6,8 @@ import ast
 import importlib.metadata
 import inspect
 import pkgutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -410,6 +412,39 @@ class TestImportRules:
         """No module of redis_rpc imports pickle."""
         imported = _imported_modules(path)
         assert not imported & {"pickle", "cPickle", "dill", "cloudpickle", "marshal"}
+
+    @pytest.mark.parametrize(
+        "path", [p for p in _package_modules() if p.name != "opentelemetry.py"], ids=str
+    )
+    def test_only_opentelemetry_module_imports_opentelemetry(self, path):
+        """No module of redis_rpc but opentelemetry.py imports OpenTelemetry, an optional extra."""
+        assert "opentelemetry" not in _imported_modules(path)
+
+    @pytest.mark.timeout(60)
+    def test_works_without_opentelemetry(self):
+        """redis_rpc imports and builds brokers with OpenTelemetry unavailable; only its tracing module needs it."""
+        # redis-py looks for OpenTelemetry on its own, so "not loaded" cannot
+        # be checked; "not importable" can, by blocking the package.
+        code = (
+            "import sys\n"
+            "sys.modules['opentelemetry'] = None\n"
+            "import redis_rpc, redis_rpc.errors, redis_rpc.testing\n"
+            "redis_rpc.RedisBroker('redis://127.0.0.1:1').close()\n"
+            "try:\n"
+            "    import redis_rpc.opentelemetry\n"
+            "except ImportError as exc:\n"
+            "    print(exc)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=PACKAGE_DIR.parent,
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert 'pip install "redis-rpc[otel]"' in done.stdout
 
     def test_scan_sees_every_module(self):
         """The import scan covers every module that pkgutil finds in the package."""
