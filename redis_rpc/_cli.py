@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ping":
             return ping(args.url, timeout=args.timeout)
+        if args.command == "health":
+            return health(args.url, args.channel, timeout=args.timeout)
         if args.workers > 1 and args.worker is None:
             return Supervisor(args.target, args.workers, args.log_level).run()
         return serve(
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve a redis_rpc application, or check that Redis answers.",
+        description="Serve a redis_rpc application, check that Redis answers, or probe a service's health.",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
@@ -160,6 +162,33 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for the connection and for each answer (default 5)",
     )
+    health_ = commands.add_parser(
+        "health",
+        help="ask a running service whether it is healthy (a readiness probe)",
+        description=(
+            "Ask the service that answers health checks on CHANNEL (see "
+            "RedisBroker.serve_health()) whether Redis and all its parts are up; "
+            "exit with 0 if it says so, and 1, printing what is down, if not or if "
+            "nobody answers within the timeout."
+        ),
+    )
+    health_.add_argument(
+        "url",
+        metavar="URL",
+        help="the Redis the service uses, such as redis://localhost:6379/0",
+    )
+    health_.add_argument(
+        "channel",
+        metavar="CHANNEL",
+        help="the channel the service answers health checks on",
+    )
+    health_.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for the answer (default 5)",
+    )
     return parser
 
 
@@ -208,6 +237,42 @@ def ping(url: str, *, timeout: float) -> int:
         connection.close()
     print(f"PONG from Redis {version} at {connection.address}")  # noqa: T201 - the command's own output
     return EXIT_OK
+
+
+def health(url: str, channel: str, *, timeout: float) -> int:
+    """Ask the service answering on *channel* whether it is healthy; return the exit status.
+
+    Prints ``healthy``, or each problem the service reported, or why there
+    was no answer. The URL never appears in the output.
+    """
+    try:
+        broker = RedisBroker(
+            url,
+            socket_timeout=max(timeout, 1.0) + 1.0,
+            socket_connect_timeout=timeout,
+            poll_interval=min(0.2, timeout / 2),
+        )
+    except SetupError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    try:
+        answer = broker.request(None, channel=channel, timeout=timeout).decode()
+    except RedisRPCError as exc:
+        _error(f"no health answer on {channel!r}: {exc}")
+        return EXIT_FAILURE
+    finally:
+        broker.close()
+    if not isinstance(answer, dict) or not isinstance(answer.get("healthy"), bool):
+        _error(
+            f"{channel!r} answered something that is not a health report: {answer!r:.200}"
+        )
+        return EXIT_FAILURE
+    if answer["healthy"]:
+        print("healthy")  # noqa: T201 - the command's own output
+        return EXIT_OK
+    for problem in answer.get("problems") or ["unhealthy, for no reason given"]:
+        print(f"unhealthy: {problem}")  # noqa: T201 - the command's own output
+    return EXIT_FAILURE
 
 
 def split_target(target: str) -> tuple[str, str]:

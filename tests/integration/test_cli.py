@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LONG_TIMEOUT, PROCESS_TEST_TIMEOUT, READY_TIMEOUT
-from tests.helpers import Callers, OutputLines
+from tests.helpers import Callers, OutputLines, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.cli_app:app"
@@ -289,3 +289,32 @@ def test_python_m_redis_rpc_help(redis_url, unique_name):
     assert out.startswith("usage: redis-rpc")
     assert "run" in out
     assert "ping" in out
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_health_probes_a_service_over_redis(redis_url, raw, make_broker, unique_name):
+    """health exits 0 while the service is healthy, 1 naming what is down once a consumer fails, and 1 when nobody answers."""
+    channel = f"{unique_name}.health"
+    server = make_broker()
+    server.subscriber(list=unique_name)(lambda body: body)
+    server.serve_health(channel)
+    with server:
+        status, out, err = run_to_end(
+            redis_url, unique_name, "health", redis_url, channel
+        )
+        assert (status, out.strip(), err) == (0, "healthy", "")
+        raw.set(unique_name, "not a list")  # the list's consumer fails from now on
+
+        def down() -> bool:
+            status, out, _ = run_to_end(
+                redis_url, unique_name, "health", redis_url, channel
+            )
+            return status == 1 and unique_name in out and "WRONGTYPE" in out
+
+        assert wait_for(down, LONG_TIMEOUT, interval=0.2)
+    status, out, err = run_to_end(
+        redis_url, unique_name, "health", redis_url, channel, "--timeout", "1"
+    )
+    assert status == 1
+    assert "no health answer" in err
+    assert redis_url not in out + err
