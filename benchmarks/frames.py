@@ -10,7 +10,8 @@ one request. With ``--signing-key`` the same paths sign and verify.
 
 Also times redis-py's parsing of the reply as the listener receives it
 (a Pub/Sub ``pmessage`` over a socket pair), with redis-py's Python parser
-and, when installed, hiredis'.
+and, when installed, hiredis'; and what the counters of ``broker.stats()``,
+which are always on, add to a request and to a handled message.
 
 Run from the repository root::
 
@@ -39,6 +40,7 @@ from redis_rpc import _signing
 from redis_rpc._consumer import Delivery, Policy, Subscriber
 from redis_rpc._convert import make_converter
 from redis_rpc._handler import Handler
+from redis_rpc._hooks import DestinationCounter, SubscriberCounter
 from redis_rpc._list import ListConsumer
 from redis_rpc._message import (
     ACCEPT_ERRORS,
@@ -284,6 +286,23 @@ def _socket_reader(parser_class: type, wire: bytes) -> Callable[[], object]:
     return per_message
 
 
+def counter_steps() -> dict[str, Callable[[], object]]:
+    """What ``broker.stats()`` costs: its counters are updated on every request and message."""
+    subscriber, destination_ = SubscriberCounter(), DestinationCounter()
+
+    def handled() -> None:
+        subscriber.started()
+        subscriber.finished("handled", dead=False, seconds=0.0001)
+
+    def requested() -> None:
+        destination_.requested("ok", 0.0003)
+
+    return {
+        "a handled message (started + finished)": handled,
+        "a request (requested)": requested,
+    }
+
+
 def report(title: str, steps: dict[str, Callable[[], object]], args: Any) -> None:
     print(f"\n{title}")
     for name, step in steps.items():
@@ -315,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report(f"Server, per request ({label})", server_steps(key), args)
     report("redis-py reply parsing", parser_steps(), args)
+    report("Counters of broker.stats(), always on", counter_steps(), args)
     return 0
 
 

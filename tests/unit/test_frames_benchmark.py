@@ -37,5 +37,7 @@ def test_smoke_run_prints_every_step():
         "_process (all of it)",
         "check_request",
         "read one pmessage (python parser)",
+        "a handled message (started + finished)",
+        "a request (requested)",
     ):
         assert float(figures[step]) > 0, done.stdout
