@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,37 @@ def test_small_soak_run_passes_its_checks():
     assert len(checks) >= 10, done.stdout
     assert all(line.startswith("ok  ") for line in checks), done.stdout
     assert "no pending requests" in done.stdout
+
+
+@pytest.mark.usefixtures("redis_server")
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_engine_quick_measures_the_broker_and_the_lean_caller():
+    """engine_quick --caller both prints a rate and CPU per request for each caller, round by round."""
+    pytest.importorskip("hiredis")  # the lean caller reads with it
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.engine_quick",
+            "--smoke",
+            "--caller",
+            "both",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TEST_TIMEOUT - 10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("broker", "lean"):
+        assert re.search(
+            rf"^round 1, {name}: [\d,]+ requests/s, CPU per request: callers \d+ us,"
+            r" server \d+ us$",
+            done.stdout,
+            re.MULTILINE,
+        ), done.stdout
+        assert f"median of 1, {name}:" in done.stdout
 
 
 def test_no_hiredis_variable_hides_hiredis_from_benchmark_processes():
