@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from redis_rpc import RedisBroker
 from redis_rpc.errors import BrokerStateError
-from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, SHORT_TIMEOUT
+from tests.conftest import (
+    LONG_TIMEOUT,
+    POLL_INTERVAL,
+    PROCESS_TEST_TIMEOUT,
+    SHORT_TIMEOUT,
+)
 from tests.fault.conftest import our_threads
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Python 3.12 warns about fork() in a process with threads; forking one is the point.
 pytestmark = pytest.mark.filterwarnings(
@@ -27,19 +36,10 @@ def pid_echo(body):
     return {"pid": os.getpid(), "body": body}
 
 
-def fork_without_hooks() -> int:
-    """fork(2) straight from libc, as uWSGI does by default: Python's at-fork hooks do not run.
-
-    ``PyDLL`` keeps the interpreter lock held across the call, so the child
-    starts out holding it, as after ``os.fork()``.
-    """
-    return int(ctypes.PyDLL(None).fork())
-
-
-def run_in_child(check, fork=os.fork):
+def run_in_child(check):
     """Fork; in the child, run *check()* and send back its JSON result; return it in the parent."""
     read, write = os.pipe()
-    pid = fork()
+    pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 1
         try:
@@ -163,33 +163,37 @@ def test_broker_declared_before_fork_serves_in_the_child(own_server, unique_name
         broker.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
 def test_a_fork_that_skipped_the_hooks_fails_the_first_request_at_once(
     own_server, unique_name
 ):
     """In a child forked without Python's fork hooks, request() raises BrokerStateError naming the uWSGI fix instead of timing out."""
     server = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
     server.subscriber(list=unique_name)(pid_echo)
-    client = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
-    with server, client:
-        # The listener and the pipe are up in the parent: the child inherits them.
-        assert client.request("warm", list=unique_name).decode()["body"] == "warm"
-
-        def check():
-            started = time.monotonic()
-            try:
-                client.request("child", list=unique_name, timeout=LONG_TIMEOUT)
-            except BrokerStateError as exc:
-                return {"error": str(exc), "took": time.monotonic() - started}
-            return {"error": None, "took": time.monotonic() - started}
-
-        child = run_in_child(check, fork=fork_without_hooks)
-        # The parent's broker is untouched.
-        assert client.request("after", list=unique_name).decode()["body"] == "after"
+    with server:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.fault.hookless_fork",
+                own_server.url,
+                unique_name,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TEST_TIMEOUT - 10,
+            check=False,
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    assert child["reported"], "no forked child reported, in three attempts"
+    assert child["raised"] is None, child["raised"]
     assert child["error"] is not None, "the request in the child did not fail"
     assert child["took"] < SHORT_TIMEOUT
     assert "py-call-osafterfork" in child["error"]
     assert "forked from" in child["error"]
+    assert child["after"]["body"] == "after"  # the parent's broker is untouched
 
 
 @pytest.mark.timeout(60)
