@@ -39,6 +39,7 @@ from redis_rpc._consumer import (
     Consumer,
     Delivery,
     log_failure,
+    run_logged,
 )
 from redis_rpc._executor import WorkerPool
 from redis_rpc._redis import Publish
@@ -274,11 +275,7 @@ class ChannelHub:
         return self.pool.shutdown(timeout)
 
     def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException:
-            logger.critical("%s died", self.name, exc_info=True)
-            raise
+        run_logged(self.name, self._loop)
 
     def _loop(self) -> None:
         backoff = Backoff()

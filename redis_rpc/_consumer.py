@@ -45,7 +45,7 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from redis_rpc._handler import Handler
     from redis_rpc._heartbeat import Heartbeat
@@ -95,6 +95,15 @@ def current_handling() -> tuple[Consumer, RedisMessage] | None:
     consumer = getattr(_local, "consumer", None)
     message = getattr(_local, "message", None)
     return None if consumer is None or message is None else (consumer, message)
+
+
+def run_logged(name: str, loop: Callable[[], None]) -> None:
+    """Run a thread's *loop*, logging its death, which only a bug can cause, as critical."""
+    try:
+        loop()
+    except BaseException:
+        logger.critical("%s died", name, exc_info=True)
+        raise
 
 
 def log_failure(name: str, error: Exception) -> None:
@@ -261,15 +270,21 @@ class Consumer(abc.ABC):
             if self.inline_since != since:
                 return
             self.inline_since = 0.0
-            waiting = 0
+            waiting, ahead = 0, []
             while self._spare:
                 try:
                     delivery = self._spare.popleft()
                 except IndexError:  # the consumer thread took it after all
                     break
+                if (
+                    not delivery.slot
+                ):  # read ahead: the successor starts it once a slot is free
+                    ahead.append(delivery)
+                    continue
                 assert self._pool is not None  # only pooled consumers are watched
-                self._pool.submit(functools.partial(self._start_handling, delivery))
+                self._pool.submit(functools.partial(self._handle, delivery))
                 waiting += 1
+            self._spare.extendleft(reversed(ahead))
             if not self._stopping.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name=self.name, daemon=True
@@ -348,11 +363,7 @@ class Consumer(abc.ABC):
             self._connection.execute_many(probes)
 
     def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException:
-            logger.critical("%s died", self.name, exc_info=True)
-            raise
+        run_logged(self.name, self._loop)
 
     def _fetching(self) -> bool:
         """Whether the calling thread is the one that fetches (and was not relieved)."""
@@ -384,12 +395,14 @@ class Consumer(abc.ABC):
                     self._stopping.wait(self._backoff.delay())
                     self._backoff = self._backoff.after_failure()
         finally:
-            if (
-                self._fetching()
-            ):  # a relieved thread leaves the connection to its successor
+            # A relieved thread leaves the connection to its successor.
+            if self._fetching():
                 self._close()
 
     def _step(self) -> None:
+        if self._spare:  # left by a relieved thread: before anything new
+            self._handle_spare()
+            return
         if not self._slots.acquire(timeout=self._poll_interval):
             return  # every worker is busy: leave the message in Redis
         if self._stopping.is_set():  # stop() came while we waited for a worker
@@ -422,11 +435,24 @@ class Consumer(abc.ABC):
         self._batch = min(2 * taken, self.subscriber.max_workers) if full else 1
         if self._pool is not None and self._typical >= _INLINE_BELOW:
             for delivery in deliveries:
-                self._pool.submit(functools.partial(self._start_handling, delivery))
+                if (
+                    not delivery.slot
+                ):  # read ahead: a worker starts it once a slot is free
+                    self._slots.acquire()
+                self._pool.submit(functools.partial(self._handle, delivery))
             return
         # Handled here, one after the other: the next fetch carries their
         # replies. Should a handler overrun, the watch relieves this thread.
         self._spare.extend(deliveries)
+        self._handle_spare()
+
+    def _handle_spare(self) -> None:
+        """Handle the messages of the batch on this thread, in order, until done or relieved.
+
+        A message read ahead of the free workers waits for a slot here: a
+        handler holding one always finishes (``close()`` bounds how long
+        it is waited for), and no message is handed on without one.
+        """
         while self._fetching():
             try:
                 delivery = self._spare.popleft()
@@ -440,12 +466,6 @@ class Consumer(abc.ABC):
             self._handle(delivery)
             if self._fetching():  # else it is the successor's to set
                 self.inline_since = 0.0
-
-    def _start_handling(self, delivery: Delivery) -> None:
-        """``_handle()`` on a worker, once *delivery* holds a slot."""
-        if not delivery.slot:
-            self._slots.acquire()
-        self._handle(delivery)
 
     # -- failure policy, per transport --------------------------------------
 

@@ -102,3 +102,25 @@ def test_prefetch_is_refused_with_reliable_lists():
         ListSub("x", reliable=True, prefetch=2)
     with pytest.raises(SetupError):
         ListSub("x", prefetch=0)
+
+
+@pytest.mark.timeout(60)
+def test_items_read_ahead_are_all_handled_by_close(make_broker, raw, unique_name):
+    """Items taken out ahead of the workers are handled before close() returns, none lost."""
+    server = make_broker()
+    handled: list[int] = []
+    lock = threading.Lock()
+
+    @server.subscriber(list=ListSub(unique_name, prefetch=ITEMS), max_workers=2)
+    def handle(n: int) -> None:
+        threading.Event().wait(0.02)  # slow enough to go to the workers
+        with lock:
+            handled.append(n)
+
+    client = make_broker()
+    for n in range(ITEMS):
+        client.publish(n, list=unique_name)
+    server.start()
+    assert wait_for(lambda: raw.llen(unique_name) == 0, LONG_TIMEOUT)
+    server.close()
+    assert sorted(handled) == list(range(ITEMS))
