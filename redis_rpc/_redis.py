@@ -263,10 +263,11 @@ def send_command(
 class Connection:
     """The connections to one Redis server, in bytes mode.
 
-    Safe to use from any number of threads at once. ``execute()`` and
-    ``execute_many()`` share one connection through the pipe (see
-    ``_engine``); blocking reads, scripts and the rest borrow a
-    connection from redis-py's pool for the duration of each call.
+    Safe to use from any number of threads at once. ``execute()``,
+    ``execute_many()``, ``post()`` and ``send()`` share one connection
+    through the pipe (see ``_engine``); each consumer's blocking reads
+    have a connection of their own (``reader()``); scripts and the rest
+    borrow a connection from redis-py's pool for the duration of each call.
     """
 
     def __init__(
@@ -344,16 +345,13 @@ class Connection:
             RedisCommandError: Redis refused one of the commands (the
                 first refusal is raised; without *atomic*, the others ran).
         """
-        group = [_args(command) for command in commands]
-        if atomic and len(group) > 1:
-            replies = self._pipe.submit(
-                [(b"MULTI",), *group, (b"EXEC",)], self._deadline(deadline)
-            )
+        group = _grouped(commands, atomic=atomic)
+        replies = self._pipe.submit(group, self._deadline(deadline))
+        if len(group) > len(commands):  # MULTI ... EXEC
             for reply in replies[:-1]:  # a command refused when queued aborts EXEC
                 _checked(reply, self.address)
             results = _checked(replies[-1], self.address)
             return [_checked(result, self.address) for result in results]
-        replies = self._pipe.submit(group, self._deadline(deadline))
         return [_checked(reply, self.address) for reply in replies]
 
     def post(
@@ -402,37 +400,6 @@ class Connection:
         with map_errors(self.address):
             info = self._client.info("server")
         return str(info.get("redis_version", "unknown"))
-
-    def blpop(self, key: str, timeout: float) -> bytes | None:
-        """Pop the head of list *key*, waiting up to *timeout* seconds for one."""
-        with map_errors(self.address):
-            item = self._client.blpop([key], timeout=timeout)
-        return None if item is None else cast("bytes", item[1])
-
-    def blmpop(self, key: str, timeout: float, count: int) -> list[bytes]:
-        """Pop up to *count* items from the head of list *key*, waiting up to
-        *timeout* seconds for the first (``BLMPOP``, Redis 7.0 or newer)."""
-        with map_errors(self.address):
-            answer: Any = self._client.blmpop(
-                timeout,  # Redis takes fractions of a second
-                1,
-                key,
-                direction="LEFT",
-                count=count,
-            )
-        return [] if answer is None else cast("list[bytes]", answer[1])
-
-    def blmove(self, source: str, destination: str, timeout: float) -> bytes | None:
-        """Move the head of list *source* to the head of *destination*, waiting up to *timeout* seconds."""
-        with map_errors(self.address):
-            item = self._client.blmove(
-                source,
-                destination,
-                timeout,  # type: ignore[arg-type]  # Redis takes fractions of a second
-                src="LEFT",
-                dest="LEFT",
-            )
-        return cast("bytes | None", item)
 
     def heartbeat(self, beats: Sequence[Beat]) -> None:
         """Refresh every heartbeat key in *beats*, and list each consumer in its registry."""
@@ -529,29 +496,6 @@ class Connection:
                 int(deliveries),
             )
             for entry_id, fields, deliveries in answer
-        ]
-
-    def xreadgroup(
-        self, stream: str, group: str, consumer: str, block: float, count: int = 1
-    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Read up to *count* new entries for *consumer*, waiting up to *block* seconds."""
-        with map_errors(self.address):
-            answer: Any = self._client.xreadgroup(
-                group,
-                consumer,
-                {stream: ">"},
-                count=count,
-                block=max(1, round(block * 1000)),
-            )
-        if not answer:
-            return []
-        # [[stream, [(entry_id, fields)]]] with RESP2, {stream: [[(entry_id, fields)]]} with RESP3
-        entries = (
-            next(iter(answer.values()))[0] if isinstance(answer, dict) else answer[0][1]
-        )
-        return [
-            (cast("bytes", entry_id), cast("dict[bytes, bytes]", fields or {}))
-            for entry_id, fields in entries
         ]
 
     def xautoclaim(
