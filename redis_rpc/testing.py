@@ -17,7 +17,7 @@ from redis_rpc._memory import MemoryConnection, RecordingHandler
 from redis_rpc.errors import BrokerStateError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from redis_rpc._broker import RedisBroker
@@ -155,10 +155,16 @@ class RedisServer:
     Args:
         executable: The ``redis-server`` binary; found on ``PATH`` by default.
         startup_timeout: Seconds ``start()`` waits for the server to answer.
+        extra_args: More ``redis-server`` options, such as
+            ``("--cluster-enabled", "yes")`` or ``("--replicaof", host, port)``.
     """
 
     def __init__(
-        self, executable: str | None = None, *, startup_timeout: float = 10.0
+        self,
+        executable: str | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
@@ -166,6 +172,7 @@ class RedisServer:
             raise FileNotFoundError(msg)
         self.executable = found
         self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -196,6 +203,7 @@ class RedisServer:
             "no",
             "--dir",
             self._dir.name,
+            *self.extra_args,
         ]
         self._process = subprocess.Popen(  # noqa: S603 - a fixed argv, no shell
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
