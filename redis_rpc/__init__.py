@@ -10,7 +10,7 @@ import logging
 from logging import Logger
 
 from redis_rpc._app import App
-from redis_rpc._broker import RedisBroker
+from redis_rpc._broker import RedisBroker, RedisClusterBroker
 from redis_rpc._convert import make_converter
 from redis_rpc._hooks import DestinationStats, Event, Health, Stats, SubscriberStats
 from redis_rpc._message import RedisMessage, RedisResponse, Response
@@ -32,6 +32,7 @@ __all__ = [
     "Path",
     "PubSub",
     "RedisBroker",
+    "RedisClusterBroker",
     "RedisMessage",
     "RedisResponse",
     "RemoteError",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from redis_rpc._channel import ChannelConsumer, ChannelHub
+from redis_rpc._cluster import ClusterConnection
 from redis_rpc._consumer import (
     Consumer,
     Policy,
@@ -178,6 +179,9 @@ class RedisBroker:
         SetupError: The options contradict each other.
     """
 
+    # What the broker talks to Redis through; RedisClusterBroker's routes by slot.
+    _connection_class: type[Connection] = Connection
+
     def __init__(
         self,
         url: str = "redis://localhost:6379",
@@ -222,7 +226,7 @@ class RedisBroker:
         # What publish() and request() did, by destination; see stats().
         self._destinations: dict[str, DestinationCounter] = {}
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
-        self._connection = Connection(
+        self._connection = self._connection_class(
             url,
             socket_timeout=socket_timeout,
             health_check_interval=health_check_interval,
@@ -695,9 +699,9 @@ class RedisBroker:
                 the message being handled waits, and the shorter deadline
                 is sent on.
             fail_fast: On a channel, raise ``NoSubscriberError`` at once
-                when Redis reports that nobody received the request. Turn
-                it off where that count is unreliable (Redis Cluster
-                counts only one node's subscribers).
+                when Redis reports that nobody received the request. Not
+                on a Redis Cluster, which counts one node's subscribers
+                only: there the request waits for its timeout.
 
         Returns:
             The reply, as a ``RedisMessage``.
@@ -800,7 +804,12 @@ class RedisBroker:
                 return NoSubscriberError(msg, destination=str(target))
 
             # On a channel, Redis' answer says whether anybody got it.
-            counted = fail_fast and isinstance(command, Publish)
+            # In a cluster, Redis counts the subscribers of one node only.
+            counted = (
+                fail_fast
+                and isinstance(command, Publish)
+                and not self._connection.cluster
+            )
             sent = Sent(listener, reply_to, unheard if counted else None)
             try:
                 try:  # a failure to send fails the future, and is in sent.error
@@ -1090,3 +1099,35 @@ def _reaches(source: PubSub, channel: str) -> bool:
     if source.pattern:
         return fnmatch.fnmatchcase(channel, template.subscription)
     return channel == template.subscription
+
+
+class RedisClusterBroker(RedisBroker):
+    """A ``RedisBroker`` for a Redis Cluster: the same API, routed by hash slot.
+
+    Lists and streams live on the master of their key's slot, and each
+    command goes there; when a slot moves or a replica takes over from a
+    dead master, commands and consumers follow by themselves. Channels use
+    classic Pub/Sub, which a cluster spreads to every node, so FastStream
+    peers on the same cluster talk to this broker as to any other.
+
+    Differences from ``RedisBroker``: the companion keys of a list or stream
+    (and its default dead letters) are named ``{name}:...``, so that they
+    share its slot; a transaction spanning slots (a dead letter named by
+    you on another slot) runs as separate commands, in order; and
+    ``request(fail_fast=True)`` on a classic channel does not raise
+    ``NoSubscriberError``, since a cluster counts only one node's
+    subscribers.
+
+    Args:
+        url: The URL of any node (``redis://host:7000``), or several, as a
+            sequence or separated by commas: the first that answers tells
+            where the others are. Database 0 only.
+        **options: As for ``RedisBroker``.
+    """
+
+    _connection_class = ClusterConnection
+
+    def __init__(
+        self, url: str | Sequence[str] = "redis://localhost:6379", **options: Any
+    ) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]

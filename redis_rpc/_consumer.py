@@ -36,6 +36,7 @@ from redis_rpc._message import (
     frame_parts,
 )
 from redis_rpc._redis import Command, Owed, Publish, Reader, RPush, XAdd, send_command
+from redis_rpc._schemas import PubSub
 from redis_rpc._signing import check_request, signed_frame
 from redis_rpc.errors import (
     MessageDecodeError,
@@ -234,7 +235,12 @@ class Consumer(abc.ABC):
         # The blocking reads' own connection, which also carries what the
         # handlers produced since the previous read; opened by _reads().
         self._reader: Reader | None = None
-        self._owed = Owed(connection, f"the replies or acks of {self.name}")
+        source = subscriber.source
+        self._owed = Owed(
+            connection,
+            f"the replies or acks of {self.name}",
+            key=None if isinstance(source, PubSub) else source.name,
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -472,6 +478,14 @@ class Consumer(abc.ABC):
     def _can_retry(self, delivery: Delivery) -> bool:
         """Whether leaving a failed message unsettled gets it delivered again."""
         return False
+
+    def _dead_letter_key(self) -> str:
+        """The dead-letter list or stream; by default, in a cluster, on the source's slot."""
+        source = self.subscriber.source
+        default = f"{source.name}:dead"
+        if getattr(source, "dead_letter", default) == default:
+            return self._connection.companion(source.name, ":dead")
+        return str(getattr(source, "dead_letter", default))
 
     def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
         """The commands that set aside a message that will never succeed."""

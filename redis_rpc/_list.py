@@ -60,8 +60,9 @@ class ListConsumer(Consumer):
         return source
 
     def _key(self, kind: str, consumer: str = "") -> str:
-        return f"{self._source.list}:redis_rpc:{kind}" + (
-            f":{consumer}" if consumer else ""
+        return self._connection.companion(
+            self._source.list,
+            f":redis_rpc:{kind}" + (f":{consumer}" if consumer else ""),
         )
 
     def _open(self) -> None:
@@ -107,7 +108,7 @@ class ListConsumer(Consumer):
         """In reliable mode, move the item out of the processing list to the dead-letter list."""
         if delivery.ack is None:  # popped: nothing is left in Redis to move
             return []
-        return [RPush(self._source.dead_letter, delivery.payload), delivery.ack]
+        return [RPush(self._dead_letter_key(), delivery.payload), delivery.ack]
 
     def _beat(self) -> None:
         """Have the heartbeat thread keep this id alive, in place of the previous one."""

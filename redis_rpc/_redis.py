@@ -34,7 +34,7 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from redis_rpc._heartbeat import Beat
     from redis_rpc._schemas import Destination
@@ -124,13 +124,38 @@ ERROR_MAP: tuple[_Mapping, ...] = (
         redis.exceptions.AskError,  # MovedError is an AskError
         RedisCommandError,
         "moved",
-        "Redis at {address} is a Redis Cluster node that does not hold this key or channel ({error}); redis_rpc talks to a single Redis server, so connect to a standalone server",
+        "Redis at {address} is a Redis Cluster node that does not hold this key or channel ({error}); use RedisClusterBroker for a cluster",
+    ),
+    _Mapping(
+        redis.exceptions.TryAgainError,
+        RedisCommandError,
+        "try_again",
+        "Redis at {address} is moving this key's slot to another node ({error}); retry in a moment",
+    ),
+    _Mapping(
+        redis.exceptions.ClusterDownError,  # MasterDownError too
+        RedisConnectionError,
+        "cluster_down",
+        "The Redis Cluster that {address} belongs to cannot serve this key now ({error}); a failover is probably under way, retry in a moment",
+    ),
+    _Mapping(
+        redis.exceptions.ClusterCrossSlotError,
+        RedisCommandError,
+        "cross_slot",
+        "Redis at {address} refused a command whose keys are in different cluster slots ({error}); give the keys a common hash tag, such as {{orders}}",
     ),
     _Mapping(
         redis.exceptions.RedisError,
         RedisCommandError,
         "command",
         "Redis at {address} refused a command ({error})",
+    ),
+    _Mapping(
+        # redis-py's cluster client: no node answered, or a slot has no master.
+        redis.exceptions.RedisClusterException,
+        RedisConnectionError,
+        "cluster_down",
+        "Could not reach {address}, or it cannot serve this key now ({error}); check that the nodes are running and that every slot has a master",
     ),
 )
 
@@ -140,9 +165,12 @@ def _sentence(text: str) -> str:
     return text.strip().rstrip(".")
 
 
-def translate(exc: redis.exceptions.RedisError, address: str) -> RedisRPCError:
+def translate(
+    exc: redis.exceptions.RedisError | redis.exceptions.RedisClusterException,
+    address: str,
+) -> RedisRPCError:
     """Our exception for redis-py's *exc*, its message naming the cause and the fix."""
-    # The last entry matches every RedisError.
+    # The last two entries match every RedisError and RedisClusterException.
     mapping = next(m for m in ERROR_MAP if isinstance(exc, m.theirs))
     message = mapping.message.format(address=address, error=_sentence(str(exc)))
     return mapping.ours(message + ".", reason=mapping.reason)
@@ -153,7 +181,7 @@ def map_errors(address: str) -> Iterator[None]:
     """Translate redis-py's exceptions into ours, chaining the original."""
     try:
         yield
-    except redis.exceptions.RedisError as exc:
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise translate(exc, address) from exc
 
 
@@ -385,6 +413,21 @@ class Connection:
     def reader(self) -> Reader:
         """A connection for one consumer thread's blocking reads; see ``Reader``."""
         return Reader(self._client.connection_pool, self.address)
+
+    # Whether this is a Redis Cluster, whose keys live on several nodes.
+    cluster = False
+
+    def companion(self, key: str, suffix: str) -> str:
+        """The name of a key that goes with *key* (a list's processing list, a stream's dead letters)."""
+        return key + suffix
+
+    def rides(self, commands: Sequence[Command], key: str | None) -> bool:
+        """Whether *commands* may go with a consumer's next blocking read on *key*."""
+        return True
+
+    def settle(self, commands: list[Args], replies: list[object], what: str) -> None:
+        """Check the *replies* to *commands* sent for *what* without waiting: log a failure."""
+        Posted(what).set_result(replies)
 
     def after_fork(self) -> None:
         """Drop the parent's pipe in a forked child; the next command opens another."""
@@ -864,8 +907,7 @@ class Reader:
         owed_args = owed.take()
         try:
             if self._connection is None:
-                with map_errors(self._address):
-                    self._connection = self._pool.get_connection()
+                self._connection = self._connect(command)
             connection = self._connection
             with map_errors(self._address):
                 connection.send_packed_command(
@@ -879,8 +921,13 @@ class Reader:
             if owed_args:
                 owed.failed(exc)
             raise
-        owed.answered(replies)
+        owed.answered(owed_args, replies)
         return _checked(reply, self._address)
+
+    def _connect(self, command: Args) -> Any:
+        """A connection of the pool for reading *command*, which is about to be sent."""
+        with map_errors(self._address):
+            return self._pool.get_connection()
 
 
 class Owed:
@@ -891,9 +938,13 @@ class Owed:
     blocking read. Thread-safe.
     """
 
-    def __init__(self, connection: Connection, what: str) -> None:
+    def __init__(
+        self, connection: Connection, what: str, key: str | None = None
+    ) -> None:
+        """*key*: the list or stream read; in a cluster, what goes to another slot does not ride."""
         self._connection = connection
         self._what = what
+        self._key = key
         self._lock = threading.Lock()
         self._commands: list[Args] = []
         self._open = False  # whether the consumer will read again soon
@@ -904,10 +955,11 @@ class Owed:
         Raises:
             RedisConnectionError: As ``Connection.post()``.
         """
-        with self._lock:
-            if self._open:
-                self._commands += _grouped(commands, atomic=atomic)
-                return
+        if self._connection.rides(commands, self._key):
+            with self._lock:
+                if self._open:
+                    self._commands += _grouped(commands, atomic=atomic)
+                    return
         self._connection.post(commands, atomic=atomic, what=self._what)
 
     def reopen(self) -> None:
@@ -931,8 +983,8 @@ class Owed:
             except RedisRPCError as exc:
                 self.failed(exc)
 
-    def answered(self, replies: list[object]) -> None:
-        Posted(self._what).set_result(replies)
+    def answered(self, commands: list[Args], replies: list[object]) -> None:
+        self._connection.settle(commands, replies, self._what)
 
     def failed(self, error: RedisRPCError) -> None:
         Posted(self._what).set_error(error)
@@ -994,8 +1046,11 @@ class Subscription:
         *,
         health_check_interval: float,
         socket_timeout: float,
+        lost: Callable[[], object] | None = None,
     ) -> None:
+        """*lost* is called when the connection fails."""
         self._conn = connection
+        self._lost = lost
         self._address = address
         self._health_check_interval = health_check_interval
         self._socket_timeout = socket_timeout
@@ -1133,8 +1188,10 @@ class Subscription:
         try:
             with map_errors(self._address):
                 yield
-        except BaseException:
+        except BaseException as exc:
             self._broken = True
+            if self._lost is not None and isinstance(exc, RedisConnectionError):
+                self._lost()
             raise
 
     def _refused(

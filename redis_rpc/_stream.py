@@ -114,8 +114,10 @@ class StreamConsumer(Consumer):
 
     def _key(self, kind: str, consumer: str = "") -> str:
         source = self._source
-        return f"{source.stream}:redis_rpc:group:{source.group}:{kind}" + (
-            f":{consumer}" if consumer else ""
+        return self._connection.companion(
+            source.stream,
+            f":redis_rpc:group:{source.group}:{kind}"
+            + (f":{consumer}" if consumer else ""),
         )
 
     def _open(self) -> None:
@@ -321,7 +323,7 @@ class StreamConsumer(Consumer):
         reason = f"{type(error).__name__}: {describe(error)}"
         return [
             XAdd(
-                source.dead_letter,
+                self._dead_letter_key(),
                 delivery.payload,
                 extra=(
                     ("error", reason),

@@ -399,12 +399,18 @@ class TestOptions:
         broker.close()
 
 
+# One per kind of deployment: a server, a cluster, a Sentinel-managed server.
+_REDIS_MODULES = {"_redis.py", "_cluster.py", "_sentinel.py"}
+
+
 class TestImportRules:
     @pytest.mark.parametrize(
-        "path", [p for p in _package_modules() if p.name != "_redis.py"], ids=str
+        "path",
+        [p for p in _package_modules() if p.name not in _REDIS_MODULES],
+        ids=str,
     )
     def test_only_redis_module_imports_redis(self, path):
-        """No module of redis_rpc but _redis.py imports redis."""
+        """No module of redis_rpc imports redis but those that wrap redis-py's connections."""
         assert "redis" not in _imported_modules(path)
 
     @pytest.mark.parametrize("path", _package_modules(), ids=str)
