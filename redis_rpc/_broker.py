@@ -808,7 +808,7 @@ class RedisBroker:
             counted = (
                 fail_fast
                 and isinstance(command, Publish)
-                and not self._connection.cluster
+                and (command.sharded or not self._connection.cluster)
             )
             sent = Sent(listener, reply_to, unheard if counted else None)
             try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
@@ -219,12 +220,17 @@ class ChannelConsumer(Consumer):
 
 
 class ChannelHub:
-    """The Pub/Sub connection and reader thread shared by a broker's channel subscribers.
+    """The Pub/Sub connections and reader threads shared by a broker's channel subscribers.
+
+    Classic channels and patterns share one connection and one thread
+    (named ``redis_rpc:channels``). Each sharded channel has a line of its
+    own (``redis_rpc:channels:<name>``): in a Redis Cluster it must be read
+    from its slot's master, and follow the slot when it moves.
 
     ``ready`` is set once every channel and pattern is subscribed, and
     ``error`` says why not, while not. ``start()``, ``stop()``, ``join()``
-    and ``shutdown_workers()`` may be called from any thread; the
-    subscription belongs to the hub's own thread.
+    and ``shutdown_workers()`` may be called from any thread; each
+    subscription belongs to its line's own thread.
     """
 
     name = "redis_rpc:channels"  # of its thread, and in start() errors
@@ -234,59 +240,97 @@ class ChannelHub:
     ) -> None:
         """*max_workers*: how many handlers the subscribers may run at once, in all."""
         self.ready = threading.Event()
-        self.error: Exception | None = None
         self._connection = connection
         self._poll_interval = poll_interval
         self._consumers: list[ChannelConsumer] = []
-        # Who gets a message, by the channel or pattern it came for; filled
-        # before start() and only read afterwards, by the reader thread.
-        self._channels: dict[bytes, list[ChannelConsumer]] = {}
-        self._patterns: dict[bytes, list[ChannelConsumer]] = {}
+        self._lines: dict[str | None, _Line] = {}  # by sharded channel; None: the rest
         self._stopping = threading.Event()
         self.pool = WorkerPool(max(1, min(max_workers, SHARED_WORKERS)), self.name)
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     @property
     def consumers(self) -> Sequence[ChannelConsumer]:
         return self._consumers
 
+    @property
+    def error(self) -> Exception | None:
+        """Why a line is not subscribed, while one is not."""
+        return next(
+            (line.error for line in self._lines.values() if line.error is not None),
+            None,
+        )
+
     def add(self, consumer: ChannelConsumer) -> None:
         """Serve *consumer* too; only before ``start()``."""
-        routes = self._patterns if consumer.source.pattern else self._channels
-        name = consumer.template.subscription.encode()
-        routes.setdefault(name, []).append(consumer)
+        source = consumer.source
+        shard = source.channel if source.sharded else None
+        line = self._lines.get(shard)
+        if line is None:
+            line = self._lines[shard] = _Line(self, shard)
+        line.add(consumer)
         self._consumers.append(consumer)
 
     def start(self) -> None:
-        self._thread.start()
+        for line in self._lines.values():
+            line.thread.start()
 
     def stop(self) -> None:
-        """Ask the reader to stop; it does within about one poll interval."""
+        """Ask the readers to stop; they do within about one poll interval."""
         self._stopping.set()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to *timeout* seconds for the reader to end; True if it did."""
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait up to *timeout* seconds for the readers to end; True if they did."""
+        deadline = time.monotonic() + timeout
+        for line in self._lines.values():
+            if line.thread.ident is not None:  # started
+                line.thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(line.thread.is_alive() for line in self._lines.values())
 
     def shutdown_workers(self, timeout: float) -> bool:
         """Let the shared workers go once idle, waiting up to *timeout* seconds for them."""
         return self.pool.shutdown(timeout)
 
+    def _line_ready(self) -> None:
+        if all(line.ready.is_set() for line in self._lines.values()):
+            self.ready.set()
+
+
+class _Line:
+    """One Pub/Sub connection of a ``ChannelHub`` and the thread that reads it."""
+
+    def __init__(self, hub: ChannelHub, shard: str | None) -> None:
+        self._hub = hub
+        self._shard = shard  # the sharded channel it reads; None: classic ones
+        self.name = hub.name if shard is None else f"{hub.name}:{shard}"
+        self.ready = threading.Event()
+        self.error: Exception | None = None
+        self._consumers: list[ChannelConsumer] = []
+        # Who gets a message, by the channel or pattern it came for; filled
+        # before start() and only read afterwards, by the reader thread.
+        self._channels: dict[bytes, list[ChannelConsumer]] = {}
+        self._patterns: dict[bytes, list[ChannelConsumer]] = {}
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def add(self, consumer: ChannelConsumer) -> None:
+        routes = self._patterns if consumer.source.pattern else self._channels
+        name = consumer.template.subscription.encode()
+        routes.setdefault(name, []).append(consumer)
+        self._consumers.append(consumer)
+
     def _run(self) -> None:
         run_logged(self.name, self._loop)
 
     def _loop(self) -> None:
+        hub = self._hub
         backoff = Backoff()
-        while not self._stopping.is_set():
-            subscription = self._connection.subscription()
+        while not hub._stopping.is_set():
+            subscription = hub._connection.subscription(self._shard)
             try:
                 self._open(subscription)
                 if backoff.failures:
                     logger.warning("%s is consuming again", self.name)
                 self._set_error(None)
                 self.ready.set()
+                hub._line_ready()
                 for consumer in self._consumers:
                     consumer.ready.set()
                 backoff = Backoff()
@@ -295,7 +339,7 @@ class ChannelHub:
                 if self.error is None:
                     log_failure(self.name, exc)
                 self._set_error(exc)
-                self._stopping.wait(backoff.delay())
+                hub._stopping.wait(backoff.delay())
                 backoff = backoff.after_failure()
             finally:
                 subscription.close()
@@ -310,24 +354,26 @@ class ChannelHub:
         # Subscribing is a command, which may take socket_timeout on a loaded
         # server, and a little more for each thousand channels; stop() and
         # start_timeout cut the wait short anyway.
+        connection = self._hub._connection
         for routes, pattern in ((self._channels, False), (self._patterns, True)):
             if routes:
                 subscription.subscribe_many(
                     [name.decode() for name in routes],
                     pattern=pattern,
-                    timeout=self._connection.socket_timeout + len(routes) / 1000,
-                    stop=self._stopping,
+                    timeout=connection.socket_timeout + len(routes) / 1000,
+                    stop=self._hub._stopping,
+                    sharded=self._shard is not None,
                 )
         # Subscribing proves we may read; this proves, before start()
         # returns, that an ACL lets the handlers reply too.
         if any(not c.subscriber.no_reply for c in self._consumers):
-            self._connection.execute_many([Publish(PERMISSION_PROBE_CHANNEL, b"")])
+            connection.execute_many([Publish(PERMISSION_PROBE_CHANNEL, b"")])
 
     def _read(self, subscription: Subscription) -> None:
-        while not self._stopping.is_set():
-            for pattern, channel, data in subscription.get_messages(
-                self._poll_interval
-            ):
+        stopping = self._hub._stopping
+        poll_interval = self._hub._poll_interval
+        while not stopping.is_set():
+            for pattern, channel, data in subscription.get_messages(poll_interval):
                 if pattern is None:
                     targets = self._channels.get(channel, ())
                 else:

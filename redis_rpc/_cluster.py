@@ -440,7 +440,7 @@ class ClusterConnection(Connection):
             return False
         slot = slot_of(key)
         for command in commands:
-            if isinstance(command, Publish):
+            if isinstance(command, Publish) and not command.sharded:
                 continue
             routed = _key(_args(command))
             if routed is None or slot_of(routed) != slot:
@@ -472,9 +472,13 @@ class ClusterConnection(Connection):
     def reader(self) -> Reader:
         return _ClusterReader(self)
 
-    def subscription(self) -> Subscription:
-        """A classic Pub/Sub connection to one master: a cluster spreads every message to all nodes."""
-        node = self._route(None)
+    def subscription(self, shard: str | None = None) -> Subscription:
+        """A Pub/Sub connection to the master of sharded channel *shard*'s slot.
+
+        Without *shard*, to any master: a cluster spreads classic Pub/Sub
+        messages to all nodes.
+        """
+        node = self._route(shard)
         return self._subscription(node)
 
     def _subscription(self, node: _Node) -> Subscription:

@@ -189,6 +189,7 @@ def map_errors(address: str) -> Iterator[None]:
 class Publish:
     channel: str
     data: bytes
+    sharded: bool = False  # SPUBLISH
 
 
 @attrs.frozen
@@ -280,7 +281,7 @@ def send_command(
     *maxlen* trims a stream destination, overriding the ``StreamSub``'s own.
     """
     if isinstance(destination, PubSub):
-        return Publish(destination.channel, data)
+        return Publish(destination.channel, data, sharded=destination.sharded)
     if isinstance(destination, ListSub):
         return RPush(destination.list, data)
     return XAdd(
@@ -573,8 +574,11 @@ class Connection:
             )
         return int(pending[0]["times_delivered"]) if pending else 0
 
-    def subscription(self) -> Subscription:
-        """A new Pub/Sub connection, to be owned by the calling thread; it connects on first use."""
+    def subscription(self, shard: str | None = None) -> Subscription:
+        """A new Pub/Sub connection, to be owned by the calling thread; it connects on first use.
+
+        *shard*: a sharded channel it is for; in a cluster, its slot's master.
+        """
         pool = self._client.connection_pool
         connection = pool.connection_class(
             **{
@@ -632,7 +636,11 @@ def _check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
 def _args(command: Command) -> Args:
     """The words of *command*, as Redis reads them."""
     if isinstance(command, Publish):
-        return (b"PUBLISH", command.channel, command.data)
+        return (
+            b"SPUBLISH" if command.sharded else b"PUBLISH",
+            command.channel,
+            command.data,
+        )
     if isinstance(command, RPush):
         return (b"RPUSH", command.key, command.data)
     if isinstance(command, XAdd):
@@ -1078,8 +1086,9 @@ class Subscription:
         pattern: bool,
         timeout: float,
         stop: threading.Event | None = None,
+        sharded: bool = False,
     ) -> None:
-        """Subscribe to all *channels* (patterns if *pattern*) and wait until Redis confirms each.
+        """Subscribe to all *channels* (patterns if *pattern*, sharded channels if *sharded*) and wait until Redis confirms each.
 
         The commands are written in batches of ``SUBSCRIBE_BATCH`` channels
         before any confirmation is read. Messages arriving meanwhile are
@@ -1092,7 +1101,11 @@ class Subscription:
         """
         names = list(dict.fromkeys(channels))
         command, kind = (
-            ("PSUBSCRIBE", b"psubscribe") if pattern else ("SUBSCRIBE", b"subscribe")
+            ("PSUBSCRIBE", b"psubscribe")
+            if pattern
+            else ("SSUBSCRIBE", b"ssubscribe")
+            if sharded
+            else ("SUBSCRIBE", b"subscribe")
         )
         waiting = {name.encode() for name in names}
         confirmed = 0
@@ -1121,7 +1134,7 @@ class Subscription:
                     confirmed += 1
                     waiting.discard(reply[1])
                 else:
-                    self._keep(reply, self._early)
+                    self._keep(reply, self._early, self._address)
         if waiting:
             example = next(iter(waiting)).decode(errors="replace")
             what = (
@@ -1151,7 +1164,7 @@ class Subscription:
             if readable(self._conn, timeout):
                 heard = True
                 for reply in read_buffered(self._conn, limit):
-                    self._keep(reply, found)
+                    self._keep(reply, found, self._address)
         now = time.monotonic()
         if heard:
             self._last_heard, self._ping_sent = now, None
@@ -1216,10 +1229,21 @@ class Subscription:
         )
 
     @staticmethod
-    def _keep(reply: Any, into: list[Received] | collections.deque[Received]) -> None:
-        """Add *reply* to *into* if it is a published message; drop confirmations and PONGs."""
+    def _keep(
+        reply: Any, into: list[Received] | collections.deque[Received], address: str
+    ) -> None:
+        """Add *reply* to *into* if it is a published message; drop confirmations and PONGs.
+
+        Raises:
+            RedisConnectionError: Redis dropped a sharded channel, whose slot
+                moved to another node: subscribe again, there.
+        """
         kind = reply[0]
-        if kind == b"message":
+        if kind in (b"message", b"smessage"):
             into.append((None, reply[1], reply[2]))
         elif kind == b"pmessage":
             into.append((reply[1], reply[2], reply[3]))
+        elif kind == b"sunsubscribe":
+            name = reply[1].decode(errors="replace")
+            msg = f"Redis at {address} no longer serves sharded channel {name!r}: its slot moved to another node."
+            raise RedisConnectionError(msg, reason="moved")

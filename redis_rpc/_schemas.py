@@ -64,21 +64,37 @@ class PubSub:
     parameter with ``Path()`` as its default receives each placeholder's
     value. ``{{`` and ``}}`` are literal braces. Templates only matter to
     subscribers; a name published to is taken as it is.
+
+    With ``sharded=True`` the channel is a sharded one (Redis 7.0 or newer):
+    subscribed with ``SSUBSCRIBE`` and published to with ``SPUBLISH``. In a
+    Redis Cluster its messages then reach only the nodes of its slot, not
+    every node, and ``fail_fast`` works, since they count its subscribers.
+    A sharded channel is a literal name: no patterns, no placeholders
+    (braces are a hash tag). FastStream has no sharded channels.
     """
 
     channel: str = attrs.field(validator=_not_empty)
+    # Before pattern, whose default depends on it; keyword-only, so after it in calls.
+    sharded: bool = attrs.field(default=False, kw_only=True)
     pattern: bool = attrs.field()
 
     @pattern.default
     def _pattern_default(self) -> bool:
+        if self.sharded:
+            return False
         return "*" in self.channel or _path.has_placeholders(self.channel)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sharded and self.pattern:
+            msg = f"{self} is sharded, and sharded channels cannot be patterns; subscribe to each channel by name."
+            raise SetupError(msg)
 
     @property
     def name(self) -> str:
         return self.channel
 
     def __str__(self) -> str:
-        return f"channel:{self.channel}"
+        return f"{'sharded channel' if self.sharded else 'channel'}:{self.channel}"
 
 
 @attrs.frozen
@@ -254,6 +270,8 @@ def subscription(source: Destination) -> _path.ChannelTemplate | None:
             msg = f"{source} has a {{placeholder}}, but only channels take them (as in FastStream); subscribe to a channel, or use the list's or stream's own name."
             raise SetupError(msg)
         return None
+    if source.sharded:  # a literal name: its braces are a hash tag
+        return _path.ChannelTemplate(source.channel, source.channel)
     template = _path.parse(source.channel)
     if template.names and not source.pattern:
         msg = f"{source} has placeholders, so it is subscribed as a pattern; leave out pattern=False, or write {{{{ and }}}} for literal braces."
