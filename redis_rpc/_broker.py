@@ -50,6 +50,7 @@ from redis_rpc._message import (
     ACCEPT_ERRORS,
     DEADLINE,
     NONCE,
+    REPLY_SHARD,
     REPLY_TO,
     RedisMessage,
     check_size,
@@ -785,6 +786,8 @@ class RedisBroker:
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
             raise timed_out(msg)
         reply_to, ours[NONCE], future = listener.register(correlation_id)
+        if listener.shard is not None:
+            ours[REPLY_SHARD] = listener.shard
         try:
             frame = signed_frame(
                 *frame_parts(

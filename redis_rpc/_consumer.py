@@ -677,7 +677,7 @@ class Consumer(abc.ABC):
             except (TypeError, ValueError):  # a header the frame format cannot hold
                 continue
             if limit is None or len(frame) <= limit:
-                return [Publish(message.reply_to, frame)]
+                return [self._reply(message, frame)]
         logger.warning(
             "%s could not fit an error reply to %r within max_message_size",
             self.name,
@@ -721,8 +721,19 @@ class Consumer(abc.ABC):
                 reply_to_nonce=(message.nonce or None) if key is not None else None,
             )
             check_size(frame, self._policy.max_message_size, "The handler's result")
-            commands.append(Publish(message.reply_to, frame))
+            commands.append(self._reply(message, frame))
         return commands
+
+    def _reply(self, message: RedisMessage, frame: bytes) -> Publish:
+        """The command that sends *frame* back to *message*'s caller.
+
+        In a cluster, a redis_rpc caller's sharded reply channel gets it,
+        prefixed by the reply channel, which says who waits for it.
+        """
+        if message.reply_shard and self._connection.cluster:
+            data = message.reply_to.encode() + b" " + frame
+            return Publish(message.reply_shard, data, sharded=True)
+        return Publish(message.reply_to, frame)
 
     def _result_parts(
         self,

@@ -33,6 +33,10 @@ ERROR = "x-redis-rpc-error"
 # peers that share a signing_key: the HMAC (see _signing).
 NONCE = "x-redis-rpc-nonce"
 SIGNATURE = "x-redis-rpc-signature"
+# On a request in a Redis Cluster: the caller's sharded reply channel. A
+# redis_rpc server sends the reply there with SPUBLISH, so that it reaches
+# one shard instead of every node; FastStream servers reply on reply_to.
+REPLY_SHARD = "x-redis-rpc-reply-shard"
 _PROTOCOL_HEADERS = frozenset(
     (
         CORRELATION_ID,
@@ -43,6 +47,7 @@ _PROTOCOL_HEADERS = frozenset(
         ERROR,
         NONCE,
         SIGNATURE,
+        REPLY_SHARD,
     )
 )
 
@@ -92,6 +97,8 @@ class RedisMessage:
     # Left out of repr: with it, anyone who reads a debug log could answer the request.
     nonce: str = attrs.field(default="", repr=False)
     path: Mapping[str, str] = _NO_PATH
+    # The caller's sharded reply channel, in a Redis Cluster; see REPLY_SHARD.
+    reply_shard: str = attrs.field(default="", repr=False)
 
     @classmethod
     def from_payload(
@@ -146,6 +153,7 @@ class RedisMessage:
         accept_errors = pop(ACCEPT_ERRORS, None)
         error = pop(ERROR, None)
         nonce = pop(NONCE, None)
+        reply_shard = pop(REPLY_SHARD, None)
         pop(SIGNATURE, None)
         return cls(
             body=body,
@@ -159,6 +167,7 @@ class RedisMessage:
             converter=converter,
             nonce=str(nonce or ""),
             path=_NO_PATH if path is None else path,
+            reply_shard=str(reply_shard or ""),
         )
 
     def decode(

@@ -175,6 +175,9 @@ class ReplyListener:
         signing_key: bytes | None = None,
     ) -> None:
         self.prefix = f"redis_rpc.reply.{uuid.uuid4().hex}."
+        # In a cluster, our servers reply here with SPUBLISH (see REPLY_SHARD),
+        # and the listener reads it from its slot's master, with the pattern.
+        self.shard = ("{" + self.prefix + "}") if connection.cluster else None
         self.ready = threading.Event()  # set while the reply subscription is confirmed
         self._connection = connection
         self._poll_interval = poll_interval
@@ -317,11 +320,18 @@ class ReplyListener:
     def _run(self) -> None:
         backoff = Backoff()
         while not self._stopping.is_set():
-            subscription = self._connection.subscription()
+            subscription = self._connection.subscription(self.shard)
             try:
                 subscription.subscribe(
                     f"{self.prefix}*", pattern=True, timeout=10 * self._poll_interval
                 )
+                if self.shard is not None:
+                    subscription.subscribe_many(
+                        [self.shard],
+                        pattern=False,
+                        sharded=True,
+                        timeout=10 * self._poll_interval,
+                    )
                 if backoff.failures:
                     logger.warning("Reply listener is subscribed again")
                 self._set_accepting(True)
@@ -367,8 +377,11 @@ class ReplyListener:
     def _listen(self, subscription: Subscription) -> None:
         # One wake-up hands over everything one read of the socket held.
         deliver = self.deliver
+        shard = None if self.shard is None else self.shard.encode()
         while not self._stopping.is_set():
             for _, channel, payload in subscription.get_messages(self._poll_interval):
+                if channel == shard:  # b"<reply channel> <frame>"
+                    channel, _, payload = payload.partition(b" ")
                 deliver(channel, payload)
 
     def _acceptable(self, waiter: _Waiter, payload: bytes) -> bool:
