@@ -214,13 +214,17 @@ class ClusterServers:
 
     def stop(self) -> None:
         """Stop every server and delete its files; safe to call more than once."""
-        errors: list[BaseException] = []
         for node in self.nodes:
             node.close_client()
-            try:
-                node.server.stop()
-            except Exception as exc:  # noqa: BLE001 - stop the others, then raise
-                errors.append(exc)
+        if not self.nodes:
+            return
+        # In parallel, as each stop() waits for its process to exit; every
+        # server is stopped before the first error, if any, is raised.
+        with ThreadPoolExecutor(
+            len(self.nodes), thread_name_prefix="cluster-stop"
+        ) as pool:
+            futures = [pool.submit(node.server.stop) for node in self.nodes]
+        errors = [exc for future in futures if (exc := future.exception(timeout=0))]
         if errors:
             raise errors[0]
 
@@ -360,7 +364,7 @@ class ClusterServers:
         promoted: list[str] = []
 
         def done(views: list[_NodeView]) -> bool:
-            owners = {_owner(views, slot) for slot in _firsts(slots)}
+            owners = {_owner(views, slot) or "" for slot in _firsts(slots)}
             if len(owners) != 1 or not owners <= candidates:
                 return False
             promoted[:] = owners
