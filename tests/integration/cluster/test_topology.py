@@ -16,6 +16,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from tests.cluster_topology import TopologyError
 from tests.conftest import LONG_TIMEOUT, PROCESS_TEST_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import wait_for
 
@@ -312,3 +313,13 @@ def _block_in_background(client: redis.Redis, key: str):
     finally:
         watcher.close()
     return outcome
+
+
+def test_cluster_without_replicas_refuses_failover(make_cluster):
+    """make_cluster(replicas=0) builds masters only, and failover() says why it cannot run."""
+    cluster = make_cluster(masters=2, replicas=0)
+    assert len(cluster.nodes) == 2
+    master = cluster.masters()[0]
+    assert cluster.replicas_of(master) == []
+    with pytest.raises(TopologyError, match="no running replica"):
+        cluster.failover(master)
