@@ -93,6 +93,11 @@ def per_call(func: Callable[[], object], *, budget: float, repeats: int) -> floa
 class _NoRedis:
     """Stands in for the connection: these paths never reach Redis."""
 
+    cluster = False
+
+    def rides(self, commands: object, key: object) -> bool:
+        return True  # what a single server says: anything may ride
+
     def __getattr__(self, name: str) -> Any:
         msg = f"The frames benchmark must not use Redis, yet it called {name}."
         raise AssertionError(msg)

@@ -108,6 +108,11 @@ def hash_tag(key: str) -> str | None:
 
 
 def _reason(error: RedisRPCError) -> str:
+    """*error*'s reason; ``cluster_down`` for a blocked read that a failover cut short."""
+    # A master that a failover demotes answers its blocked reads with
+    # "UNBLOCKED force unblock ...": a plain error reply, but a map change.
+    if str(error.__cause__).startswith("UNBLOCKED"):
+        return "cluster_down"
     return str(getattr(error, "reason", ""))
 
 
@@ -271,7 +276,7 @@ class ClusterConnection(Connection):
         elif _reason(error) == "cluster_down":
             time.sleep(RETRY_DELAY)
             self.refresh()
-        elif _reason(error) == "try_again":
+        else:  # TRYAGAIN, or ASK for a blocking read: the slot is moving
             time.sleep(RETRY_DELAY)
 
     def _route(self, key: bytes | str | None) -> _Node:
@@ -626,7 +631,7 @@ class _ClusterReader(Reader):
             try:
                 return super()._read(command, owed)
             except RedisCommandError as exc:
-                if exc.reason not in _REDIRECTED or attempt == REDIRECTS - 1:
+                if _reason(exc) not in _REDIRECTED or attempt == REDIRECTS - 1:
                     raise
                 self.close()  # the next read connects to the new owner
                 self._cluster._follow(exc)
