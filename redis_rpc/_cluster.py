@@ -28,6 +28,7 @@ applies to sharded channels only, whose subscribers all sit on one node.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import threading
@@ -177,6 +178,13 @@ class ClusterConnection(Connection):
         connection_class = kwargs.pop("connection_class", redis.Connection)
         if kwargs.get("decode_responses"):
             msg = "decode_responses=True would corrupt binary frames; leave it unset."
+            raise SetupError(msg)
+        known = set(redis.cluster.REDIS_ALLOWED_KEYS) | set(
+            inspect.signature(redis.cluster.RedisCluster.__init__).parameters
+        )
+        unknown = sorted(set(kwargs) - known)
+        if unknown:  # RedisCluster would drop them without a word
+            msg = f"Unknown Redis option, given as a keyword or in the URL's query ({', '.join(unknown)}). Check its spelling against redis.cluster.RedisCluster()."
             raise SetupError(msg)
         # What each node's connections get: RedisCluster drops the rest.
         self._node_kwargs = redis.cluster.cleanup_kwargs(**kwargs)  # type: ignore[no-untyped-call]

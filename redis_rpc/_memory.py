@@ -144,7 +144,7 @@ class MemoryConnection(Connection):
     def route(self, command: Command) -> int | bytes:
         """Do with *command* what Redis would, handling what it delivers; return Redis' answer."""
         if isinstance(command, Publish):
-            return self._publish(command.channel, command.data)
+            return self._publish(command.channel, command.data, sharded=command.sharded)
         if isinstance(command, RPush):
             return self._push(command.key, command.data)
         if isinstance(command, XAdd):
@@ -153,10 +153,17 @@ class MemoryConnection(Connection):
             1  # XACK, LREM: nothing is pending in memory, so there is nothing to settle
         )
 
-    def _publish(self, channel: str, data: bytes) -> int:
-        consumers = [c for c in self._channels if _subscribed(c, channel)]
+    def _publish(self, channel: str, data: bytes, *, sharded: bool = False) -> int:
+        # Sharded channels are a namespace of their own.
+        consumers = [
+            c
+            for c in self._channels
+            if c.source.sharded == sharded and _subscribed(c, channel)
+        ]
         listener = self._listener
-        to_listener = listener is not None and channel.startswith(listener.prefix)
+        to_listener = (
+            not sharded and listener is not None and channel.startswith(listener.prefix)
+        )
         if to_listener:
             assert listener is not None
             listener.deliver(channel.encode(), data)
