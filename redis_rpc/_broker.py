@@ -227,6 +227,7 @@ class RedisBroker:
         # What publish() and request() did, by destination; see stats().
         self._destinations: dict[str, DestinationCounter] = {}
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
+        _check_target(url, options, several=self._connection_class.cluster)
         self._connection = self._connection_class(
             url,
             socket_timeout=socket_timeout,
@@ -1102,6 +1103,24 @@ def _reaches(source: PubSub, channel: str) -> bool:
     if source.pattern:
         return fnmatch.fnmatchcase(channel, template.subscription)
     return channel == template.subscription
+
+
+def _check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:
+    """Refuse a redis-py client or pool where a URL belongs, with what to pass instead.
+
+    Only a cluster takes *several* URLs.
+
+    Raises:
+        SetupError: *url* is not a URL, or *options* hold a connection pool.
+    """
+    advice = "redis_rpc opens its own connections from a URL: pass redis://host:port for one server, redis+sentinel://sentinel:26379/service for a Sentinel-managed one, or RedisClusterBroker('redis://node:7000') for a Redis Cluster"
+    if "connection_pool" in options:
+        msg = f"connection_pool is not an option here: {advice}."
+        raise SetupError(msg)
+    urls = [url] if isinstance(url, str) else url if several else None
+    if not (isinstance(urls, (list, tuple)) and all(isinstance(u, str) for u in urls)):
+        msg = f"Expected a Redis URL, not {type(url).__name__}: {advice}."
+        raise SetupError(msg)
 
 
 class RedisClusterBroker(RedisBroker):

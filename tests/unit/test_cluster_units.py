@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.exceptions
 
-from redis_rpc import PubSub, RedisClusterBroker
+from redis_rpc import PubSub, RedisBroker, RedisClusterBroker
 from redis_rpc._cluster import (
     ClusterConnection,
     _key,
@@ -277,3 +277,25 @@ class TestReplyShardHeader:
 
 def _encode(data, headers):
     return encode_frame(data, headers)
+
+
+class TestTargets:
+    """What users pass instead of a URL gets a clear error that says what to pass."""
+
+    def test_a_connection_pool_is_refused(self):
+        pool = redis.ConnectionPool(host="127.0.0.1", port=1)
+        with pytest.raises(SetupError, match="connection_pool is not an option"):
+            RedisBroker("redis://127.0.0.1:1", connection_pool=pool)
+
+    @pytest.mark.parametrize(
+        "target", [redis.Redis(port=1), ["redis://127.0.0.1:1"], 7]
+    )
+    def test_a_client_or_a_list_is_refused_by_a_single_server_broker(self, target):
+        with pytest.raises(
+            SetupError, match=r"Expected a Redis URL.*RedisClusterBroker"
+        ):
+            RedisBroker(target)
+
+    def test_a_client_is_refused_by_the_cluster_broker(self):
+        with pytest.raises(SetupError, match="Expected a Redis URL"):
+            RedisClusterBroker(redis.Redis(port=1))  # type: ignore[arg-type]
