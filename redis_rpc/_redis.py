@@ -24,6 +24,7 @@ try:  # what redis-py's hiredis reader returns when a reply is incomplete
 except ImportError:  # another redis-py layout: read_response() does it all
     _NOT_ENOUGH_DATA = None
 
+from redis_rpc import _sentinel
 from redis_rpc._engine import Args, Outcome, Pipe, Posted
 from redis_rpc._schemas import ListSub, PubSub
 from redis_rpc.errors import (
@@ -285,7 +286,10 @@ class Connection:
             "socket_timeout": socket_timeout,
         }
         try:
-            self._client = redis.Redis.from_url(url, **options)
+            if _sentinel.is_sentinel_url(url):
+                self._client = _sentinel.client(url, options)
+            else:
+                self._client = redis.Redis.from_url(url, **options)
         except (
             TypeError,
             ValueError,
@@ -301,7 +305,7 @@ class Connection:
             raise SetupError(msg)
         self.socket_timeout: float = kwargs.get("socket_timeout") or float("inf")
         # Never the URL itself: it may carry a password.
-        self.address = (
+        self.address = _sentinel.address(pool) or (
             f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         )
         self._requeue_if_dead = self._client.register_script(_REQUEUE_IF_DEAD)
@@ -562,6 +566,7 @@ class Connection:
             logger.warning("The Redis writer thread did not stop in time")
         with map_errors(self.address):
             self._client.connection_pool.disconnect(inuse_connections=False)
+        _sentinel.close(self._client.connection_pool)
 
 
 def _check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
