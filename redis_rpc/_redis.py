@@ -703,6 +703,12 @@ class _Link:
         # Any: redis-py leaves most of a connection's methods untyped.
         self._connection: Any = connection
         self._address = address
+        # Replies written for and not read yet.
+        self._due = 0
+        # The server answered READONLY over a Sentinel-managed connection:
+        # a failover demoted it, and the connection is to be reopened
+        # through the sentinels as soon as no reply is due on it.
+        self._demoted = False
 
     @classmethod
     def open(cls, pool: redis.ConnectionPool, address: str) -> _Link:
@@ -717,17 +723,28 @@ class _Link:
             stale = readable(connection, 0.0)
         except (redis.exceptions.RedisError, OSError):
             stale = True
-        if stale:
-            with map_errors(self._address):
-                connection.disconnect()
-                connection.connect()
+        if stale or self._demoted:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Connect again; through the sentinels, with Sentinel."""
+        with map_errors(self._address):
+            self._connection.disconnect()
+            self._connection.connect()
+        self._due, self._demoted = 0, False
 
     def send(self, commands: Sequence[Args]) -> None:
         connection = self._connection
+        if self._demoted:
+            if self._due:  # replies still due: the pipe fails those calls
+                msg = f"Redis at {self._address} was demoted to a replica by a failover; reconnecting through the sentinels"
+                raise RedisConnectionError(msg, reason="read_only")
+            self._reopen()
         with map_errors(self._address):
             connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
+        self._due += len(commands)
 
     def wait(self, timeout: float) -> bool:
         try:
@@ -747,7 +764,13 @@ class _Link:
         if reader is not None and _NOT_ENOUGH_DATA is not None:
             reply = reader.gets()
             if reply is not _NOT_ENOUGH_DATA:
+                self._due -= 1
                 if isinstance(reply, redis.exceptions.ResponseError):
+                    # redis-py's read_response() would notice this itself.
+                    if isinstance(
+                        reply, redis.exceptions.ReadOnlyError
+                    ) and _sentinel.rediscovers(self._connection):
+                        self._demoted = True
                     error = translate(reply, self._address)
                     error.__cause__ = reply
                     return error
@@ -757,14 +780,17 @@ class _Link:
                 msg = f"Redis at {self._address} sent an unreadable reply: {reply}"
                 raise RedisConnectionError(msg, reason="unreachable") from reply
         try:
-            return self._connection.read_response()
+            reply = self._connection.read_response()
         except redis.exceptions.ResponseError as exc:
             # The connection is fine: only this command was refused.
+            self._due -= 1
             error = translate(exc, self._address)
             error.__cause__ = exc
             return error
         except redis.exceptions.RedisError as exc:
             raise translate(exc, self._address) from exc
+        self._due -= 1
+        return reply
 
     def close(self) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
