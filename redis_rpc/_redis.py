@@ -24,6 +24,7 @@ try:  # what redis-py's hiredis reader returns when a reply is incomplete
 except ImportError:  # another redis-py layout: read_response() does it all
     _NOT_ENOUGH_DATA = None
 
+from redis_rpc import _sentinel
 from redis_rpc._engine import Args, Outcome, Pipe, Posted
 from redis_rpc._schemas import ListSub, PubSub
 from redis_rpc.errors import (
@@ -314,7 +315,10 @@ class Connection:
             "socket_timeout": socket_timeout,
         }
         try:
-            self._client = redis.Redis.from_url(url, **options)
+            if _sentinel.is_sentinel_url(url):
+                self._client = _sentinel.client(url, options)
+            else:
+                self._client = redis.Redis.from_url(url, **options)
         except (
             TypeError,
             ValueError,
@@ -330,7 +334,7 @@ class Connection:
             raise SetupError(msg)
         self.socket_timeout: float = kwargs.get("socket_timeout") or float("inf")
         # Never the URL itself: it may carry a password.
-        self.address = (
+        self.address = _sentinel.address(pool) or (
             f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         )
         self._requeue_if_dead = self._client.register_script(_REQUEUE_IF_DEAD)
@@ -609,6 +613,7 @@ class Connection:
             logger.warning("The Redis writer thread did not stop in time")
         with map_errors(self.address):
             self._client.connection_pool.disconnect(inuse_connections=False)
+        _sentinel.close(self._client.connection_pool)
 
 
 def _check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
@@ -749,6 +754,12 @@ class _Link:
         # Any: redis-py leaves most of a connection's methods untyped.
         self._connection: Any = connection
         self._address = address
+        # Replies written for and not read yet.
+        self._due = 0
+        # The server answered READONLY over a Sentinel-managed connection:
+        # a failover demoted it, and the connection is to be reopened
+        # through the sentinels as soon as no reply is due on it.
+        self._demoted = False
 
     @classmethod
     def open(cls, pool: redis.ConnectionPool, address: str) -> _Link:
@@ -763,17 +774,28 @@ class _Link:
             stale = readable(connection, 0.0)
         except (redis.exceptions.RedisError, OSError):
             stale = True
-        if stale:
-            with map_errors(self._address):
-                connection.disconnect()
-                connection.connect()
+        if stale or self._demoted:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Connect again; through the sentinels, with Sentinel."""
+        with map_errors(self._address):
+            self._connection.disconnect()
+            self._connection.connect()
+        self._due, self._demoted = 0, False
 
     def send(self, commands: Sequence[Args]) -> None:
         connection = self._connection
+        if self._demoted:
+            if self._due:  # replies still due: the pipe fails those calls
+                msg = f"Redis at {self._address} was demoted to a replica by a failover; reconnecting through the sentinels"
+                raise RedisConnectionError(msg, reason="read_only")
+            self._reopen()
         with map_errors(self._address):
             connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
+        self._due += len(commands)
 
     def wait(self, timeout: float) -> bool:
         try:
@@ -793,7 +815,13 @@ class _Link:
         if reader is not None and _NOT_ENOUGH_DATA is not None:
             reply = reader.gets()
             if reply is not _NOT_ENOUGH_DATA:
+                self._due -= 1
                 if isinstance(reply, redis.exceptions.ResponseError):
+                    # redis-py's read_response() would notice this itself.
+                    if isinstance(
+                        reply, redis.exceptions.ReadOnlyError
+                    ) and _sentinel.rediscovers(self._connection):
+                        self._demoted = True
                     error = translate(reply, self._address)
                     error.__cause__ = reply
                     return error
@@ -803,14 +831,17 @@ class _Link:
                 msg = f"Redis at {self._address} sent an unreadable reply: {reply}"
                 raise RedisConnectionError(msg, reason="unreachable") from reply
         try:
-            return self._connection.read_response()
+            reply = self._connection.read_response()
         except redis.exceptions.ResponseError as exc:
             # The connection is fine: only this command was refused.
+            self._due -= 1
             error = translate(exc, self._address)
             error.__cause__ = exc
             return error
         except redis.exceptions.RedisError as exc:
             raise translate(exc, self._address) from exc
+        self._due -= 1
+        return reply
 
     def close(self) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):

@@ -89,7 +89,9 @@ class RedisConnectionError(RedisRPCError):
             ``"unreachable"`` (refused, reset, lost), ``"timeout"`` (no
             answer within ``socket_timeout``), ``"authentication"`` (wrong
             user name or password), ``"pool_exhausted"`` (every connection
-            of the pool in use), ``"loading"`` (Redis is loading its data).
+            of the pool in use), ``"loading"`` (Redis is loading its data),
+            ``"read_only"`` (with Sentinel: a failover demoted the master,
+            and the connection is opened again through the sentinels).
         maybe_applied: For ``publish()``, ``request()`` and what handlers
             send (replies, acks): whether Redis may have run the command
             all the same. True when it was written and the connection
