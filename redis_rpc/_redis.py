@@ -119,7 +119,7 @@ ERROR_MAP: tuple[_Mapping, ...] = (
         redis.exceptions.ReadOnlyError,
         RedisCommandError,
         "read_only",
-        "Redis at {address} is a read-only replica ({error}); connect to the primary",
+        "Redis at {address} is a read-only replica ({error}); connect to the primary, or, where Sentinel manages it, through a redis+sentinel:// URL, which follows failovers",
     ),
     _Mapping(
         redis.exceptions.AskError,  # MovedError is an AskError

@@ -26,6 +26,9 @@ LOAD_BEFORE = 2.0
 LOAD_AFTER = 6.0
 # Every transport answers again within this long after the sentinel's switch.
 RECOVERY_BOUND = 15.0
+# Each broker logs the switch within this long of the sentinel's switch: it
+# listens for +switch-master (polled here every few milliseconds).
+SWITCH_HEARD = 5.0
 # The sentinel turns the old master into a replica some 10 to 20 s after the
 # switch (it waits for its next INFO of the old master): generous.
 DEMOTION_TIMEOUT = 40.0
@@ -93,7 +96,7 @@ def test_callers_and_consumers_follow_a_failover(fresh_topology, unique_name, ca
             assert wait_for(
                 lambda: fresh_topology.sentinel.master() != old, READY_TIMEOUT
             ), "the sentinel never switched"
-            switched = time.monotonic()
+            switched, switched_at = time.monotonic(), time.time()
             assert wait_for(
                 lambda: fresh_topology.role(old[1]) == "slave", DEMOTION_TIMEOUT
             ), "the old master never became a replica"
@@ -123,6 +126,9 @@ def test_callers_and_consumers_follow_a_failover(fresh_topology, unique_name, ca
     assert len(switches) == 2, [r.getMessage() for r in switches]
     assert all(f"from 127.0.0.1:{old[1]} to " in r.getMessage() for r in switches)
     assert SERVICE in switches[0].getMessage()
+    # The brokers heard of the switch from the sentinels (+switch-master),
+    # not only once the old master was demoted, seconds later.
+    assert all(r.created - switched_at < SWITCH_HEARD for r in switches), story
 
 
 def _fail_over(sentinel: redis.Redis) -> None:
