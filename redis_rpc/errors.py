@@ -91,7 +91,9 @@ class RedisConnectionError(RedisRPCError):
             user name or password), ``"pool_exhausted"`` (every connection
             of the pool in use), ``"loading"`` (Redis is loading its data),
             ``"read_only"`` (with Sentinel: a failover demoted the master,
-            and the connection is opened again through the sentinels).
+            and the connection is opened again through the sentinels),
+            ``"cluster_down"`` (a Redis Cluster cannot serve the key now:
+            no node answered, or a failover is under way).
         maybe_applied: For ``publish()``, ``request()`` and what handlers
             send (replies, acks): whether Redis may have run the command
             all the same. True when it was written and the connection
@@ -119,7 +121,10 @@ class RedisCommandError(RedisRPCError):
             ``"permission"`` (the ACL user may not run the command),
             ``"out_of_memory"`` (``maxmemory`` reached), ``"read_only"`` (a
             replica), ``"moved"`` (a Redis Cluster node that does not hold
-            the key), or ``"command"`` for any other refusal.
+            the key, to a single-server broker), ``"try_again"`` (the key's
+            cluster slot is being moved), ``"cross_slot"`` (keys of one
+            command on different cluster slots), or ``"command"`` for any
+            other refusal.
     """
 
     def __init__(self, message: str, *, reason: str = "command") -> None:
