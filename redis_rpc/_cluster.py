@@ -132,7 +132,11 @@ class _Node:
     def __init__(self, pool: redis.ConnectionPool, address: str) -> None:
         self.pool = pool
         self.address = address
-        self.pipe = Pipe(lambda: _Link.open(pool, address), address=address)
+        self.pipe = Pipe(
+            lambda: _Link.open(pool, address),
+            address=address,
+            name=f"redis_rpc:writer:{address}",
+        )
 
 
 class ClusterConnection(Connection):

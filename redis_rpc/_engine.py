@@ -216,7 +216,10 @@ class Pipe:
         address: str,
         max_queued: int = DEFAULT_MAX_QUEUED,
         max_batch: int = MAX_BATCH,
+        name: str = "redis_rpc:writer",
     ) -> None:
+        """*name*: of the writer thread."""
+        self._name = name
         self._connect = connect
         self._address = address
         self._max_queued = max_queued
@@ -349,7 +352,7 @@ class Pipe:
             self._queue.append(entry)
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="redis_rpc:writer", daemon=True
+                    target=self._run, name=self._name, daemon=True
                 )
                 self._thread.start()
             if self._writer_waits:
