@@ -64,8 +64,8 @@ SERVER_STOP_TIMEOUT = 5.0  # seconds a server process has to exit before it is k
 LIST_PREFIX = "bench.cluster.list"
 CHANNEL = "bench.cluster.channel"
 SHARDED_CHANNEL = "bench.cluster.sharded"
-RATE_HEADER = "{:<11}{:>7}{:>10}{:>9}{:>11}{:>10}{:>10}"
-RATE_ROW = "{:<11}{:>7}{:>10,.0f}{:>9.0f}{:>11.0f}{:>10.0f}{:>10.0f}"
+RATE_HEADER = "{:<11}{:>7}{:>10}{:>9}{:>11}{:>10}{:>10}{:>12}"
+RATE_ROW = "{:<11}{:>7}{:>10,.0f}{:>9.0f}{:>11.0f}{:>10.0f}{:>10.0f}{:>12.1f}"
 TRAFFIC_HEADER = "{:<28}{:>6}{:>10}{:>15}{:>8}"
 TRAFFIC_ROW = "{:<28}{:>6}{:>10.2f}{:>15.2f}{:>8.2f}"
 BUS_COUNTERS = (
@@ -99,6 +99,7 @@ class Round:
     caller_us: float  # CPU time per request of this process
     server_us: float  # ... of the server process
     redis_us: float  # ... of the redis-servers together
+    calls_per_write: float  # commands per socket write of the caller's pipes
 
     @property
     def cpu_us(self) -> float:
@@ -173,11 +174,27 @@ class Setup:
         assert self.process is not None
         pids = [os.getpid(), self.process.pid]
         before = [cpu_seconds(pid) for pid in pids + self.redis_pids]
+        calls, writes = self.pipe_counts()
         rate = run_round(self.requests(), seconds)
         after = [cpu_seconds(pid) for pid in pids + self.redis_pids]
+        more_calls, more_writes = self.pipe_counts()
         per = 1e6 / max(1.0, rate * seconds)
         used = [(b - a) * per for a, b in zip(before, after, strict=True)]
-        return Round(self.name, rate, used[0], used[1], sum(used[2:]))
+        batching = (more_calls - calls) / max(1, more_writes - writes)
+        return Round(self.name, rate, used[0], used[1], sum(used[2:]), batching)
+
+    def pipe_counts(self) -> tuple[int, int]:
+        """Calls and writes so far of the caller's pipes: one per Redis, one per master."""
+        # Private attributes, read as benchmarks.engine_quick reads them.
+        connection: Any = getattr(self.caller, "_connection", None)
+        nodes = getattr(connection, "_nodes", None)
+        found: list[Any] = (
+            [node.pipe for node in nodes.values()]
+            if nodes is not None
+            else [getattr(connection, "_pipe", None)]
+        )
+        pipes = [pipe for pipe in found if pipe is not None]
+        return sum(p.written for p in pipes), sum(p.batches for p in pipes)
 
 
 def run_round(requests: Sequence[Callable[[], object]], seconds: float) -> float:
@@ -277,7 +294,8 @@ def measure_rate(mode: Mode) -> list[Round]:
                     print(
                         f"round {n + 1}, {result.setup}: {result.rate:,.0f} requests/s, "
                         f"CPU per request: callers {result.caller_us:.0f} us, "
-                        f"server {result.server_us:.0f} us, redis {result.redis_us:.0f} us",
+                        f"server {result.server_us:.0f} us, redis {result.redis_us:.0f} us, "
+                        f"{result.calls_per_write:.1f} calls per write",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -293,7 +311,14 @@ def rate_report(rounds: Sequence[Round], mode_name: str) -> Iterator[str]:
     )
     yield ""
     yield RATE_HEADER.format(
-        "setup", "rounds", "req/s", "cpu_us", "callers_us", "server_us", "redis_us"
+        "setup",
+        "rounds",
+        "req/s",
+        "cpu_us",
+        "callers_us",
+        "server_us",
+        "redis_us",
+        "calls/write",
     )
     medians: dict[str, float] = {}
     for setup in dict.fromkeys(r.setup for r in rounds):
@@ -307,6 +332,7 @@ def rate_report(rounds: Sequence[Round], mode_name: str) -> Iterator[str]:
             statistics.median(r.caller_us for r in mine),
             statistics.median(r.server_us for r in mine),
             statistics.median(r.redis_us for r in mine),
+            statistics.median(r.calls_per_write for r in mine),
         )
     many, one = medians[f"{MASTERS} masters"], medians["1 Redis"]
     yield ""
@@ -314,7 +340,8 @@ def rate_report(rounds: Sequence[Round], mode_name: str) -> Iterator[str]:
     yield (
         "(medians of the rounds; the rounds alternate between the setups. CPU is"
         " per request, user plus system, from /proc: callers = this process,"
-        " server = the echo server process, redis = every redis-server of the setup.)"
+        " server = the echo server process, redis = every redis-server of the setup;"
+        " calls/write: commands per socket write of the callers' broker.)"
     )
 
 
