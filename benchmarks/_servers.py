@@ -20,6 +20,11 @@ KIND is one of:
     otherwise. Before ``ready`` it prints ``started {json}``: the seconds
     ``start()`` took, or the error it raised (and then exits without
     ``ready``).
+``lists``
+    ``echo`` on each list of ``--lists A,B,...``, one subscriber each: a
+    ``redis_rpc.RedisBroker``, or with ``--cluster`` a
+    ``redis_rpc.RedisClusterBroker`` (URL: any node, or several separated
+    by commas). The cluster benchmark puts one list on each master.
 
 Each prints ``ready`` on stdout once serving and exits on SIGTERM, on
 SIGINT, or when its stdin closes (so it cannot outlive the benchmark).
@@ -44,12 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from redis_rpc import RedisBroker
+from redis_rpc import RedisBroker, RedisClusterBroker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-KINDS = ("floor", "redis_rpc", "faststream", "channels")
+KINDS = ("floor", "redis_rpc", "faststream", "channels", "lists")
 CHANNEL, LIST, STREAM = "bench.channel", "bench.list", "bench.stream"
 SLOW_CHANNEL = "bench.slow"  # served by a handler that outlasts SLOW_TIMEOUT
 FLOOR_LIST = "bench.floor.requests"  # items are b"<reply channel> <body>"
@@ -183,6 +188,24 @@ def serve_channels(
         broker.close()
 
 
+def serve_lists(
+    url: str, stop: threading.Event, max_workers: int, lists: list[str], cluster: bool
+) -> None:
+    broker_class = RedisClusterBroker if cluster else RedisBroker
+    broker = broker_class(
+        url,
+        max_workers=max_workers,
+        poll_interval=POLL_INTERVAL,
+        socket_timeout=SOCKET_TIMEOUT,
+        graceful_timeout=SOCKET_TIMEOUT,
+    )
+    for name in lists:
+        broker.subscriber(list=name)(echo)
+    with broker:
+        announce()
+        stop.wait(LIFETIME)
+
+
 def announce() -> None:
     print(READY, flush=True)
 
@@ -202,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("--max-workers", type=int, default=1)
     parser.add_argument("--subscribers", type=int, default=0, help="channels only")
+    parser.add_argument("--lists", default="", help="lists only: A,B,...")
+    parser.add_argument(
+        "--cluster", action="store_true", help="lists only: a RedisClusterBroker"
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -215,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         "faststream": serve_faststream,
         "channels": lambda url, stop, workers: serve_channels(
             url, stop, workers, args.subscribers
+        ),
+        "lists": lambda url, stop, workers: serve_lists(
+            url, stop, workers, args.lists.split(","), args.cluster
         ),
     }
     serve[args.kind](args.url, stop, args.max_workers)

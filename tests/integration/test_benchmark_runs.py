@@ -196,3 +196,45 @@ def test_no_hiredis_variable_hides_hiredis_from_benchmark_processes():
         )
         answers[value] = done.stdout.strip()
     assert answers == {"0": "True", "1": "False"}
+
+
+@pytest.mark.usefixtures("redis_server")
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_cluster_benchmark_compares_rates_and_counts_node_traffic():
+    """benchmarks.cluster --smoke prints both setups' rates and their ratio, and the bus messages of each path, with sharded paths broadcasting nothing."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TEST_TIMEOUT - 10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for setup in ("3 masters", "1 Redis"):
+        assert re.search(
+            rf"^{setup} +1 +[\d,]+ +\d+ +\d+ +\d+ +\d+ +\d+\.\d$",
+            done.stdout,
+            re.MULTILINE,
+        ), done.stdout
+    assert re.search(
+        r"^ratio, rate with 3 masters / rate with 1: \d+\.\d\d$",
+        done.stdout,
+        re.MULTILINE,
+    ), done.stdout
+    paths = {
+        match["path"]: (float(match["publish"]), float(match["shard"]))
+        for match in re.finditer(
+            r"^(?P<path>\([a-d]\) [a-z ,]+?) +\d+ +(?P<publish>[\d.]+) +(?P<shard>[\d.]+) +[\d.]+$",
+            done.stdout,
+            re.MULTILINE,
+        )
+    }
+    assert len(paths) == 4, done.stdout
+    # Counts of messages, not timings: a classic PUBLISH goes to every node,
+    # and the sharded paths (replies to our callers, sharded channels) to none
+    # but the replicas of one master.
+    assert paths["(a) list, sharded replies"][0] == 0, done.stdout
+    assert paths["(d) sharded channel"][0] == 0, done.stdout
+    assert paths["(b) list, classic replies"][0] > 0, done.stdout
+    assert paths["(c) classic channel"][0] > 0, done.stdout
