@@ -218,6 +218,8 @@ class ClusterConnection(Connection):
         self._lock = threading.Lock()
         self._rc: redis.cluster.RedisCluster | None = None
         self._nodes: dict[str, _Node] = {}
+        # The node of each slot routed to so far, until the map changes.
+        self._by_slot: dict[int, _Node] = {}
         self._stale = False  # a connection was lost: refresh the map before routing
         self._refreshed = 0.0  # time.monotonic() of the last refresh
         self._refreshing = threading.Lock()
@@ -228,8 +230,7 @@ class ClusterConnection(Connection):
     @property
     def _client(self) -> redis.cluster.RedisCluster:  # type: ignore[override]
         """redis-py's cluster client, created on first use: creating it asks the nodes for the map."""
-        with self._lock:
-            rc = self._rc
+        rc = self._rc  # set once: read without the lock
         if rc is not None:
             return rc
         with map_errors(self.address):
@@ -274,6 +275,7 @@ class ClusterConnection(Connection):
             try:
                 with map_errors(self.address):
                     rc.nodes_manager.initialize()
+                self._by_slot.clear()
             except RedisRPCError:
                 self._lost()
                 raise
@@ -284,7 +286,7 @@ class ClusterConnection(Connection):
         """Update the map after *error*, a refusal that ``_redirect()`` picked."""
         cause = error.__cause__
         if isinstance(cause, redis.exceptions.MovedError):
-            self._client.nodes_manager.move_slot(cause)
+            self._moved(cause)
         elif _reason(error) == "cluster_down":
             time.sleep(RETRY_DELAY)
             self.refresh()
@@ -293,23 +295,31 @@ class ClusterConnection(Connection):
 
     def _route(self, key: bytes | str | None) -> _Node:
         """The master for *key*, by the map; any master for None."""
-        rc = self._client
-        with self._lock:
-            stale = self._stale
-        if stale:
+        if self._stale:  # a bool, read without the lock: a refresh sees it soon enough
             self.refresh()
-        manager = rc.nodes_manager
         if key is None:
+            rc = self._client
             node = random.choice(rc.get_primaries())  # type: ignore[no-untyped-call]  # noqa: S311 - spreading load, not a secret
-        else:
-            slot = slot_of(key)
-            try:
+            return self._node(node.host, node.port)
+        slot = slot_of(key)
+        # Most commands go to a slot seen before: no lookup in redis-py's map.
+        found = self._by_slot.get(slot)
+        if found is not None:
+            return found
+        manager = self._client.nodes_manager
+        try:
+            node = manager.get_node_from_slot(slot)
+        except redis.exceptions.RedisClusterException:
+            self.refresh()
+            with map_errors(self.address):
                 node = manager.get_node_from_slot(slot)
-            except redis.exceptions.RedisClusterException:
-                self.refresh()
-                with map_errors(self.address):
-                    node = manager.get_node_from_slot(slot)
-        return self._node(node.host, node.port)
+        found = self._by_slot[slot] = self._node(node.host, node.port)
+        return found
+
+    def _moved(self, error: redis.exceptions.MovedError) -> None:
+        """Take the new owner of a slot from a ``MOVED`` refusal."""
+        self._client.nodes_manager.move_slot(error)
+        self._by_slot.clear()
 
     def _node(self, host: str, port: int) -> _Node:
         name = f"{host}:{port}"
@@ -533,6 +543,7 @@ class ClusterConnection(Connection):
     def after_fork(self) -> None:
         with self._lock:
             nodes, self._nodes = list(self._nodes.values()), {}
+            self._by_slot = {}
             self._rc = None
         for node in nodes:
             node.pipe.abandon()
@@ -607,7 +618,7 @@ class _Rerouted:
                 )
                 return
             if isinstance(error.__cause__, redis.exceptions.MovedError):
-                connection._client.nodes_manager.move_slot(error.__cause__)
+                connection._moved(error.__cause__)
             else:  # no waiting on a writer thread: the next command refreshes the map
                 connection._lost()
             connection._post(
