@@ -21,6 +21,7 @@ import attrs
 import pytest
 
 from redis_rpc import PubSub, RedisClusterBroker, StreamSub
+from redis_rpc._channel import ChannelConsumer, ChannelHub
 from redis_rpc._cluster import slot_of
 from redis_rpc.errors import (
     NoSubscriberError,
@@ -218,16 +219,26 @@ def under_load(caller, targets, event, name):
 
 
 def assert_healthy(*brokers):
-    """Each broker's ping() turns healthy, with no consumer, hub or listener left in error."""
+    """Each broker's ping() turns healthy, with no consumer, hub or listener left in
+    error, and every one of their threads still running."""
     for broker in brokers:
         assert wait_for(lambda broker=broker: broker.ping(), RECOVERY_TIMEOUT, 0.1), (
             broker.ping().problems
         )
         parts = [*broker._consumers, broker._hub, broker._listener]
+        parts = [p for p in parts if p is not None]
         assert wait_for(
-            lambda parts=parts: all(p is None or p.error is None for p in parts),
-            LONG_TIMEOUT,
-        ), [p.error for p in parts if p is not None and p.error is not None]
+            lambda parts=parts: all(p.error is None for p in parts), LONG_TIMEOUT
+        ), [p.error for p in parts if p.error is not None]
+        # Channel consumers have no thread: the hub's lines read for them.
+        threads = [
+            p._thread for p in parts if not isinstance(p, (ChannelConsumer, ChannelHub))
+        ]
+        if broker._hub is not None:
+            threads += [line.thread for line in broker._hub._lines.values()]
+        assert all(t.is_alive() for t in threads), [
+            t.name for t in threads if not t.is_alive()
+        ]
 
 
 def test_graceful_failover_under_load(fresh_cluster, brokers):
@@ -267,3 +278,26 @@ def test_slot_migrations_under_load(fresh_cluster, brokers):
     shard = caller._listener.shard
     under_load(caller, targets, moved(shard), "migration of the reply shard's slot")
     assert_healthy(server, caller)
+
+
+def test_sharded_subscriber_follows_a_slot_that_moved_unseen(fresh_cluster):
+    """A sharded channel whose slot moved after the broker read the slot map, so that
+    its SSUBSCRIBE is refused with MOVED, is subscribed on the new owner."""
+    masters = fresh_cluster.masters()
+    name = fresh_cluster.key_on(masters[0], "sharded")
+    server = RedisClusterBroker(masters[0].url, poll_interval=POLL_INTERVAL)
+    caller = RedisClusterBroker(masters[2].url, poll_interval=POLL_INTERVAL)
+
+    @server.subscriber(channel=PubSub(name, sharded=True))
+    def echo(body):
+        return body
+
+    try:
+        server.publish("warm-up", list=name)  # reads the slot map
+        fresh_cluster.migrate_slot(slot_of(name), masters[1])
+        server.start()
+        reply = caller.request("x", PubSub(name, sharded=True), timeout=REQUEST_TIMEOUT)
+        assert reply.decode() == "x"
+    finally:
+        caller.close()
+        server.close()
