@@ -423,7 +423,8 @@ class RedisBroker:
             # Retrying cannot cure it; wait only until every late part has
             # said why, so that the error names each cause.
             hopeless = all(part.error is not None for part in late) and any(
-                _permanent(part.error) for part in late
+                _permanent(part.error, cluster=self._connection.cluster)
+                for part in late
             )
             if hopeless or remaining <= 0 or self._state is not _State.STARTING:
                 break
@@ -1088,9 +1089,18 @@ class RedisBroker:
             self._closed.set()
 
 
-def _permanent(error: Exception | None) -> bool:
-    """Whether *error* will not go away by retrying: start() need not wait it out."""
-    return getattr(error, "reason", None) in ("authentication", "permission", "moved")
+def _permanent(error: Exception | None, *, cluster: bool) -> bool:
+    """Whether *error* will not go away by retrying: start() need not wait it out.
+
+    ``moved`` is permanent for a ``RedisBroker`` pointed at a cluster, but
+    only means an out-of-date slot map to a ``RedisClusterBroker``, which reads it again.
+    """
+    permanent = (
+        ("authentication", "permission")
+        if cluster
+        else ("authentication", "permission", "moved")
+    )
+    return getattr(error, "reason", None) in permanent
 
 
 def _with_publishers(
