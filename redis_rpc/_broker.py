@@ -299,8 +299,9 @@ class RedisBroker:
 
         Raises:
             SetupError: Not exactly one source, a bad signature, a malformed
-                channel template or a path parameter it does not name, or
-                called after ``start()``.
+                channel template or a path parameter it does not name, in a
+                cluster a stream or reliable list named with braces but no
+                hash tag, or called after ``start()``.
         """
         source = destination(channel, list, stream, fresh=True)
         template = subscription(source)
@@ -317,6 +318,13 @@ class RedisBroker:
         ):
             msg = f"{source}: recover_after ({source.recover_after} s) must exceed six poll intervals ({6 * self._poll_interval} s), or live consumers would look dead."
             raise SetupError(msg)
+        if isinstance(source, StreamSub) or (
+            isinstance(source, ListSub) and source.reliable
+        ):
+            # In a cluster, refuses a name whose companion keys (heartbeats,
+            # processing lists) cannot share its slot: a bad name now, not
+            # a consumer that retries until start() times out.
+            self._connection.companion(source.name, "")
 
         def register(func: F) -> F:
             if inspect.iscoroutinefunction(func):
@@ -1085,8 +1093,13 @@ class RedisBroker:
 def _permanent(error: Exception | None, *, cluster: bool) -> bool:
     """Whether *error* will not go away by retrying: start() need not wait it out.
 
+<<<<<<< ours
     ``MOVED`` is for good when a single-server broker talks to a cluster
     node; a cluster broker follows it.
+=======
+    ``moved`` is permanent for a ``RedisBroker`` pointed at a cluster, but
+    only means an out-of-date slot map to a ``RedisClusterBroker``, which reads it again.
+>>>>>>> theirs
     """
     permanent = (
         ("authentication", "permission")

@@ -1087,7 +1087,7 @@ class Subscription:
         socket_timeout: float,
         lost: Callable[[], object] | None = None,
     ) -> None:
-        """*lost* is called when the connection fails."""
+        """*lost* is called when the connection fails, or Redis says a channel is elsewhere."""
         self._conn = connection
         self._lost = lost
         self._address = address
@@ -1234,7 +1234,12 @@ class Subscription:
                 yield
         except BaseException as exc:
             self._broken = True
-            if self._lost is not None and isinstance(exc, RedisConnectionError):
+            # A refused SSUBSCRIBE (MOVED) says that the slot map is out of
+            # date, as a lost connection may: either way, read it again.
+            if self._lost is not None and (
+                isinstance(exc, RedisConnectionError)
+                or getattr(exc, "reason", None) == "moved"
+            ):
                 self._lost()
             raise
 
