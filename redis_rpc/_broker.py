@@ -1093,13 +1093,8 @@ class RedisBroker:
 def _permanent(error: Exception | None, *, cluster: bool) -> bool:
     """Whether *error* will not go away by retrying: start() need not wait it out.
 
-<<<<<<< ours
     ``MOVED`` is for good when a single-server broker talks to a cluster
     node; a cluster broker follows it.
-=======
-    ``moved`` is permanent for a ``RedisBroker`` pointed at a cluster, but
-    only means an out-of-date slot map to a ``RedisClusterBroker``, which reads it again.
->>>>>>> theirs
     """
     permanent = (
         ("authentication", "permission")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,12 @@ from tests.fault.test_fork import run_in_child
 pytestmark = pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded:DeprecationWarning"
 )
+
+
+def _pipes_of(broker):
+    """The pipes of each master the broker has sent to."""
+    connection: Any = broker._connection
+    return {node.pipe for node in connection._nodes.values()}
 
 
 def pid_echo(body):
@@ -35,14 +42,14 @@ def test_child_requests_on_every_master_through_its_own_pipes(
     with server, client:
         for name in lists:  # every master's pipe is open in the parent
             client.request(0, list=name, timeout=SHORT_TIMEOUT)
-        parent_writers = {node.pipe for node in client._connection._nodes.values()}
+        parent_writers = _pipes_of(client)
 
         def check():
             replies = [
                 client.request(1, list=name, timeout=SHORT_TIMEOUT).decode()
                 for name in lists
             ]
-            writers = {node.pipe for node in client._connection._nodes.values()}
+            writers = _pipes_of(client)
             client.close()
             return {
                 "replies": replies,
