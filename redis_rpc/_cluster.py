@@ -293,7 +293,25 @@ class ClusterConnection(Connection):
         else:  # TRYAGAIN, or ASK for a blocking read: the slot is moving
             time.sleep(RETRY_DELAY)
 
-    def _route(self, key: bytes | str | None) -> _Node:
+    def _route(self, group: list[Args]) -> _Node:
+        r"""The master for *group* (commands on one slot), or a live one for classic ``PUBLISH``\ es.
+
+        A classic ``PUBLISH`` goes to its channel's master, as redis-py sends
+        it, but any node spreads it to the whole cluster: while that master
+        cannot be reached, another takes it.
+        """
+        node = self._master(next((k for k in map(_key, group) if k is not None), None))
+        if node.pipe.down and all(args[0] == b"PUBLISH" for args in group):
+            nodes = self._client.get_primaries()  # type: ignore[no-untyped-call]
+            alive = [n for n in map(self._node_of, nodes) if not n.pipe.down]
+            if alive:
+                return random.choice(alive)  # noqa: S311 - spreading load, not a secret
+        return node
+
+    def _node_of(self, node: Any) -> _Node:
+        return self._node(node.host, node.port)
+
+    def _master(self, key: bytes | str | None) -> _Node:
         """The master for *key*, by the map; any master for None."""
         if self._stale:  # a bool, read without the lock: a refresh sees it soon enough
             self.refresh()
@@ -379,8 +397,7 @@ class ClusterConnection(Connection):
 
     def _submit(self, group: list[Args], deadline: float) -> list[object]:
         """Send *group* (one slot) to its node, following redirections; return the replies."""
-        key = next((k for k in map(_key, group) if k is not None), None)
-        node = self._route(key)
+        node = self._route(group)
         asking: Args = ()
         for _ in range(REDIRECTS):
             try:
@@ -400,7 +417,7 @@ class ClusterConnection(Connection):
                 node, asking = asked, (b"ASKING",)
             else:
                 self._follow(error)
-                node, asking = self._route(key), ()
+                node, asking = self._route(group), ()
         return replies
 
     def post(
@@ -437,8 +454,7 @@ class ClusterConnection(Connection):
     def _post(
         self, group: list[Args], deadline: float, outcome: Outcome, *, attempts: int
     ) -> None:
-        key = next((k for k in map(_key, group) if k is not None), None)
-        node = self._route(key)
+        node = self._route(group)
         try:
             node.pipe.post(
                 group, deadline, _Rerouted(self, group, deadline, outcome, attempts)
@@ -505,8 +521,7 @@ class ClusterConnection(Connection):
         Without *shard*, to any master: a cluster spreads classic Pub/Sub
         messages to all nodes.
         """
-        node = self._route(shard)
-        return self._subscription(node)
+        return self._subscription(self._master(shard))
 
     def _subscription(self, node: _Node) -> Subscription:
         connection = self._connection_class(
@@ -645,7 +660,7 @@ class _ClusterReader(Reader):
 
     def _connect(self, command: Args) -> Any:
         key = _key(command)
-        node = self._cluster._route(key)
+        node = self._cluster._master(key)
         self._pool, self._address = node.pool, node.address
         return super()._connect(command)
 

@@ -257,6 +257,11 @@ class Pipe:
             f"<Pipe {self._address} queued={len(self._queue)} batches={self.batches}>"
         )
 
+    @property
+    def down(self) -> bool:
+        """Whether the last attempt to connect failed: calls fail at once for a while."""
+        return self._down_error is not None  # read without the lock: a hint
+
     def submit(self, commands: Sequence[Args], deadline: float) -> list[object]:
         """Send *commands* together and return their replies, in order.
 
