@@ -95,7 +95,7 @@ class _NoRedis:
 
     cluster = False
 
-    def rides(self, commands: object, key: object) -> bool:
+    def rides(self, commands: object, key: object, *, atomic: bool) -> bool:
         return True  # what a single server says: anything may ride
 
     def __getattr__(self, name: str) -> Any:

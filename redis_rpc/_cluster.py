@@ -477,16 +477,29 @@ class ClusterConnection(Connection):
             _Rerouted(self, group, deadline, outcome, attempts, asking=True),
         )
 
-    def rides(self, commands: Sequence[Command], key: str | None) -> bool:
-        """Only what goes to *key*'s slot, and classic ``PUBLISH``, which any node spreads."""
+    def rides(
+        self, commands: Sequence[Command], key: str | None, *, atomic: bool
+    ) -> bool:
+        """Only what *key*'s master serves (in a transaction, *key*'s slot), and classic ``PUBLISH``.
+
+        Any node spreads a classic ``PUBLISH``. A command that the map sends
+        to *key*'s master may still meet ``MOVED`` there, if the read's
+        connection is older than the map: ``settle()`` sends it on.
+        """
         if key is None:
             return False
         slot = slot_of(key)
+        transaction = atomic and len(commands) > 1  # one slot, or CROSSSLOT
         for command in commands:
             if isinstance(command, Publish) and not command.sharded:
                 continue
             routed = _key(_args(command))
-            if routed is None or slot_of(routed) != slot:
+            if routed is None:
+                return False
+            if transaction:
+                if slot_of(routed) != slot:
+                    return False
+            elif self._master(routed) is not self._master(key):
                 return False
         return True
 

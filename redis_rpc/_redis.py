@@ -426,7 +426,9 @@ class Connection:
         """The name of a key that goes with *key* (a list's processing list, a stream's dead letters)."""
         return key + suffix
 
-    def rides(self, commands: Sequence[Command], key: str | None) -> bool:
+    def rides(
+        self, commands: Sequence[Command], key: str | None, *, atomic: bool
+    ) -> bool:
         """Whether *commands* may go with a consumer's next blocking read on *key*."""
         return True
 
@@ -994,7 +996,7 @@ class Owed:
         Raises:
             RedisConnectionError: As ``Connection.post()``.
         """
-        if self._connection.rides(commands, self._key):
+        if self._connection.rides(commands, self._key, atomic=atomic):
             with self._lock:
                 if self._open:
                     self._commands += _grouped(commands, atomic=atomic)

@@ -150,15 +150,17 @@ class TestRouting:
         assert _args(send_command(PubSub("ch", sharded=True), b"x"))[0] == b"SPUBLISH"
         assert _args(send_command(PubSub("ch"), b"x"))[0] == b"PUBLISH"
 
-    def test_what_rides_with_a_read(self):
+    def test_what_rides_with_a_read_in_a_transaction(self):
+        """A transaction rides only on the read key's slot (the node's map is an integration test)."""
         connection = _cluster()
-        # Replies on classic channels go from any node; acks to the read key's slot.
-        assert connection.rides(
-            [Publish("reply.1", b""), LRem("{jobs}:redis_rpc:p:c", b"")], "jobs"
+        ack = LRem("{jobs}:redis_rpc:p:c", b"")
+        # Classic replies go from any node, acks to the read key's slot.
+        assert connection.rides([Publish("reply.1", b""), ack], "jobs", atomic=True)
+        assert not connection.rides([RPush("elsewhere", b""), ack], "jobs", atomic=True)
+        assert not connection.rides(
+            [Publish("shard", b"", sharded=True), ack], "jobs", atomic=True
         )
-        assert not connection.rides([RPush("elsewhere", b"")], "jobs")
-        assert not connection.rides([Publish("shard", b"", sharded=True)], "jobs")
-        assert not connection.rides([Publish("reply.1", b"")], None)
+        assert not connection.rides([Publish("reply.1", b"")], None, atomic=False)
 
 
 class TestRedirections:
