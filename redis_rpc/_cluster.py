@@ -42,6 +42,8 @@ from redis.crc import key_slot
 
 from redis_rpc._engine import Args, Outcome, Pipe, Posted
 from redis_rpc._redis import (
+    _CLAIM_FROM_DEAD,
+    _REQUEUE_IF_DEAD,
     Command,
     Connection,
     Publish,
@@ -214,7 +216,7 @@ class ClusterConnection(Connection):
         self.address = (
             f"the cluster of {first.get('host', 'localhost')}:{first.get('port', 6379)}"
         )
-        # Guards _rc, _nodes and _stale.
+        # Guards setting _rc, and _nodes.
         self._lock = threading.Lock()
         self._rc: redis.cluster.RedisCluster | None = None
         self._nodes: dict[str, _Node] = {}
@@ -251,8 +253,7 @@ class ClusterConnection(Connection):
         return self._script("claim")
 
     def _script(self, name: str) -> Any:
-        from redis_rpc._redis import _CLAIM_FROM_DEAD, _REQUEUE_IF_DEAD
-
+        """A script registered with the cluster client, which runs it on its keys' master."""
         script = self._scripts.get(name)
         if script is None:
             body = _REQUEUE_IF_DEAD if name == "requeue" else _CLAIM_FROM_DEAD
@@ -572,6 +573,7 @@ class ClusterConnection(Connection):
         with self._lock:
             nodes, self._nodes = list(self._nodes.values()), {}
             self._by_slot = {}
+            self._scripts = {}
             self._rc = None
         for node in nodes:
             node.pipe.abandon()
