@@ -51,9 +51,9 @@ from redis_rpc._redis import (
     Subscription,
     _args,
     _check_options,
-    _checked,
     _grouped,
     _Link,
+    _results,
     _sentence,
     map_errors,
 )
@@ -389,12 +389,9 @@ class ClusterConnection(Connection):
             ]
         group = _grouped(commands, atomic=atomic)
         replies = self._submit(group, deadline)
-        if len(group) > len(commands):  # MULTI ... EXEC
-            for reply in replies[:-1]:
-                _checked(reply, self.address)
-            results = _checked(replies[-1], self.address)
-            return [_checked(result, self.address) for result in results]
-        return [_checked(reply, self.address) for reply in replies]
+        return _results(
+            replies, transaction=len(group) > len(commands), address=self.address
+        )
 
     def _submit(self, group: list[Args], deadline: float) -> list[object]:
         """Send *group* (one slot) to its node, following redirections; return the replies."""

@@ -380,12 +380,9 @@ class Connection:
         """
         group = _grouped(commands, atomic=atomic)
         replies = self._pipe.submit(group, self._deadline(deadline))
-        if len(group) > len(commands):  # MULTI ... EXEC
-            for reply in replies[:-1]:  # a command refused when queued aborts EXEC
-                _checked(reply, self.address)
-            results = _checked(replies[-1], self.address)
-            return [_checked(result, self.address) for result in results]
-        return [_checked(reply, self.address) for reply in replies]
+        return _results(
+            replies, transaction=len(group) > len(commands), address=self.address
+        )
 
     def post(
         self, commands: Sequence[Command], *, atomic: bool = False, what: str
@@ -1037,6 +1034,20 @@ def _grouped(commands: Sequence[Command], *, atomic: bool) -> list[Args]:
     if atomic and len(group) > 1:
         group = [(b"MULTI",), *group, (b"EXEC",)]
     return group
+
+
+def _results(replies: list[object], *, transaction: bool, address: str) -> list[Any]:
+    """The results of commands from their *replies* (to ``MULTI`` ... ``EXEC`` for a *transaction*).
+
+    Raises:
+        RedisCommandError: The first refusal among them.
+    """
+    if transaction:
+        for reply in replies[:-1]:  # a command refused when queued aborts EXEC
+            _checked(reply, address)
+        results = _checked(replies[-1], address)
+        return [_checked(result, address) for result in results]
+    return [_checked(reply, address) for reply in replies]
 
 
 def _reply(connection: Any) -> object:
