@@ -9,7 +9,7 @@ SIGTERM, or by itself after ``LIFETIME`` seconds. Modes:
     ``handling <body>`` and waits for an item on list ``NAME:release``.
     Before ``ready``, a request of its own waits on ``NAME:nobody``; how it
     ended is printed at shutdown (``own request: <exception class>``), after
-    an ``on_shutdown`` hook printed ``closing``.
+    the broker printed ``closing`` once ``close()`` told its consumer to stop.
 ``reliable-hold``, ``reliable-echo``
     Serve list *NAME* in reliable mode with three workers; ``hold`` prints
     ``handling <body>`` and never answers, ``echo`` answers with its pid.
@@ -84,8 +84,23 @@ def main(url: str, mode: str, name: str) -> None:
             caller.start()
             assert wait_for(lambda: "pending_requests=1" in repr(broker), HOLD)
 
-        app.on_shutdown(lambda: say("closing"))
-        app.after_shutdown(lambda: caller.join(HOLD))
+        def say_closing_once_stopped():
+            # Only once close() has told the consumer to stop may the test
+            # publish a message that must stay untouched: on_shutdown runs
+            # before close(), which a loaded machine may delay. Both workers
+            # are busy, so no fetch is under way when the flag is set.
+            assert wait_for(
+                lambda: all(c._stopping.is_set() for c in broker._consumers), HOLD
+            )
+            say("closing")
+
+        closing = threading.Thread(target=say_closing_once_stopped)
+        app.on_shutdown(closing.start)
+
+        @app.after_shutdown
+        def join_threads():
+            closing.join(HOLD)
+            caller.join(HOLD)
     elif mode.startswith("reliable-"):
         hold_forever = mode == "reliable-hold"
 
