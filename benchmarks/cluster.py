@@ -407,7 +407,7 @@ def measure_traffic(mode: Mode) -> list[Traffic]:
                     if not sharded_replies:
                         # Requests then name no reply shard, as a FastStream caller's.
                         assert caller._listener is not None
-                        caller._listener.shard = None
+                        caller._listener.reply_shard = None
                     caller.request(PAYLOAD, **target, timeout=TIMEOUT)  # warm
                     before = bus_counters(cluster)
                     for _ in range(mode.traffic_requests):

@@ -796,8 +796,8 @@ class RedisBroker:
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
             raise timed_out(msg)
         reply_to, ours[NONCE], future = listener.register(correlation_id)
-        if listener.shard is not None:
-            ours[REPLY_SHARD] = listener.shard
+        if listener.reply_shard is not None:
+            ours[REPLY_SHARD] = listener.reply_shard
         try:
             frame = signed_frame(
                 *frame_parts(

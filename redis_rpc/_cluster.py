@@ -28,6 +28,7 @@ applies to sharded channels only, whose subscribers all sit on one node.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import random
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 REDIRECTS = 5
 # The map is refreshed at most this often after lost connections.
 REFRESH_INTERVAL = 0.25
+# How long a node that failed a connection is avoided where any node will do.
+AVOID = 5.0
 # How long to wait before sending again a command that got TRYAGAIN or CLUSTERDOWN.
 RETRY_DELAY = 0.05
 # The reasons of a refusal that sending the command elsewhere, or later, cures.
@@ -110,6 +113,30 @@ def hash_tag(key: str) -> str | None:
     return key[start + 1 : end]
 
 
+def _suspect(node: _Node) -> bool:
+    """Whether *node* failed a connection lately: its pipe is down, or it did within ``AVOID``."""
+    return node.pipe.down or time.monotonic() - node.failed_at < AVOID
+
+
+def _units(commands: list[Args]) -> list[list[Args]]:
+    """*commands* cut into what must go together: each command, or a ``MULTI`` ... ``EXEC``."""
+    units: list[list[Args]] = []
+    transaction: list[Args] | None = None
+    for command in commands:
+        if transaction is not None:
+            transaction.append(command)
+            if command[0] == b"EXEC":
+                units.append(transaction)
+                transaction = None
+        elif command[0] == b"MULTI":
+            transaction = [command]
+        else:
+            units.append([command])
+    if transaction is not None:  # never written so: keep it whole
+        units.append(transaction)
+    return units
+
+
 def _reason(error: RedisRPCError) -> str:
     """*error*'s reason; ``cluster_down`` for a blocked read that a failover cut short."""
     # A master that a failover demotes answers its blocked reads with
@@ -134,6 +161,7 @@ class _Node:
     def __init__(self, pool: redis.ConnectionPool, address: str) -> None:
         self.pool = pool
         self.address = address
+        self.failed_at = float("-inf")  # when a connection to it last failed
         self.pipe = Pipe(
             lambda: _Link.open(pool, address),
             address=address,
@@ -302,24 +330,27 @@ class ClusterConnection(Connection):
         cannot be reached, another takes it.
         """
         node = self._master(next((k for k in map(_key, group) if k is not None), None))
-        if node.pipe.down and all(args[0] == b"PUBLISH" for args in group):
-            nodes = self._client.get_primaries()  # type: ignore[no-untyped-call]
-            alive = [n for n in map(self._node_of, nodes) if not n.pipe.down]
-            if alive:
-                return random.choice(alive)  # noqa: S311 - spreading load, not a secret
+        if _suspect(node) and all(args[0] == b"PUBLISH" for args in group):
+            return self._any_master()
         return node
 
-    def _node_of(self, node: Any) -> _Node:
-        return self._node(node.host, node.port)
+    def _any_master(self) -> _Node:
+        """A master picked at random, among those not known to have failed if there are any."""
+        nodes = [self._node(n.host, n.port) for n in self._client.get_primaries()]  # type: ignore[no-untyped-call]
+        alive = [node for node in nodes if not _suspect(node)]
+        return random.choice(alive or nodes)  # noqa: S311 - spreading load, not a secret
+
+    def _failed(self, node: _Node) -> None:
+        """A connection to *node* failed: avoid it where any node will do, and refresh the map."""
+        node.failed_at = time.monotonic()
+        self._lost()
 
     def _master(self, key: bytes | str | None) -> _Node:
         """The master for *key*, by the map; any master for None."""
         if self._stale:  # a bool, read without the lock: a refresh sees it soon enough
             self.refresh()
         if key is None:
-            rc = self._client
-            node = random.choice(rc.get_primaries())  # type: ignore[no-untyped-call]  # noqa: S311 - spreading load, not a secret
-            return self._node(node.host, node.port)
+            return self._any_master()
         slot = slot_of(key)
         # Most commands go to a slot seen before: no lookup in redis-py's map.
         found = self._by_slot.get(slot)
@@ -450,16 +481,24 @@ class ClusterConnection(Connection):
         self._post([_args(command)], self._deadline(deadline), outcome, attempts=0)
 
     def _post(
-        self, group: list[Args], deadline: float, outcome: Outcome, *, attempts: int
+        self, commands: list[Args], deadline: float, outcome: Outcome, *, attempts: int
     ) -> None:
-        node = self._route(group)
-        try:
-            node.pipe.post(
-                group, deadline, _Rerouted(self, group, deadline, outcome, attempts)
-            )
-        except RedisConnectionError:
-            self._lost()
-            raise
+        """Post *commands* to their masters, one write per master; *outcome* hears each write's replies."""
+        units = _units(commands)
+        if len(units) == 1:
+            by_node = {self._route(commands): commands}
+        else:  # what a consumer owed, say: replies, acks and events for several nodes
+            by_node = {}
+            for unit in units:
+                by_node.setdefault(self._route(unit), []).extend(unit)
+        for node, group in by_node.items():
+            try:
+                node.pipe.post(
+                    group, deadline, _Rerouted(self, group, deadline, outcome, attempts)
+                )
+            except RedisConnectionError:
+                self._lost()
+                raise
 
     def _post_asking(
         self,
@@ -550,7 +589,7 @@ class ClusterConnection(Connection):
             node.address,
             health_check_interval=self._health_check_interval,
             socket_timeout=self.socket_timeout,
-            lost=self._lost,
+            lost=functools.partial(self._failed, node),
         )
 
     def ping(self) -> None:
@@ -624,24 +663,40 @@ class _Rerouted:
     def set_result(self, value: list[object]) -> None:
         if self._asking:
             value = value[1:]
-        error = _redirect(value)
-        if (
-            error is None
-            or self._attempts >= REDIRECTS
-            or time.monotonic() >= self._deadline
-        ):
+        if self._attempts >= REDIRECTS or time.monotonic() >= self._deadline:
             self._outcome.set_result(value)
             return
+        # Each command, or transaction, on its own: only the refused ones
+        # are sent again, so that none that ran runs twice.
+        done: list[object] = []
+        again: list[tuple[list[Args], RedisRPCError]] = []
+        start = 0
+        for unit in _units(self._commands):
+            replies = value[start : start + len(unit)]
+            start += len(unit)
+            error = _redirect(replies)
+            if error is None:
+                done += replies
+            else:
+                again.append((unit, error))
+        if not again:
+            self._outcome.set_result(value)
+            return
+        if (
+            done
+        ):  # several commands: the outcome is a Posted, which takes replies in parts
+            self._outcome.set_result(done)
+        for unit, error in again:
+            self._again(unit, error)
+
+    def _again(self, unit: list[Args], error: RedisRPCError) -> None:
+        """Send *unit* again where *error*, a redirection, says."""
         connection = self._connection
         try:
             asked = connection._asked(error)
             if asked is not None:
                 connection._post_asking(
-                    asked,
-                    self._commands,
-                    self._deadline,
-                    self._outcome,
-                    self._attempts + 1,
+                    asked, unit, self._deadline, self._outcome, self._attempts + 1
                 )
                 return
             if isinstance(error.__cause__, redis.exceptions.MovedError):
@@ -649,17 +704,32 @@ class _Rerouted:
             else:  # no waiting on a writer thread: the next command refreshes the map
                 connection._lost()
             connection._post(
-                self._commands,
-                self._deadline,
-                self._outcome,
-                attempts=self._attempts + 1,
+                unit, self._deadline, self._outcome, attempts=self._attempts + 1
             )
         except RedisRPCError as exc:
             self._outcome.set_error(exc)
 
     def set_error(self, error: RedisRPCError) -> None:
+        connection = self._connection
         if _reason(error) in ("unreachable", "timeout"):
-            self._connection._lost()
+            connection._lost()
+        # Never sent: a classic PUBLISH goes as well through another node.
+        if (
+            not getattr(error, "maybe_applied", True)
+            and all(args[0] == b"PUBLISH" for args in self._commands)
+            and self._attempts < REDIRECTS
+            and time.monotonic() < self._deadline
+        ):
+            try:
+                connection._post(
+                    self._commands,
+                    self._deadline,
+                    self._outcome,
+                    attempts=self._attempts + 1,
+                )
+            except RedisRPCError as exc:
+                self._outcome.set_error(exc)
+            return
         self._outcome.set_error(error)
 
 

@@ -178,6 +178,9 @@ class ReplyListener:
         # In a cluster, our servers reply here with SPUBLISH (see REPLY_SHARD),
         # and the listener reads it from its slot's master, with the pattern.
         self.shard = ("{" + self.prefix + "}") if connection.cluster else None
+        # The shard while it is subscribed, for requests to name; None while
+        # the listener makes do without it (its master cannot be reached).
+        self.reply_shard: str | None = None
         self.ready = threading.Event()  # set while the reply subscription is confirmed
         self._connection = connection
         self._poll_interval = poll_interval
@@ -320,18 +323,23 @@ class ReplyListener:
     def _run(self) -> None:
         backoff = Backoff()
         while not self._stopping.is_set():
-            subscription = self._connection.subscription(self.shard)
+            # After a failure, every other attempt goes without the shard, on
+            # any node: should its slot have no master for a while, classic
+            # replies still come through.
+            shard = self.shard if backoff.failures % 2 == 0 else None
+            subscription = self._connection.subscription(shard)
             try:
                 subscription.subscribe(
                     f"{self.prefix}*", pattern=True, timeout=10 * self._poll_interval
                 )
-                if self.shard is not None:
+                if shard is not None:
                     subscription.subscribe_many(
-                        [self.shard],
+                        [shard],
                         pattern=False,
                         sharded=True,
                         timeout=10 * self._poll_interval,
                     )
+                self.reply_shard = shard
                 if backoff.failures:
                     logger.warning("Reply listener is subscribed again")
                 self._set_accepting(True)

@@ -363,7 +363,7 @@ def test_replies_are_not_broadcast(redis_cluster, pair, unique_name, transport):
 
     with server, caller:
         sharded = traffic()
-        caller._listener.shard = None  # requests no longer name the reply shard
+        caller._listener.reply_shard = None  # requests no longer name the reply shard
         broadcast = traffic()
     others = len(redis_cluster.nodes) - 1
     # A classic PUBLISH goes from the node that took it to every other node.

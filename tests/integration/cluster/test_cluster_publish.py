@@ -13,42 +13,43 @@ from tests.helpers import wait_for
 
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
-def test_channel_requests_go_through_another_master_while_the_slots_master_is_dead(
+def test_a_dead_master_without_a_replica_silences_neither_its_channels_nor_its_reply_shard(
     make_cluster, unique_name
 ):
-    """Any node spreads a classic PUBLISH, so a dead master with no replica does not silence its channels."""
+    """Any node spreads a classic PUBLISH, and the reply listener makes do without its shard while the shard's master is gone."""
     cluster = make_cluster(masters=3, replicas=0)
-    doomed, *others = cluster.masters()
-    channel = cluster.key_on(doomed, unique_name)
-    server = RedisClusterBroker(others[0].url, poll_interval=POLL_INTERVAL)
+    client = RedisClusterBroker(cluster.urls[0], poll_interval=POLL_INTERVAL)
+    with client:  # starts the reply listener, and its shard
+        listener = client._listener
+        assert listener is not None
+        assert listener.shard is not None
+        # The master that holds both the caller's reply shard and the channel.
+        doomed = cluster.node_for_key(listener.shard)
+        others = [m for m in cluster.masters() if m.node_id != doomed.node_id]
+        channel = cluster.key_on(doomed, unique_name)
+        server = RedisClusterBroker(others[0].url, poll_interval=POLL_INTERVAL)
 
-    @server.subscriber(channel=channel)
-    def echo(body: str) -> str:
-        return body
+        @server.subscriber(channel=channel)
+        def echo(body: str) -> str:
+            return body
 
-    client = RedisClusterBroker(others[1].url, poll_interval=POLL_INTERVAL)
-    with server, client:
-        assert (
-            client.request("before", channel=channel, timeout=LONG_TIMEOUT).body
-            == b"before"
-        )
-        doomed.server.kill()  # no replica takes over: the slot stays without a master
+        with server:
+            assert (
+                client.request("before", channel=channel, timeout=LONG_TIMEOUT).body
+                == b"before"
+            )
+            doomed.server.kill()  # no replica takes over: its slots stay without a master
 
-        def answered() -> bool:
-            try:
-                return (
-                    client.request("after", channel=channel, timeout=1.0).body
-                    == b"after"
-                )
-            except RedisRPCError:
-                return (
-                    False  # the dead master's connection, or the server resubscribing
-                )
+            def answered() -> bool:
+                try:
+                    reply = client.request("after", channel=channel, timeout=1.0)
+                except RedisRPCError:
+                    return False  # the dead master's connections, or resubscribing
+                return reply.body == b"after"
 
-        # The server's subscription moves off the dead node if it was there,
-        # and the caller publishes through a live master.
-        assert wait_for(answered, timeout=LONG_TIMEOUT * 2, interval=0.1)
-        assert all(answered() for _ in range(5))
+            assert wait_for(answered, timeout=LONG_TIMEOUT * 2, interval=0.1)
+            assert all(answered() for _ in range(5))
+            assert listener.reply_shard is None  # classic replies meanwhile
 
 
 def test_what_rides_with_a_read_is_what_its_master_serves(redis_cluster, unique_name):
