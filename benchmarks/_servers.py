@@ -62,6 +62,7 @@ FLOOR_SEPARATOR = b" "
 STREAM_GROUP = "bench"  # FastStream needs a group to share a stream like we do
 POLL_INTERVAL = 0.1  # seconds each blocking read waits; bounds how long stopping takes
 SOCKET_TIMEOUT = 2.0  # above POLL_INTERVAL, so an idle blocking read never times out
+LISTS_SOCKET_TIMEOUT = 10.0  # the lists server's: see serve_lists()
 SLOW_TIMEOUT = 0.02  # seconds a leak-check caller waits for the slow handler
 SLOW_SLEEP = 0.05  # seconds the slow handler takes: always past SLOW_TIMEOUT
 SLOW_WORKERS = 64  # enough sleepers that the slow channel never backs up for long
@@ -196,7 +197,11 @@ def serve_lists(
         url,
         max_workers=max_workers,
         poll_interval=POLL_INTERVAL,
-        socket_timeout=SOCKET_TIMEOUT,
+        # The library's default: a reply that cannot ride with a read (on a
+        # cluster, most go to another master's pipe) is dropped if it waits
+        # longer than this. With 2 s, one request of a smoke run that shared
+        # the cores with three test suites went unanswered, most likely so.
+        socket_timeout=LISTS_SOCKET_TIMEOUT,
         graceful_timeout=SOCKET_TIMEOUT,
     )
     for name in lists:
