@@ -47,7 +47,7 @@ from redis_rpc._redis import Publish
 from redis_rpc._schemas import PubSub, subscription
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from redis_rpc._consumer import Policy, Subscriber
     from redis_rpc._heartbeat import Heartbeat
@@ -265,7 +265,14 @@ class ChannelHub:
         shard = source.channel if source.sharded else None
         line = self._lines.get(shard)
         if line is None:
-            line = self._lines[shard] = _Line(self, shard)
+            line = self._lines[shard] = _Line(
+                self._connection,
+                shard,
+                name=self.name if shard is None else f"{self.name}:{shard}",
+                poll_interval=self._poll_interval,
+                stopping=self._stopping,
+                subscribed=self._line_ready,
+            )
         line.add(consumer)
         self._consumers.append(consumer)
 
@@ -297,10 +304,23 @@ class ChannelHub:
 class _Line:
     """One Pub/Sub connection of a ``ChannelHub`` and the thread that reads it."""
 
-    def __init__(self, hub: ChannelHub, shard: str | None) -> None:
-        self._hub = hub
+    def __init__(
+        self,
+        connection: Connection,
+        shard: str | None,
+        *,
+        name: str,
+        poll_interval: float,
+        stopping: threading.Event,
+        subscribed: Callable[[], None],
+    ) -> None:
+        """*stopping* is the hub's, and *subscribed* tells it this line is up."""
+        self._connection = connection
         self._shard = shard  # the sharded channel it reads; None: classic ones
-        self.name = hub.name if shard is None else f"{hub.name}:{shard}"
+        self.name = name
+        self._poll_interval = poll_interval
+        self._stopping = stopping
+        self._subscribed = subscribed
         self.ready = threading.Event()
         self.error: Exception | None = None
         self._consumers: list[ChannelConsumer] = []
@@ -320,17 +340,16 @@ class _Line:
         run_logged(self.name, self._loop)
 
     def _loop(self) -> None:
-        hub = self._hub
         backoff = Backoff()
-        while not hub._stopping.is_set():
-            subscription = hub._connection.subscription(self._shard)
+        while not self._stopping.is_set():
+            subscription = self._connection.subscription(self._shard)
             try:
                 self._open(subscription)
                 if backoff.failures:
                     logger.warning("%s is consuming again", self.name)
                 self._set_error(None)
                 self.ready.set()
-                hub._line_ready()
+                self._subscribed()
                 for consumer in self._consumers:
                     consumer.ready.set()
                 backoff = Backoff()
@@ -339,7 +358,7 @@ class _Line:
                 if self.error is None:
                     log_failure(self.name, exc)
                 self._set_error(exc)
-                hub._stopping.wait(backoff.delay())
+                self._stopping.wait(backoff.delay())
                 backoff = backoff.after_failure()
             finally:
                 subscription.close()
@@ -354,14 +373,14 @@ class _Line:
         # Subscribing is a command, which may take socket_timeout on a loaded
         # server, and a little more for each thousand channels; stop() and
         # start_timeout cut the wait short anyway.
-        connection = self._hub._connection
+        connection = self._connection
         for routes, pattern in ((self._channels, False), (self._patterns, True)):
             if routes:
                 subscription.subscribe_many(
                     [name.decode() for name in routes],
                     pattern=pattern,
                     timeout=connection.socket_timeout + len(routes) / 1000,
-                    stop=self._hub._stopping,
+                    stop=self._stopping,
                     sharded=self._shard is not None,
                 )
         # Subscribing proves we may read; this proves, before start()
@@ -370,10 +389,10 @@ class _Line:
             connection.execute_many([Publish(PERMISSION_PROBE_CHANNEL, b"")])
 
     def _read(self, subscription: Subscription) -> None:
-        stopping = self._hub._stopping
-        poll_interval = self._hub._poll_interval
-        while not stopping.is_set():
-            for pattern, channel, data in subscription.get_messages(poll_interval):
+        while not self._stopping.is_set():
+            for pattern, channel, data in subscription.get_messages(
+                self._poll_interval
+            ):
                 if pattern is None:
                     targets = self._channels.get(channel, ())
                 else:

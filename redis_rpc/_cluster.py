@@ -45,8 +45,11 @@ from redis_rpc._engine import Args, Outcome, Pipe, Posted
 from redis_rpc._redis import (
     _CLAIM_FROM_DEAD,
     _REQUEUE_IF_DEAD,
+    PIPE_FLUSH_TIMEOUT,
+    SUBSCRIPTION_OPTIONS,
     Command,
     Connection,
+    Owed,
     Publish,
     Reader,
     Subscription,
@@ -158,9 +161,10 @@ def _redirect(replies: Sequence[object]) -> RedisRPCError | None:
 class _Node:
     """What the connection keeps for one master: its pool and its pipe."""
 
-    def __init__(self, pool: redis.ConnectionPool, address: str) -> None:
+    def __init__(self, pool: redis.ConnectionPool, host: str, port: int) -> None:
         self.pool = pool
-        self.address = address
+        self.host, self.port = host, port
+        self.address = address = f"{host}:{port}"
         self.failed_at = float("-inf")  # when a connection to it last failed
         self.pipe = Pipe(
             lambda: _Link.open(pool, address),
@@ -382,7 +386,7 @@ class ClusterConnection(Connection):
                     port=port,
                     **self._node_kwargs,
                 )
-                node = self._nodes[name] = _Node(pool, name)
+                node = self._nodes[name] = _Node(pool, host, port)
         return node
 
     def _asked(self, error: RedisRPCError) -> _Node | None:
@@ -409,16 +413,14 @@ class ClusterConnection(Connection):
     ) -> list[Any]:
         """As ``Connection.execute_many()``; commands on several slots run one by one, in order."""
         deadline = self._deadline(deadline)
-        slots = {
-            slot_of(k) for k in (_key(_args(c)) for c in commands) if k is not None
-        }
+        group = _grouped(commands, atomic=atomic)
+        slots = {slot_of(k) for k in map(_key, group) if k is not None}
         if len(slots) > 1:
             return [
                 result
                 for command in commands
                 for result in self.execute_many([command], deadline=deadline)
             ]
-        group = _grouped(commands, atomic=atomic)
         replies = self._submit(group, deadline)
         return _results(
             replies, transaction=len(group) > len(commands), address=self.address
@@ -575,14 +577,9 @@ class ClusterConnection(Connection):
 
     def _subscription(self, node: _Node) -> Subscription:
         connection = self._connection_class(
-            host=node.address.rpartition(":")[0],
-            port=int(node.address.rpartition(":")[2]),
-            **{
-                **self._node_kwargs,
-                "protocol": 2,
-                "health_check_interval": 0,
-                "maint_notifications_config": None,
-            },
+            host=node.host,
+            port=node.port,
+            **{**self._node_kwargs, **SUBSCRIPTION_OPTIONS},
         )
         return Subscription(
             connection,
@@ -619,7 +616,7 @@ class ClusterConnection(Connection):
             nodes = list(self._nodes.values())
             rc, self._rc = self._rc, None
         for node in nodes:
-            if not node.pipe.close(2.0):
+            if not node.pipe.close(PIPE_FLUSH_TIMEOUT):
                 logger.warning(
                     "The Redis writer thread for %s did not stop in time", node.address
                 )
@@ -682,9 +679,8 @@ class _Rerouted:
         if not again:
             self._outcome.set_result(value)
             return
-        if (
-            done
-        ):  # several commands: the outcome is a Posted, which takes replies in parts
+        # Several commands: the outcome is a Posted, which takes replies in parts.
+        if done:
             self._outcome.set_result(done)
         for unit, error in again:
             self._again(unit, error)
@@ -746,7 +742,7 @@ class _ClusterReader(Reader):
         self._pool, self._address = node.pool, node.address
         return super()._connect(command)
 
-    def _read(self, command: Args, owed: Any) -> object:
+    def _read(self, command: Args, owed: Owed) -> object:
         for attempt in range(REDIRECTS):
             try:
                 return super()._read(command, owed)
@@ -755,10 +751,9 @@ class _ClusterReader(Reader):
                     raise
                 self.close()  # the next read connects to the new owner
                 self._cluster._follow(exc)
-            except RedisConnectionError as exc:
+            except RedisConnectionError as exc:  # the read closed the connection
                 self._cluster._lost()
                 if exc.reason != "cluster_down" or attempt == REDIRECTS - 1:
                     raise
-                self.close()
                 time.sleep(RETRY_DELAY)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -584,16 +584,7 @@ class Connection:
         """
         pool = self._client.connection_pool
         connection = pool.connection_class(
-            **{
-                **pool.connection_kwargs,
-                # Plain arrays for every message, whatever the URL asked for.
-                "protocol": 2,
-                # Our own PING check applies: redis-py's would expect a bare
-                # PONG, which a subscribed connection never sends.
-                "health_check_interval": 0,
-                # Pushed only over RESP3, and for cluster moves: none here.
-                "maint_notifications_config": None,
-            }
+            **{**pool.connection_kwargs, **SUBSCRIPTION_OPTIONS}
         )
         return Subscription(
             connection,
@@ -610,9 +601,11 @@ class Connection:
         """
         if not self._pipe.close(PIPE_FLUSH_TIMEOUT):
             logger.warning("The Redis writer thread did not stop in time")
-        with map_errors(self.address):
-            self._client.connection_pool.disconnect(inuse_connections=False)
-        _sentinel.close(self._client.connection_pool)
+        try:
+            with map_errors(self.address):
+                self._client.connection_pool.disconnect(inuse_connections=False)
+        finally:
+            _sentinel.close(self._client.connection_pool)
 
 
 def _check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
@@ -979,7 +972,7 @@ class Owed:
     def __init__(
         self, connection: Connection, what: str, key: str | None = None
     ) -> None:
-        """*key*: the list or stream read; in a cluster, what goes to another slot does not ride."""
+        """*key*: the list or stream read; in a cluster, what its master does not serve does not ride."""
         self._connection = connection
         self._what = what
         self._key = key
@@ -1057,6 +1050,17 @@ def _reply(connection: Any) -> object:
     except redis.exceptions.ResponseError as exc:
         return exc
 
+
+# What a Pub/Sub connection's options are, whatever the pool's.
+SUBSCRIPTION_OPTIONS: dict[str, Any] = {
+    # Plain arrays for every message, whatever the URL asked for.
+    "protocol": 2,
+    # Our own PING check applies: redis-py's would expect a bare PONG,
+    # which a subscribed connection never sends.
+    "health_check_interval": 0,
+    # Pushed only over RESP3, and for cluster moves: none here.
+    "maint_notifications_config": None,
+}
 
 # What a Pub/Sub connection hands on: (pattern or None, channel, data).
 Received: TypeAlias = tuple[bytes | None, bytes, bytes]
@@ -1178,7 +1182,7 @@ class Subscription:
                     confirmed += 1
                     waiting.discard(reply[1])
                 else:
-                    self._keep(reply, self._early, self._address)
+                    self._keep(reply, self._early)
         if waiting:
             example = next(iter(waiting)).decode(errors="replace")
             what = (
@@ -1208,7 +1212,7 @@ class Subscription:
             if readable(self._conn, timeout):
                 heard = True
                 for reply in read_buffered(self._conn, limit):
-                    self._keep(reply, found, self._address)
+                    self._keep(reply, found)
         now = time.monotonic()
         if heard:
             self._last_heard, self._ping_sent = now, None
@@ -1277,9 +1281,8 @@ class Subscription:
             f"Cannot subscribe to {what}: {advice}.", reason=mapping.reason
         )
 
-    @staticmethod
     def _keep(
-        reply: Any, into: list[Received] | collections.deque[Received], address: str
+        self, reply: Any, into: list[Received] | collections.deque[Received]
     ) -> None:
         """Add *reply* to *into* if it is a published message; drop confirmations and PONGs.
 
@@ -1294,5 +1297,5 @@ class Subscription:
             into.append((reply[1], reply[2], reply[3]))
         elif kind == b"sunsubscribe":
             name = reply[1].decode(errors="replace")
-            msg = f"Redis at {address} no longer serves sharded channel {name!r}: its slot moved to another node."
+            msg = f"Redis at {self._address} no longer serves sharded channel {name!r}: its slot moved to another node."
             raise RedisConnectionError(msg, reason="moved")
