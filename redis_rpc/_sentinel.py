@@ -93,7 +93,7 @@ def parse(
             query.append(pair)
     master_scheme = "rediss" if scheme == "rediss+sentinel" else "redis"
     credentials = f"{userinfo}@" if userinfo else ""
-    options: dict[str, Any] = redis.connection.parse_url(  # type: ignore[no-untyped-call]
+    options: dict[str, Any] = redis.connection.parse_url(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         f"{master_scheme}://{credentials}sentinel/{db}?{'&'.join(query)}"
     )
     del options["host"]
@@ -144,7 +144,7 @@ def client(url: str, options: dict[str, Any]) -> redis.Redis:
     kwargs["connection_class"] = _ManagedSSLConnection if tls else _ManagedConnection
     sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     manager = _Sentinel(sentinels, sentinel_kwargs={**sentinel_kwargs, **own})
-    master: redis.Redis = manager.master_for(service, **kwargs)  # type: ignore[no-untyped-call]
+    master: redis.Redis = manager.master_for(service, **kwargs)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
     return master
 
 
@@ -191,7 +191,7 @@ class _Sentinel(redis.sentinel.Sentinel):
     """
 
     def __init__(self, sentinels: list[tuple[str, int]], **kwargs: Any) -> None:
-        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         self.addresses = ",".join(_format(address) for address in sentinels)
         # Guards _masters; never held for I/O.
         self._lock = threading.Lock()
@@ -204,7 +204,7 @@ class _Sentinel(redis.sentinel.Sentinel):
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         self._watch(service_name)
-        found = super().discover_master(service_name)  # type: ignore[no-untyped-call]
+        found = super().discover_master(service_name)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         master = (str(found[0]), int(found[1]))
         with self._lock:
             old = self._masters.get(service_name)
@@ -255,7 +255,7 @@ class _Sentinel(redis.sentinel.Sentinel):
         while not self._stop.is_set():
             sentinel = self.sentinels[turn % len(self.sentinels)]
             turn += 1
-            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
             try:
                 pubsub.subscribe("+switch-master")
                 while not self._stop.is_set():
@@ -305,7 +305,7 @@ class _ManagedConnection(redis.sentinel.SentinelManagedConnection):
     """redis-py's Sentinel-managed connection, known to its ``_Sentinel`` so it can be moved."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         manager = self.connection_pool.sentinel_manager
         if isinstance(manager, _Sentinel):
             manager.connections.add(self)
