@@ -119,6 +119,10 @@ def _warn_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reset_after_fork, after_in_parent=_warn_after_fork)
 
+# Taken only in a child forked without the hooks above, by the first threads
+# to use a broker there; never held in a process that forks.
+_hookless_fork_lock = threading.Lock()
+
 
 class _State(enum.Enum):
     NEW = "NEW"  # subscribers may be declared; publish() and request() already work
@@ -967,15 +971,39 @@ class RedisBroker:
             msg = f"Cannot {action}: the broker has been closed."
             raise BrokerClosedError(msg)
         if self._pid != os.getpid():
-            msg = (
-                f"Cannot {action}: this process (pid {os.getpid()}) was forked from"
-                f" pid {self._pid} without running Python's fork hooks, so the"
-                " broker's threads and connections are still the parent's, and replies"
-                " would go to the parent. uWSGI forks this way unless told otherwise:"
-                " set py-call-osafterfork = true (or lazy-apps = true), or create the"
-                " broker after the fork."
-            )
-            raise BrokerStateError(msg)
+            self._adopt_hookless_fork(action)
+
+    def _adopt_hookless_fork(self, action: str) -> None:
+        """In a child forked without Python's fork hooks: start afresh, unless the parent used us.
+
+        uWSGI forks that way by default. A broker that the parent never
+        used holds nothing of the parent's, so the child resets it as the
+        fork hooks would have; one that started threads or opened
+        connections cannot follow, because those stay the parent's.
+
+        Raises:
+            BrokerStateError: The parent used this broker before the fork.
+        """
+        with _hookless_fork_lock:
+            if self._pid == os.getpid():  # another thread of the child did it
+                return
+            if (
+                self._state is _State.NEW
+                and self._listener is None
+                and not self._connection.used
+            ):
+                self._after_fork()
+                return
+        msg = (
+            f"Cannot {action}: this process (pid {os.getpid()}) was forked from"
+            f" pid {self._pid} without running Python's fork hooks, after the"
+            " broker had started threads or opened connections there, so they"
+            " are still the parent's, and replies would go to the parent. uWSGI"
+            " forks this way unless told otherwise: set py-call-osafterfork = true"
+            " (or lazy-apps = true), or create the broker after the fork, or do"
+            " not use it before."
+        )
+        raise BrokerStateError(msg)
 
     def _forked_while_running(self) -> None:
         """In the parent after a fork: say once that consumers do not follow into children."""

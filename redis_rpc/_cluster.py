@@ -602,6 +602,10 @@ class ClusterConnection(Connection):
             info = next(iter(info.values()), {})
         return str(info.get("redis_version", "unknown"))
 
+    @property
+    def used(self) -> bool:
+        return any(node.pipe.used for node in list(self._nodes.values()))
+
     def after_fork(self) -> None:
         with self._lock:
             nodes, self._nodes = list(self._nodes.values()), {}

@@ -258,6 +258,11 @@ class Pipe:
         )
 
     @property
+    def used(self) -> bool:
+        """Whether this pipe opened its connection or started its writer thread."""
+        return self._thread is not None or self._link is not None
+
+    @property
     def down(self) -> bool:
         """Whether the last attempt to connect failed: calls fail at once for a while."""
         return self._down_error is not None  # read without the lock: a hint

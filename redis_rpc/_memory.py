@@ -136,6 +136,9 @@ class MemoryConnection(Connection):
     def close(self) -> None:
         """Nothing to close."""
 
+    # Nothing is shared with a forked child.
+    used = False
+
     def after_fork(self) -> None:
         """Nothing is shared with the parent."""
 

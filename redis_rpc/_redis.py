@@ -433,6 +433,11 @@ class Connection:
         """Check the *replies* to *commands* sent for *what* without waiting: log a failure."""
         Posted(what).set_result(replies)
 
+    @property
+    def used(self) -> bool:
+        """Whether this connection opened a socket or started a thread of ours."""
+        return self._pipe.used
+
     def after_fork(self) -> None:
         """Drop the parent's pipe in a forked child; the next command opens another."""
         self._pipe.abandon()

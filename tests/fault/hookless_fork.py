@@ -1,11 +1,12 @@
 """A caller that forks through libc, skipping Python's fork hooks, as uWSGI does by default.
 
-Run as ``python -m tests.fault.hookless_fork URL LIST``. It makes one
-request to *LIST* (which the test serves), so that its reply listener and
-writer threads are up, then forks with ``fork()`` from libc, which runs
-none of the handlers of ``os.register_at_fork()``. The child makes a
-second request and reports what happened; the parent prints that report
-as one JSON line and exits 0.
+Run as ``python -m tests.fault.hookless_fork URL LIST [used|unused]``.
+With ``used`` (the default) it makes one request to *LIST* (which the test
+serves), so that its reply listener and writer threads are up; with
+``unused`` the broker is only created, as a module does at import. Then it
+forks with ``fork()`` from libc, which runs none of the handlers of
+``os.register_at_fork()``. The child makes a request and reports what
+happened; the parent prints that report as one JSON line and exits 0.
 
 It runs in a process of its own, with no thread of its own busy at the
 fork: a libc fork taken while another thread waits for the interpreter
@@ -38,14 +39,19 @@ def child(broker: RedisBroker, name: str, write: int) -> None:
     code = 1
     try:
         started = time.monotonic()
-        error = raised = None
+        error = raised = body = None
         try:
-            broker.request("child", list=name, timeout=REQUEST_TIMEOUT)
+            body = broker.request("child", list=name, timeout=REQUEST_TIMEOUT).decode()
         except BrokerStateError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported: the test says what was wrong
             raised = repr(exc)
-        report = {"error": error, "raised": raised, "took": time.monotonic() - started}
+        report = {
+            "error": error,
+            "raised": raised,
+            "body": body,
+            "took": time.monotonic() - started,
+        }
         os.write(write, json.dumps(report).encode())
         code = 0
     finally:
@@ -80,10 +86,11 @@ def attempt(broker: RedisBroker, name: str) -> dict[str, object] | None:
     return json.loads(b"".join(chunks)) if chunks else None
 
 
-def main(url: str, name: str) -> None:
+def main(url: str, name: str, mode: str) -> None:
     # Few wake-ups of its own threads between requests: a long poll interval.
     broker = RedisBroker(url, poll_interval=5.0, socket_timeout=10.0)
-    broker.request("warm", list=name, timeout=REQUEST_TIMEOUT)
+    if mode == "used":
+        broker.request("warm", list=name, timeout=REQUEST_TIMEOUT)
     for _ in range(ATTEMPTS):
         report = attempt(broker, name)
         if report is not None:
@@ -99,4 +106,4 @@ def _after(broker: RedisBroker, name: str) -> object:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:3], *(sys.argv[3:] or ["used"]))

@@ -163,37 +163,50 @@ def test_broker_declared_before_fork_serves_in_the_child(own_server, unique_name
         broker.close()
 
 
-@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
-def test_a_fork_that_skipped_the_hooks_fails_the_first_request_at_once(
-    own_server, unique_name
-):
-    """In a child forked without Python's fork hooks, request() raises BrokerStateError naming the uWSGI fix instead of timing out."""
-    server = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
-    server.subscriber(list=unique_name)(pid_echo)
-    with server:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.fault.hookless_fork",
-                own_server.url,
-                unique_name,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=PROCESS_TEST_TIMEOUT - 10,
-            check=False,
-        )
+def hookless_fork(url, name, mode):
+    """Run tests.fault.hookless_fork against *name*; what its forked child reported."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fault.hookless_fork", url, name, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TEST_TIMEOUT - 10,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     child = json.loads(done.stdout.strip().splitlines()[-1])
     assert child["reported"], "no forked child reported, in three attempts"
     assert child["raised"] is None, child["raised"]
+    assert child["after"]["body"] == "after"  # the parent's broker is untouched
+    return child
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_a_fork_that_skipped_the_hooks_fails_the_first_request_at_once(
+    own_server, unique_name
+):
+    """In a child forked without Python's fork hooks from a broker that was used, request() raises BrokerStateError naming the uWSGI fix instead of timing out."""
+    server = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    server.subscriber(list=unique_name)(pid_echo)
+    with server:
+        child = hookless_fork(own_server.url, unique_name, "used")
     assert child["error"] is not None, "the request in the child did not fail"
     assert child["took"] < SHORT_TIMEOUT
     assert "py-call-osafterfork" in child["error"]
     assert "forked from" in child["error"]
-    assert child["after"]["body"] == "after"  # the parent's broker is untouched
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_an_unused_broker_works_in_a_child_forked_without_the_hooks(
+    own_server, unique_name
+):
+    """A broker created at import and never used before a hookless fork (uWSGI's defaults) answers in the child."""
+    server = RedisBroker(own_server.url, poll_interval=POLL_INTERVAL)
+    server.subscriber(list=unique_name)(pid_echo)
+    with server:
+        child = hookless_fork(own_server.url, unique_name, "unused")
+    assert child["error"] is None, child["error"]
+    assert child["body"]["body"] == "child"
 
 
 @pytest.mark.timeout(60)
