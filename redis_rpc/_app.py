@@ -24,7 +24,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s [%(threadName)s] %(message)s"
 
 
 @contextlib.contextmanager
-def _default_logging(level: int | None = None) -> Iterator[None]:
+def _default_logging(
+    level: int | None = None, log_format: str = LOG_FORMAT
+) -> Iterator[None]:
     """Log to stderr at INFO while the service runs, unless the application configured logging.
 
     A service run by ``App.run()`` owns its process, so it should say what
@@ -37,13 +39,15 @@ def _default_logging(level: int | None = None) -> Iterator[None]:
         level: The root logger's level instead, chosen by whoever runs the
             service (``redis-rpc run --log-level``); it applies to the
             application's own set-up too, since it was asked for by name.
+        log_format: The added handler's format; the ``redis-rpc`` command
+            adds the process id, to tell its workers' lines apart.
     """
     root = logging.getLogger()
     previous = root.level
     handler = None
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(logging.Formatter(log_format))
         root.addHandler(handler)
         # WARNING is the default level: nobody chose it.
         if level is None and previous == logging.WARNING:

@@ -9,12 +9,18 @@ itself, so the supervisor never imports it at all. The supervisor owns
 the signals: it forwards SIGINT and SIGTERM to the workers and waits for
 them, restarts a worker that dies, later each time it dies again so that
 one that cannot start does not spin, and stops them all when one cannot
-load the target.
+load the target, or keeps failing before it ever served. Each worker says
+on a pipe of its own when it serves, or why it could not start, since a
+restart cannot cure what keeps a service from starting (refused
+credentials, say), and a supervisor that restarted it for ever would hide
+that.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import importlib
 import logging
 import os
@@ -23,14 +29,15 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 from redis_rpc import __version__
-from redis_rpc._app import App, _default_logging
+from redis_rpc._app import LOG_FORMAT, App, _default_logging
 from redis_rpc._backoff import Backoff
 from redis_rpc._broker import RedisBroker
 from redis_rpc._redis import Connection
-from redis_rpc.errors import RedisRPCError, SetupError
+from redis_rpc.errors import NoSubscriberError, RedisRPCError, SetupError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,6 +55,9 @@ LOG_LEVELS = {
     for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 }
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# App.run()'s format with the process id, so that the lines of the
+# supervisor and of each worker, which share one stderr, can be told apart.
+CLI_LOG_FORMAT = LOG_FORMAT.replace("%(name)s", "%(name)s [pid %(process)d]", 1)
 
 # How often the supervisor looks at its workers: how late it notices a death.
 SUPERVISE_INTERVAL = 0.2
@@ -63,6 +73,15 @@ RESTART_BACKOFF = Backoff(start=0.5, cap=30.0)
 # A worker that served this long before it died died of something new: its
 # restart is quick again.
 STABLE_AFTER = 60.0
+# A worker that failed this many times in a row without ever serving, the
+# first of them at most GIVE_UP_WINDOW seconds before the last, cannot start
+# (refused credentials, a missing permission): the supervisor stops, as one
+# worker serving in the command's own process would, instead of restarting
+# it for ever. Five starts with the backoff above take about 10 to 20 s.
+GIVE_UP_AFTER = 5
+GIVE_UP_WINDOW = 60.0
+# What a worker tells its supervisor on its status pipe, one line each.
+SERVING, FAILED = "serving", "failed"
 # How often a worker checks that its supervisor is still there.
 ORPHAN_CHECK_INTERVAL = 1.0
 # ping: how often redis-py checks an idle connection; ping uses it only once.
@@ -88,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             worker=args.worker,
             supervisor=args.supervisor,
+            status_fd=args.status_fd,
         )
     except (
         KeyboardInterrupt
@@ -143,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     # Set by the supervisor on the workers it starts.
     run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--supervisor", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--status-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     ping_ = commands.add_parser(
         "ping",
@@ -257,6 +278,15 @@ def health(url: str, channel: str, *, timeout: float) -> int:
         return EXIT_USAGE
     try:
         answer = broker.request(None, channel=channel, timeout=timeout).decode()
+    except NoSubscriberError:
+        # Its message advises request(fail_fast=False), which this command
+        # does not take: the advice for a probe is where the answer should be.
+        _error(
+            f"no health answer on {channel!r}: nobody subscribes to it. Is the service"
+            f" running, and does it call broker.serve_health({channel!r}) before"
+            " start()?"
+        )
+        return EXIT_FAILURE
     except RedisRPCError as exc:
         _error(f"no health answer on {channel!r}: {exc}")
         return EXIT_FAILURE
@@ -295,29 +325,37 @@ def load_target(target: str) -> App:
     be dotted (``module:holder.app``).
 
     Raises:
-        TargetError: *target* is malformed, its module does not exist, the
-            module has no such attribute, or it is neither an ``App`` nor a
-            ``RedisBroker``.
-        Exception: Anything else that importing the module raised, such as
-            a module that it imports and that is missing: a bug in the
-            application deserves its traceback.
+        TargetError: *target* is malformed or names a file, its module does
+            not exist or raises while it is imported, the module has no such
+            attribute, or it is neither an ``App`` nor a ``RedisBroker``.
     """
     module_name, attr = split_target(target)
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    # A file's path is no module name; importing "service.py" would import
+    # "service" first (running it) and then fail on its submodule "py".
+    if "/" in module_name or "\\" in module_name:
+        raise TargetError(_file_hint(module_name, attr))
+    if module_name.endswith(".py") and os.path.isfile(module_name):
+        raise TargetError(_file_hint(module_name, attr))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (
             module_name == exc.name or module_name.startswith(exc.name + ".")
         ):
-            raise  # the module exists, and something it imports does not
+            # The module exists, and something it imports does not.
+            raise TargetError(_import_failure(module_name, exc)) from None
+        if module_name.endswith(".py"):
+            raise TargetError(_file_hint(module_name, attr)) from None
         msg = (
             f"Cannot import {module_name!r}: there is no module named {exc.name!r} "
             f"(run from the directory that holds it, or add that to PYTHONPATH)."
         )
         raise TargetError(msg) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the module's own code raised
+        raise TargetError(_import_failure(module_name, exc)) from None
     found: object = module
     for name in attr.split("."):
         try:
@@ -333,12 +371,52 @@ def load_target(target: str) -> App:
     raise TargetError(msg)
 
 
+def _file_hint(module_name: str, attr: str) -> str:
+    """The advice for a target that names a file, ``service.py:app``: name the module."""
+    path = module_name.replace("\\", "/").removeprefix("./").removesuffix(".py")
+    dotted = path.strip("/").replace("/", ".")
+    return (
+        f"The target names a file, {module_name!r}; name its module instead, "
+        f"without .py: {dotted}:{attr}"
+    )
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    """One line for a module whose import raised *exc*: what, where, and how to see more."""
+    where, text = "", str(exc)
+    if isinstance(exc, SyntaxError):  # its str() has the place too, in its own words
+        text = exc.msg
+        if exc.filename:
+            where = f" ({_short_path(exc.filename)}, line {exc.lineno})"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        # The innermost frame outside importlib is the application's line.
+        own = [f for f in frames if not f.filename.startswith("<frozen importlib")]
+        if own:
+            where = f" ({_short_path(own[-1].filename)}, line {own[-1].lineno})"
+    text = " ".join(text.split())  # one line, whatever the message holds
+    return (
+        f"Importing {module_name!r} raised {type(exc).__name__}: {text}{where};"
+        f" python -c 'import {module_name}' shows the traceback."
+    )
+
+
+def _short_path(path: str) -> str:
+    """*path* relative to the current directory when it is inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive, on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
 def serve(
     target: str,
     *,
     log_level: str | None = None,
     worker: int | None = None,
     supervisor: int | None = None,
+    status_fd: int | None = None,
 ) -> int:
     """Load *target* and run it in this process until SIGINT or SIGTERM; return the exit status.
 
@@ -351,7 +429,10 @@ def serve(
             set-up of ``App.run()``.
         worker: This process's number, when a supervisor started it.
         supervisor: The supervisor's pid: the service stops if it goes.
+        status_fd: The write end of the supervisor's status pipe, which
+            hears ``serving`` once the service is up, or why it failed.
     """
+    status = _Status(status_fd)
     if worker is not None:
         # The supervisor forwards SIGINT. Until the App takes it over, a
         # worker just ends, without a KeyboardInterrupt traceback.
@@ -360,17 +441,21 @@ def serve(
         app = load_target(target)
     except TargetError as exc:
         _error(str(exc))
+        status.close()
         return EXIT_USAGE
+    # Registered last, so it runs once the application's own hooks have.
+    app.after_startup(status.serving)
     watch = None if supervisor is None else _OrphanWatch(app, supervisor)
     try:
-        with _default_logging(None if log_level is None else LOG_LEVELS[log_level]):
+        with _default_logging(
+            None if log_level is None else LOG_LEVELS[log_level], CLI_LOG_FORMAT
+        ):
             if worker is not None:
-                logger.info(
-                    "Worker %d (pid %d) serving %s", worker, os.getpid(), target
-                )
+                logger.info("Worker %d starting %s", worker, target)
             app.run()
     except RedisRPCError as exc:  # the broker could not start: one line says why
         _error(str(exc))
+        status.failed(str(exc))
         return EXIT_FAILURE
     finally:
         # App.run() put back the handlers it replaced; a second Ctrl-C, or the
@@ -379,7 +464,38 @@ def serve(
             signal.signal(signum, signal.SIG_IGN)
         if watch is not None:
             watch.stop()
+        status.close()
     return EXIT_OK
+
+
+class _Status:
+    """A worker's side of its status pipe: one line once it serves, or one saying why it failed.
+
+    Without a pipe (no supervisor) it does nothing. A supervisor that has
+    gone closed the read end; the worker then carries on without it.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def serving(self) -> None:
+        self._say(SERVING)
+
+    def failed(self, reason: str) -> None:
+        self._say(f"{FAILED} {' '.join(reason.split())}")
+
+    def _say(self, line: str) -> None:
+        if self._fd is None:
+            return
+        # The supervisor may have gone; _OrphanWatch then stops the service.
+        with contextlib.suppress(OSError):
+            # One write below PIPE_BUF (4 KiB) is atomic, so lines never mix.
+            os.write(self._fd, (line[:1000] + "\n").encode(errors="replace"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 class _OrphanWatch:
@@ -422,6 +538,47 @@ class _Worker:
         self.starts = 0  # processes started so far
         self.backoff = RESTART_BACKOFF
         self.restart_at: float | None = None  # time.monotonic() to start it again
+        # The read end of the current process's status pipe, what came on it
+        # short of a full line, whether it said it serves, and why it failed.
+        self.status_fd: int | None = None
+        self.unread = b""
+        self.served = False
+        self.reason = ""
+        self.gave_up = False  # it kept failing before it served: no restart
+        # When its processes failed without having served, since one last served.
+        self.early_failures: collections.deque[float] = collections.deque(
+            maxlen=GIVE_UP_AFTER
+        )
+
+    def read_status(self) -> None:
+        """Take in what the process said on its status pipe so far; close it at its end."""
+        while self.status_fd is not None:
+            try:
+                chunk = os.read(self.status_fd, 4096)
+            except BlockingIOError:
+                return  # nothing more yet
+            if not chunk:  # the process has closed it, or exited
+                os.close(self.status_fd)
+                self.status_fd = None
+            self.unread += chunk
+            *lines, self.unread = self.unread.split(b"\n")
+            for line in lines:
+                word, _, rest = line.decode(errors="replace").partition(" ")
+                if word == SERVING:
+                    self.served = True
+                    self.early_failures.clear()
+                elif word == FAILED:
+                    self.reason = rest
+
+    def cannot_start(self, now: float) -> bool:
+        """Count a failure of the process that just exited; whether to give up on it."""
+        if self.served:
+            return False
+        self.early_failures.append(now)
+        return (
+            len(self.early_failures) == GIVE_UP_AFTER
+            and now - self.early_failures[0] <= GIVE_UP_WINDOW
+        )
 
 
 class Supervisor:
@@ -441,7 +598,8 @@ class Supervisor:
         """Start the workers, keep them running, stop them on a signal; return the exit status.
 
         The status is 0 when every worker stopped cleanly, 1 when one did
-        not, and 2 when a worker could not load the target.
+        not or one kept failing before it ever served, and 2 when a worker
+        could not load the target.
         """
         try:
             split_target(self._target)  # the shape only: the workers import it
@@ -452,7 +610,8 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         try:
             with _default_logging(
-                None if self._log_level is None else LOG_LEVELS[self._log_level]
+                None if self._log_level is None else LOG_LEVELS[self._log_level],
+                CLI_LOG_FORMAT,
             ):
                 return self._supervise()
         finally:
@@ -467,27 +626,49 @@ class Supervisor:
         logger.info(
             "Supervisor serving %s with %d workers", self._target, len(self._workers)
         )
-        for worker in self._workers:
-            self._start(worker)
-        while not self._signals:
-            self._woken.wait(SUPERVISE_INTERVAL)
+        try:
             for worker in self._workers:
-                if self._check(worker) == EXIT_USAGE:
-                    logger.error(
-                        "Worker %d could not load %s; stopping the others",
-                        worker.number,
-                        self._target,
-                    )
-                    self._stop(signal.SIGTERM)
-                    return EXIT_USAGE
-            if all(w.process is None and w.restart_at is None for w in self._workers):
-                logger.info("Every worker has exited by itself")
-                return EXIT_OK
-        return EXIT_OK if self._stop(self._signals[0]) else EXIT_FAILURE
+                self._start(worker)
+            while not self._signals:
+                self._woken.wait(SUPERVISE_INTERVAL)
+                for worker in self._workers:
+                    status = self._check(worker)
+                    if status == EXIT_USAGE:
+                        logger.error(
+                            "Worker %d could not load %s; stopping the others",
+                            worker.number,
+                            self._target,
+                        )
+                        self._stop(signal.SIGTERM)
+                        return EXIT_USAGE
+                    if worker.gave_up:
+                        self._stop(signal.SIGTERM)
+                        _error(self._give_up_message(worker))
+                        return EXIT_FAILURE
+                if all(
+                    w.process is None and w.restart_at is None for w in self._workers
+                ):
+                    logger.info("Every worker has exited by itself")
+                    return EXIT_OK
+            return EXIT_OK if self._stop(self._signals[0]) else EXIT_FAILURE
+        finally:
+            for worker in self._workers:
+                if worker.status_fd is not None:
+                    os.close(worker.status_fd)
+                    worker.status_fd = None
 
-    def _command(self, worker: _Worker) -> list[str]:
+    def _give_up_message(self, worker: _Worker) -> str:
+        first, last = worker.early_failures[0], worker.early_failures[-1]
+        return (
+            f"worker {worker.number} failed {len(worker.early_failures)} times in"
+            f" {last - first:.0f} s without ever serving, so the supervisor stops."
+            f" The last time: {worker.reason}"
+        )
+
+    def _command(self, worker: _Worker, status_fd: int) -> list[str]:
         command = [sys.executable, "-m", "redis_rpc", "run", self._target]
         command += ["--worker", str(worker.number), "--supervisor", str(os.getpid())]
+        command += ["--status-fd", str(status_fd)]
         if self._log_level is not None:
             command += ["--log-level", self._log_level]
         return command
@@ -495,13 +676,22 @@ class Supervisor:
     def _start(self, worker: _Worker) -> None:
         worker.restart_at = None
         worker.started = time.monotonic()
+        worker.served, worker.reason, worker.unread = False, "", b""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)  # read in passing, between checks
         try:
             # Inherits the working directory, the environment and the output.
-            worker.process = subprocess.Popen(self._command(worker))  # noqa: S603 - our own interpreter and arguments
+            worker.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                self._command(worker, write_fd), pass_fds=(write_fd,)
+            )
         except OSError:
+            os.close(read_fd)
             logger.exception("Cannot start worker %d", worker.number)
             self._schedule_restart(worker)
             return
+        finally:
+            os.close(write_fd)  # the worker holds its own copy
+        worker.status_fd = read_fd
         logger.info(
             "%s worker %d (pid %d)",
             "Restarted" if worker.starts else "Started",
@@ -520,16 +710,35 @@ class Supervisor:
         return delay
 
     def _check(self, worker: _Worker) -> int | None:
-        """Restart *worker* if it is due; return its exit status if it has just exited."""
+        """Restart *worker* if it is due; return its exit status if it has just exited.
+
+        A worker that failed is scheduled for a restart, unless it could not
+        load the target (status 2) or kept failing before it ever served:
+        ``restart_at`` is then ``None``.
+        """
         if worker.process is None:
             if worker.restart_at is not None and time.monotonic() >= worker.restart_at:
                 self._start(worker)
             return None
+        worker.read_status()
         status = worker.process.poll()
         if status is None:
             return None
+        worker.read_status()  # what it said before it exited
         pid, worker.process = worker.process.pid, None
-        if status == EXIT_OK:
+        if status not in (EXIT_OK, EXIT_USAGE) and worker.cannot_start(
+            time.monotonic()
+        ):
+            worker.gave_up = True
+            worker.reason = worker.reason or f"it {describe_exit(status)}."
+            logger.error(
+                "Worker %d (pid %d) %s before serving, %d times in a row; not restarting it",
+                worker.number,
+                pid,
+                describe_exit(status),
+                len(worker.early_failures),
+            )
+        elif status == EXIT_OK:
             logger.info(
                 "Worker %d (pid %d) exited by itself; not restarting it",
                 worker.number,

@@ -16,7 +16,12 @@ import contextlib
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+try:
+    from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+except ImportError as exc:  # the optional extra is not installed
+    msg = 'redis_rpc.prometheus needs prometheus_client: pip install "redis-rpc[prometheus]".'
+    raise ImportError(msg) from exc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence

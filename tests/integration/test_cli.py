@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from redis_rpc._cli import GIVE_UP_AFTER, GIVE_UP_WINDOW
 from tests.conftest import LONG_TIMEOUT, PROCESS_TEST_TIMEOUT, READY_TIMEOUT
 from tests.helpers import Callers, OutputLines, wait_for
 
@@ -88,7 +89,7 @@ def redis_rpc(redis_url, unique_name):
         command.stop()
 
 
-def run_to_end(redis_url, unique_name, *args):
+def run_to_end(redis_url, unique_name, *args, timeout=READY_TIMEOUT):
     """Run ``python -m redis_rpc ARGS`` to its end; return its exit status, stdout and stderr."""
     env = {**os.environ, "CLI_APP_URL": redis_url, "CLI_APP_LIST": unique_name}
     done = subprocess.run(
@@ -97,7 +98,7 @@ def run_to_end(redis_url, unique_name, *args):
         env=env,
         capture_output=True,
         text=True,
-        timeout=READY_TIMEOUT,
+        timeout=timeout,
         check=False,
     )
     return done.returncode, done.stdout, done.stderr
@@ -211,6 +212,16 @@ def test_a_broker_is_served_in_an_app(redis_rpc, make_broker, unique_name):
             "is of type str, not a redis_rpc.App or a redis_rpc.RedisBroker",
         ),
         ("tests.integration.cli_app", "must look like package.module:attr"),
+        (
+            "tests.integration.cli_broken_import:app",
+            "Importing 'tests.integration.cli_broken_import' raised RuntimeError:"
+            " CLI_APP_SETTINGS is not set (tests/integration/cli_broken_import.py,"
+            " line 6)",
+        ),
+        (
+            "tests/integration/cli_app.py:app",
+            "name its module instead, without .py: tests.integration.cli_app:app",
+        ),
     ],
 )
 def test_a_bad_target_is_a_usage_error(redis_url, unique_name, target, message):
@@ -238,6 +249,56 @@ def test_a_bad_target_stops_the_supervisor(redis_url, unique_name):
     assert "could not load tests.integration.cli_app:missing" in err
     assert "Traceback" not in err
     assert "Restarted" not in err
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_the_supervisor_stops_when_workers_cannot_start(redis_server, unique_name):
+    """Workers refused by Redis every time are restarted a few times, then the supervisor exits 1 saying why."""
+    url = f"redis://nobody:hunter2@127.0.0.1:{redis_server.port}/0"
+    started = time.monotonic()
+    status, out, err = run_to_end(
+        url,
+        unique_name,
+        "run",
+        APP,
+        "--workers",
+        "2",
+        timeout=PROCESS_TEST_TIMEOUT - READY_TIMEOUT,
+    )
+    assert (status, out) == (1, "")
+    assert time.monotonic() - started < GIVE_UP_WINDOW
+    last = err.splitlines()[-1]
+    assert last.startswith("redis-rpc: error: worker ")
+    assert f"failed {GIVE_UP_AFTER} times in " in last
+    assert "without ever serving, so the supervisor stops" in last
+    assert "refused the credentials" in last
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_log_lines_name_the_process_of_each_worker(redis_rpc):
+    """With several workers, every log line carries the pid of the process that wrote it."""
+    service = redis_rpc("run", APP, "--workers", "2")
+    workers = service.ready_pids(2)
+    for pid in workers:
+        service.expect_log(f"[pid {pid}]")
+    assert any(f"[pid {service.popen.pid}]" in line for line in service.stderr)
+    service.popen.send_signal(signal.SIGTERM)
+    assert service.popen.wait(LONG_TIMEOUT) == 0
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_health_on_a_channel_nobody_serves_says_what_to_check(redis_url, unique_name):
+    """health to a channel without a subscriber exits 1 and says to check the service, not to pass an option it lacks."""
+    channel = f"{unique_name}.health"
+    status, out, err = run_to_end(redis_url, unique_name, "health", redis_url, channel)
+    assert (status, out) == (1, "")
+    assert err == (
+        f"redis-rpc: error: no health answer on {channel!r}: nobody subscribes to it."
+        f" Is the service running, and does it call broker.serve_health({channel!r})"
+        " before start()?\n"
+    )
 
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT)

@@ -5,14 +5,26 @@ from __future__ import annotations
 import configparser
 import importlib
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 import redis_rpc
 from redis_rpc._app import _default_logging
-from redis_rpc._cli import TargetError, describe_exit, main, split_target
+from redis_rpc._cli import (
+    CLI_LOG_FORMAT,
+    GIVE_UP_AFTER,
+    GIVE_UP_WINDOW,
+    TargetError,
+    _Status,
+    _Worker,
+    describe_exit,
+    main,
+    split_target,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +112,123 @@ def test_a_chosen_log_level_applies_to_the_applications_logging(monkeypatch):
         assert root.handlers == [own]
         assert root.level == logging.DEBUG
     assert root.level == logging.INFO
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty directory as the current one, which the command adds to sys.path only for this test."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "import os\nraise RuntimeError('no config\\nfound')\n",
+            "Importing 'svc' raised RuntimeError: no config found (svc.py, line 2);"
+            " python -c 'import svc' shows the traceback.",
+        ),
+        (
+            "import redis_rpc_missing_dependency\n",
+            "Importing 'svc' raised ModuleNotFoundError: No module named"
+            " 'redis_rpc_missing_dependency' (svc.py, line 1);"
+            " python -c 'import svc' shows the traceback.",
+        ),
+        (
+            "x = (\n",
+            "Importing 'svc' raised SyntaxError: '(' was never closed (svc.py, line 1);"
+            " python -c 'import svc' shows the traceback.",
+        ),
+    ],
+)
+def test_a_module_whose_import_raises_is_one_line_and_exit_2(
+    project, capsys, source, message
+):
+    """A target whose module raises while it is imported gives one line naming the exception and where, and status 2."""
+    (project / "svc.py").write_text(source)
+    assert main(["run", "svc:app"]) == 2
+    assert capsys.readouterr().err == f"redis-rpc: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "hint"),
+    [
+        ("svc.py:app", "svc:app"),
+        ("./svc.py:app", "svc:app"),
+        ("pkg/svc.py:app", "pkg.svc:app"),
+        ("pkg/svc:app", "pkg.svc:app"),
+    ],
+)
+def test_a_target_that_names_a_file_is_told_to_name_the_module(
+    project, capsys, target, hint
+):
+    """``run svc.py:app`` is refused with the module's name to use instead, without importing the file."""
+    (project / "pkg").mkdir()
+    for path in ("svc.py", "pkg/svc.py"):
+        (project / path).write_text("raise RuntimeError('imported')\n")
+    assert main(["run", target]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("redis-rpc: error: The target names a file")
+    assert err.endswith(f"without .py: {hint}\n")
+    assert "imported" not in err
+
+
+def test_the_commands_log_lines_carry_the_process_id():
+    """The command's log format names the process, so that its workers' lines can be told apart."""
+    record = logging.LogRecord("redis_rpc._cli", logging.INFO, "", 0, "hi", (), None)
+    line = logging.Formatter(CLI_LOG_FORMAT).format(record)
+    assert f"redis_rpc._cli [pid {os.getpid()}] [" in line
+    assert line.endswith("] hi")
+
+
+class TestGivingUp:
+    """The supervisor's count of a worker's failures before it ever served."""
+
+    def test_five_failures_within_a_minute_give_up(self):
+        """A worker that failed GIVE_UP_AFTER times in a row within GIVE_UP_WINDOW, never serving, cannot start."""
+        worker = _Worker(1)
+        results = [worker.cannot_start(float(t)) for t in range(GIVE_UP_AFTER)]
+        assert results == [False] * (GIVE_UP_AFTER - 1) + [True]
+
+    def test_failures_spread_over_more_than_the_window_go_on(self):
+        """Failures further apart than the window in all keep the worker restarting."""
+        worker = _Worker(1)
+        step = GIVE_UP_WINDOW / (GIVE_UP_AFTER - 2)
+        assert not any(worker.cannot_start(n * step) for n in range(3 * GIVE_UP_AFTER))
+
+    def test_a_worker_that_served_starts_counting_again(self):
+        """A process that said it serves clears the count, and its own death is not counted."""
+        worker = _Worker(1)
+        for t in range(GIVE_UP_AFTER - 1):
+            assert not worker.cannot_start(float(t))
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        worker.status_fd = read_fd
+        status = _Status(write_fd)
+        status.serving()
+        worker.read_status()
+        assert worker.served
+        assert not worker.cannot_start(10.0)
+        worker.served = False  # its next process has not served yet
+        assert not any(worker.cannot_start(10.0 + t) for t in range(GIVE_UP_AFTER - 1))
+        status.close()
+        worker.read_status()
+        assert worker.status_fd is None
+
+    def test_the_status_pipe_carries_the_reason_on_one_line(self):
+        """A worker's failure reaches the supervisor as one line, whatever its message holds."""
+        worker = _Worker(1)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        worker.status_fd = read_fd
+        status = _Status(write_fd)
+        status.failed("Redis refused\nthe credentials.")
+        status.close()
+        worker.read_status()
+        assert (worker.served, worker.reason) == (
+            False,
+            "Redis refused the credentials.",
+        )
+        assert worker.status_fd is None
