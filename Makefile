@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: example test check format clean redis-server bench soak
+.PHONY: example test check format clean redis-server bench soak docs
 
 # The package alone, for the example: its three dependencies, nothing else.
 $(BIN)/.package: setup.cfg setup.py
@@ -16,6 +16,11 @@ $(BIN)/.package: setup.cfg setup.py
 $(BIN)/.installed: $(BIN)/.package
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
+	touch $@
+
+# The package with Sphinx and the extras whose modules the API reference documents.
+$(BIN)/.docs: $(BIN)/.package setup.cfg
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	touch $@
 
 redis-server:
@@ -37,6 +42,12 @@ bench: $(BIN)/.installed redis-server
 soak: $(BIN)/.installed redis-server
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
+# The documentation site, in docs/_build/html; any warning fails the build.
+# -E reads every page again, so that a second run still shows every warning.
+docs: $(BIN)/.docs
+	$(BIN)/python -m sphinx -b html -E -W --keep-going -q docs docs/_build/html
+	@echo "The documentation is in docs/_build/html/index.html"
+
 check: $(BIN)/.installed
 	$(BIN)/ruff format --check redis_rpc tests benchmarks examples
 	$(BIN)/ruff check redis_rpc tests benchmarks examples
@@ -47,4 +58,4 @@ format: $(BIN)/.installed
 	$(BIN)/ruff check --fix redis_rpc tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache docs/_build
