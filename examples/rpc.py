@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from redis_rpc import App, Logger, RedisBroker, RedisMessage, RedisResponse
+from redis_rpc import App, Logger, RedisBroker, RedisMessage
 from redis_rpc.testing import RedisServer
 
 
@@ -16,6 +16,7 @@ def main(url: str) -> None:
     broker = RedisBroker(url)
     app = App(broker)
 
+    # FastStream's Redis RPC guide: each handler answers with what it got.
     @broker.subscriber(channel="test-channel")
     def handle_channel(msg: str, logger: Logger) -> str:
         logger.info("channel handler got %r", msg)
@@ -27,24 +28,22 @@ def main(url: str) -> None:
         return msg
 
     @broker.subscriber(stream="test-stream")
-    def handle_stream(msg: str) -> RedisResponse:
-        return RedisResponse(
-            body=f"Processed: {msg}",
-            headers={"x-token": "t"},
-            correlation_id="some-correlation-id",
-            maxlen=1000,
-        )
+    def handle_stream(msg: str, logger: Logger) -> str:
+        logger.info("stream handler got %r", msg)
+        return msg
 
     @app.after_startup
     def t() -> None:
+        msg = "Hi!"
         for kind in ("channel", "list", "stream"):
             response: RedisMessage = broker.request(
-                "Hi!", **{kind: f"test-{kind}"}, timeout=3.0
+                msg, **{kind: f"test-{kind}"}, timeout=3.0
             )
             print(
                 f"request over {kind:<7} -> body={response.decode()!r} "
-                f"headers={dict(response.headers)} correlation_id={response.correlation_id!r}"
+                f"correlation_id={response.correlation_id!r}"
             )
+            assert response.decode() == msg
         app.exit()
 
     app.run()

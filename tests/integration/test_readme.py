@@ -1,11 +1,12 @@
-"""Every Python code block of README.rst runs as written, against a private redis-server.
+"""Every Python code block of README.rst and of the docs runs as written, against a private redis-server.
 
-A block is a program of its own, run in a fresh interpreter from the
-repository root, with ``redis://localhost:6379`` pointing at the test
+Each document (README.rst, and every ``.rst`` page under ``docs/``) is
+checked on its own. A block is a program of its own, run in a fresh
+interpreter, with ``redis://localhost:6379`` pointing at the test
 server. A block preceded by the comment ``.. serves`` is a server: it
 starts in the background, must print nothing to stderr that looks like a
-traceback, serves the blocks that follow it, and must exit 0 on SIGTERM
-once they are done. Any other block must exit 0 by itself.
+traceback, serves the blocks that follow it in the same document, and must
+exit 0 on SIGTERM once they are done. Any other block must exit 0 by itself.
 
 A block preceded by ``.. from <path>`` (in any language) is an excerpt of a
 file that other tests run, such as an example's gunicorn configuration:
@@ -32,6 +33,20 @@ from tests.helpers import OutputLines
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.rst"
+DOCS = ROOT / "docs"
+# Every document whose blocks are checked, relative to the root: the README
+# first, then the docs' pages (not what Sphinx built from them).
+DOCUMENTS = [
+    "README.rst",
+    *sorted(
+        str(page.relative_to(ROOT))
+        for page in DOCS.rglob("*.rst")
+        if "_build" not in page.relative_to(DOCS).parts
+    ),
+]
+# What a newcomer reads first stays short; everything else is in the docs.
+README_MAX_LINES = 300
+MAX_LINE_LENGTH = 200
 DEFAULT_URL = "redis://localhost:6379"
 SERVES = ".. serves"
 FROM = ".. from "
@@ -43,7 +58,7 @@ SERVING = "Broker started"
 
 @attrs.frozen
 class Block:
-    line: int  # where the block starts in README.rst, for messages
+    line: int  # where the block starts in its document, for messages
     code: str
     serves: bool = False
     source: str = ""  # the file it is an excerpt of, if any
@@ -105,10 +120,36 @@ def test_the_readme_blocks_are_found():
     assert python_blocks(README.read_text()), "README.rst has no Python block"
 
 
-def test_every_excerpt_is_in_its_file():
+def test_the_documents_are_found():
+    """The README and the docs' pages are checked, and between them they hold excerpts and server blocks."""
+    assert "docs/getting-started.rst" in DOCUMENTS
+    assert "docs/guides/deployment.rst" in DOCUMENTS
+    blocks = [b for d in DOCUMENTS for b in code_blocks((ROOT / d).read_text())]
+    assert any(b.source for b in blocks), "no excerpt anywhere"
+    assert any(b.serves for b in blocks), "no server block anywhere"
+    assert any(b.pytest for b in blocks), "no test module anywhere"
+
+
+def test_the_readme_is_short():
+    """The README fits in a few screens, with no line longer than MAX_LINE_LENGTH."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES
+    long = [n for n, line in enumerate(lines, 1) if len(line) > MAX_LINE_LENGTH]
+    assert not long, f"README.rst lines over {MAX_LINE_LENGTH} characters: {long}"
+
+
+def test_the_readme_links_to_pages_that_exist():
+    """Each relative link of the README names a file of the repository."""
+    targets = re.findall(r"`[^`<]*<([^>:]+)>`_", README.read_text())
+    assert targets, "README.rst links to no page"
+    missing = [t for t in targets if not (ROOT / t).is_file()]
+    assert not missing
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_excerpt_is_in_its_file(document):
     """A block marked ``.. from <path>`` shows lines of that file, in order."""
-    excerpts = [b for b in code_blocks(README.read_text()) if b.source]
-    assert excerpts, "README.rst has no excerpt"
+    excerpts = [b for b in code_blocks((ROOT / document).read_text()) if b.source]
     for block in excerpts:
         lines = [x.strip() for x in (ROOT / block.source).read_text().splitlines()]
         position = 0
@@ -116,26 +157,23 @@ def test_every_excerpt_is_in_its_file():
             if not wanted or wanted == "...":
                 continue
             assert wanted in lines[position:], (
-                f"README.rst line {block.line}: {wanted!r} is not in {block.source}"
+                f"{document} line {block.line}: {wanted!r} is not in {block.source}"
                 " (after the lines before it)"
             )
             position = lines.index(wanted, position) + 1
 
 
-def test_every_block_is_run_or_an_excerpt():
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_block_is_run_or_an_excerpt(document):
     """No code block escapes both checks: other languages must be excerpts."""
-    for block in code_blocks(README.read_text()):
+    for block in code_blocks((ROOT / document).read_text()):
         assert block.language == "python" or block.source, (
-            f"README.rst line {block.line}: a {block.language} block that is not an excerpt"
+            f"{document} line {block.line}: a {block.language} block that is not an excerpt"
         )
 
 
 def _start(block: Block, url: str, tmp_path: Path) -> subprocess.Popen[str]:
-    name = (
-        f"test_readme_line_{block.line}.py"
-        if block.pytest
-        else f"readme_line_{block.line}.py"
-    )
+    name = f"test_line_{block.line}.py" if block.pytest else f"line_{block.line}.py"
     script = tmp_path / name
     script.write_text(block.code.replace(DEFAULT_URL, url))
     # The blocks' own modules (.. file:) beside them, then the checkout.
@@ -163,7 +201,11 @@ def _start(block: Block, url: str, tmp_path: Path) -> subprocess.Popen[str]:
 
 
 def _finish(
-    process: subprocess.Popen[str], block: Block, output: OutputLines, seen: list[str]
+    process: subprocess.Popen[str],
+    block: Block,
+    output: OutputLines,
+    seen: list[str],
+    document: str,
 ) -> None:
     try:
         code = process.wait(READY_TIMEOUT)
@@ -173,16 +215,20 @@ def _finish(
         code = None
     output.close()
     printed = "\n".join([*seen, *output.rest()])
-    assert code == 0, f"README.rst line {block.line} exited {code}:\n{printed}"
-    assert "Traceback" not in printed, f"README.rst line {block.line}:\n{printed}"
+    assert code == 0, f"{document} line {block.line} exited {code}:\n{printed}"
+    assert "Traceback" not in printed, f"{document} line {block.line}:\n{printed}"
 
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT * 2)
-def test_every_python_block_of_the_readme_runs(redis_url, tmp_path):
+@pytest.mark.parametrize(
+    "document",
+    [d for d in DOCUMENTS if python_blocks((ROOT / d).read_text())],
+)
+def test_every_python_block_runs(redis_url, tmp_path, document):
     """Each block runs as written; server blocks serve the blocks after them and stop on SIGTERM."""
     servers: list[tuple[subprocess.Popen[str], Block, OutputLines, list[str]]] = []
     try:
-        for block in python_blocks(README.read_text()):
+        for block in python_blocks((ROOT / document).read_text()):
             if block.module:
                 (tmp_path / block.module).write_text(
                     block.code.replace(DEFAULT_URL, redis_url)
@@ -190,9 +236,9 @@ def test_every_python_block_of_the_readme_runs(redis_url, tmp_path):
                 continue
             process = _start(block, redis_url, tmp_path)
             assert process.stdout is not None
-            output = OutputLines(process.stdout, name=f"readme-{block.line}")
+            output = OutputLines(process.stdout, name=f"{document}:{block.line}")
             if not block.serves:
-                _finish(process, block, output, [])
+                _finish(process, block, output, [], document)
                 continue
             seen: list[str] = []
             servers.append((process, block, output, seen))
@@ -203,11 +249,12 @@ def test_every_python_block_of_the_readme_runs(redis_url, tmp_path):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process, block, output, seen in servers:
-            _finish(process, block, output, seen)
+            _finish(process, block, output, seen, document)
 
 
-def test_blocks_name_no_other_server():
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_blocks_name_no_other_server(document):
     """Blocks reach Redis only through the URL the test rewrites."""
-    for block in python_blocks(README.read_text()):
+    for block in python_blocks((ROOT / document).read_text()):
         urls = set(re.findall(r"rediss?://[^\"' ]+", block.code))
-        assert urls <= {DEFAULT_URL}, f"README.rst line {block.line}: {urls}"
+        assert urls <= {DEFAULT_URL}, f"{document} line {block.line}: {urls}"
