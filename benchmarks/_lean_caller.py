@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from redis_rpc._message import (
+from redis_rpc._wire.message import (
     ACCEPT_ERRORS,
     DEADLINE,
     NONCE,
@@ -30,7 +30,7 @@ from redis_rpc._message import (
     frame_parts,
     new_correlation_id,
 )
-from redis_rpc._signing import signed_frame
+from redis_rpc._wire.signing import signed_frame
 
 # How long the threads wait before looking at their stop flag.
 _STOP_CHECK = 0.5

@@ -4,7 +4,7 @@ Times each step that a request costs outside Redis, on the caller (what
 ``RedisBroker.request()`` does around its two Redis commands: the
 destination, the correlation id, the deadline header, the reply channel and
 nonce from the reply listener, the frame, its signature, the reply's check
-and parsing) and on the server (``Consumer._process()`` on a request, from
+and parsing) and on the server (``Processor.run()`` on a request, from
 parsing it to the commands that answer it), one by one and then together as
 one request. With ``--signing-key`` the same paths sign and verify.
 
@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.utils
 
-from redis_rpc import _signing
-from redis_rpc._consumer import Delivery, Policy, Subscriber
-from redis_rpc._convert import make_converter
-from redis_rpc._handler import Handler
+from redis_rpc._client.listener import ReplyListener
 from redis_rpc._hooks import DestinationCounter, SubscriberCounter
-from redis_rpc._list import ListConsumer
-from redis_rpc._message import (
+from redis_rpc._io.commands import send_command
+from redis_rpc._server.handler import Handler
+from redis_rpc._server.process import Delivery, Policy, Processor, Subscriber
+from redis_rpc._wire import signing
+from redis_rpc._wire.convert import make_converter
+from redis_rpc._wire.message import (
     ACCEPT_ERRORS,
     DEADLINE,
     NONCE,
@@ -52,9 +53,7 @@ from redis_rpc._message import (
     frame_parts,
     new_correlation_id,
 )
-from redis_rpc._redis import send_command
-from redis_rpc._request import ReplyListener
-from redis_rpc._schemas import ListSub, PubSub, destination
+from redis_rpc._wire.schemas import ListSub, PubSub, destination
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,21 +89,9 @@ def per_call(func: Callable[[], object], *, budget: float, repeats: int) -> floa
     return best * 1e6
 
 
-class _NoRedis:
-    """Stands in for the connection: these paths never reach Redis."""
-
-    cluster = False
-
-    def rides(self, commands: object, key: object, *, atomic: bool) -> bool:
-        return True  # what a single server says: anything may ride
-
-    def __getattr__(self, name: str) -> Any:
-        msg = f"The frames benchmark must not use Redis, yet it called {name}."
-        raise AssertionError(msg)
-
-
 def _listener(key: bytes | None) -> ReplyListener:
-    listener = ReplyListener(_NoRedis(), poll_interval=1.0, signing_key=key)  # type: ignore[arg-type]
+    # Never started: these paths never reach Redis.
+    listener = ReplyListener(None, cluster=False, poll_interval=1.0, signing_key=key)
     listener._set_accepting(True)  # as when its subscription is up
     return listener
 
@@ -117,7 +104,7 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
     reply_to, nonce, _ = listener.register("bench")
     listener.discard(reply_to)
     headers = {ACCEPT_ERRORS: "1", DEADLINE: f"{time.time() + 30:.3f}", NONCE: nonce}
-    request = _signing.sign_frame(
+    request = signing.sign_frame(
         build_frame(
             BODY,
             correlation_id=new_correlation_id(),
@@ -134,7 +121,7 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
         listener.discard(channel)
 
     def frame() -> bytes:
-        return _signing.signed_frame(
+        return signing.signed_frame(
             *frame_parts(
                 BODY,
                 correlation_id="c",
@@ -155,7 +142,7 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
             check_size(request, MAX_SIZE, "The request"),
             send_command(target, request),
         ),
-        "check_reply": lambda: _signing.check_reply(reply, key, nonce),
+        "check_reply": lambda: signing.check_reply(reply, key, nonce),
         "from_payload (reply)": lambda: RedisMessage.from_payload(reply, converter),
         "error_details": lambda: RedisMessage.from_payload(
             reply, converter
@@ -174,7 +161,7 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
         correlation_id = new_correlation_id()
         ours = {ACCEPT_ERRORS: "1", DEADLINE: f"{time.time() + 30.0:.3f}"}
         reply_to, ours[NONCE], _ = listener.register(correlation_id)
-        frame = _signing.signed_frame(
+        frame = signing.signed_frame(
             *frame_parts(
                 BODY,
                 correlation_id=correlation_id,
@@ -188,7 +175,7 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
         send_command(target, frame)
         listener.discard(reply_to)
         # The listener checks the reply against the nonce; request() parses it.
-        _signing.check_reply(reply, key, ours[NONCE])
+        signing.check_reply(reply, key, ours[NONCE])
         check_size(reply, MAX_SIZE, "The reply")
         return RedisMessage.from_payload(reply, converter).error_details()
 
@@ -198,7 +185,7 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
 def _request_payload(key: bytes | None, listener: ReplyListener) -> bytes:
     reply_to, nonce, _ = listener.register("bench")
     listener.discard(reply_to)
-    return _signing.sign_frame(
+    return signing.sign_frame(
         build_frame(
             BODY,
             correlation_id=new_correlation_id(),
@@ -213,43 +200,41 @@ def _request_payload(key: bytes | None, listener: ReplyListener) -> bytes:
     )
 
 
-def _consumer(key: bytes | None) -> ListConsumer:
+def _processor(key: bytes | None) -> Processor:
     def echo(body: bytes) -> bytes:
         return body
 
     handler = Handler(echo, logging.getLogger("bench"), make_converter())
-    # Any transport's consumer processes a message alike; a list's needs no hub.
+    # Any transport's processor works alike; a list's is the plainest.
     subscriber = Subscriber(ListSub(CHANNEL), handler, no_reply=False, max_workers=1)
-    return ListConsumer(
+    return Processor(
         subscriber,
-        _NoRedis(),  # type: ignore[arg-type]
-        poll_interval=1.0,
-        policy=Policy(max_message_size=MAX_SIZE, signing_key=key),
+        Policy(max_message_size=MAX_SIZE, signing_key=key),
+        name=f"redis_rpc:list:{CHANNEL}",
     )
 
 
 def _server_commands(key: bytes | None, payload: bytes) -> list[Any]:
-    commands, _ = _consumer(key)._process(Delivery(payload))
-    return commands
+    return _processor(key).run(Delivery(payload)).commands
 
 
 def server_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
-    """Each step of ``Consumer._process()`` on a request, and the whole of it."""
-    consumer = _consumer(key)
+    """Each step of ``Processor.run()`` on a request, and the whole of it."""
+    processor = _processor(key)
     payload = _request_payload(key, _listener(key))
-    message = RedisMessage.from_payload(payload, consumer.subscriber.handler.converter)
-    handler = consumer.subscriber.handler
+    handler = processor.subscriber.handler
+    message = RedisMessage.from_payload(payload, handler.converter)
     delivery = Delivery(payload)
     steps: dict[str, Callable[[], object]] = {
         "from_payload (request)": lambda: RedisMessage.from_payload(
             payload, handler.converter, max_size=MAX_SIZE
         ),
         "handler.arguments": lambda: handler.arguments(message),
-        "_outgoing (reply frame, command)": lambda: consumer._outgoing(message, BODY),
+        "_outgoing (reply frame, command)": lambda: processor._outgoing(message, BODY),
     }
     if key is not None:
-        steps["check_request"] = lambda: _signing.check_request(payload, key)
-    steps["_process (all of it)"] = lambda: consumer._process(delivery)
+        steps["check_request"] = lambda: signing.check_request(payload, key)
+    steps["run (all of it)"] = lambda: processor.run(delivery)
     return steps
 
 

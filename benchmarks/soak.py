@@ -251,7 +251,10 @@ def soak(url: str, requests: int, callers: int, server: ServerProcess) -> int:
     began = time.monotonic()
     deadline = began + DEADLINE
     warm_up = requests // WARM_UP_SHARE
-    dropped, request_logger = DroppedReplies(), logging.getLogger("redis_rpc._request")
+    dropped, request_logger = (
+        DroppedReplies(),
+        logging.getLogger("redis_rpc._client.listener"),
+    )
     request_logger.addHandler(dropped)
     request_logger.setLevel(logging.DEBUG)
     raw = redis.Redis.from_url(url)

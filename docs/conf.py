@@ -6,7 +6,7 @@ import redis_rpc
 
 project = "redis_rpc"
 author = "the redis_rpc authors"
-copyright = "the redis_rpc authors"  # noqa: A001 - Sphinx's name for it
+copyright = "the redis_rpc authors"
 release = redis_rpc.__version__
 version = release
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from logging import Logger
 
-from redis_rpc._app import App
 from redis_rpc._broker import RedisBroker, RedisClusterBroker
-from redis_rpc._convert import make_converter
+from redis_rpc._cli.app import App
 from redis_rpc._hooks import DestinationStats, Event, Health, Stats, SubscriberStats
-from redis_rpc._message import RedisMessage, RedisResponse, Response
-from redis_rpc._path import Path
-from redis_rpc._schemas import ListSub, PubSub, StreamSub
+from redis_rpc._wire.convert import make_converter
+from redis_rpc._wire.message import RedisMessage, RedisResponse, Response
+from redis_rpc._wire.path import Path
+from redis_rpc._wire.schemas import ListSub, PubSub, StreamSub
 from redis_rpc.errors import RemoteError
 
 __version__ = "0.1.0"

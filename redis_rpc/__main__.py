@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from redis_rpc._cli import main
+from redis_rpc._cli.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

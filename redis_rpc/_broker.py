@@ -1,76 +1,47 @@
-"""``RedisBroker``: lifecycle, ``subscriber()``, ``publisher()``, ``publish()``, ``request()``.
+"""``RedisBroker``: declaring subscribers, the lifecycle, and the public calls.
 
-The broker holds policy; ``_redis`` does the I/O, the consumers consume and
-the reply listener waits for replies.
+The broker holds policy and state: what was declared, whether it serves,
+and what it sends through. The work is done in the layers below it:
+``_client`` sends and waits (``Caller``, ``ReplyListener``), ``_server``
+serves (``Serving``), ``_io`` talks to Redis, and ``_fork`` deals with
+forks. ``TestRedisBroker`` swaps an in-memory connection in (``_memory``).
 """
 
 from __future__ import annotations
 
 import enum
-import fnmatch
 import inspect
 import logging
-import os
 import threading
 import time
-import weakref
-from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
-from redis_rpc._channel import ChannelConsumer, ChannelHub
-from redis_rpc._cluster import ClusterConnection
-from redis_rpc._consumer import (
-    Consumer,
-    Policy,
-    Subscriber,
-    Watch,
-    current_handling,
-    in_handler,
-    reader_exit_bound,
-    stop_all,
+from redis_rpc import _context, _fork
+from redis_rpc._client.listener import ReplyListener
+from redis_rpc._client.request import Caller
+from redis_rpc._hooks import Health, Stats, SubscriberStats
+from redis_rpc._io.cluster import ClusterBackend
+from redis_rpc._io.commands import Ping
+from redis_rpc._io.server import RedisBackend
+from redis_rpc._server.fetch import reader_exit_bound
+from redis_rpc._server.handler import Handler
+from redis_rpc._server.process import Policy, Subscriber
+from redis_rpc._server.serving import Serving, start_error, wait_until_up
+from redis_rpc._wire.convert import make_converter
+from redis_rpc._wire.schemas import (
+    ListSub,
+    PubSub,
+    StreamSub,
+    destination,
+    subscription,
 )
-from redis_rpc._convert import make_converter
-from redis_rpc._handler import Handler
-from redis_rpc._heartbeat import Heartbeat
-from redis_rpc._hooks import (
-    MAX_COUNTED_DESTINATIONS,
-    OTHER_DESTINATIONS,
-    DestinationCounter,
-    Event,
-    Health,
-    Stats,
-    SubscriberStats,
-    around,
-    outcome_of,
-)
-from redis_rpc._list import ListConsumer
-from redis_rpc._message import (
-    ACCEPT_ERRORS,
-    DEADLINE,
-    NONCE,
-    REPLY_SHARD,
-    REPLY_TO,
-    RedisMessage,
-    check_size,
-    frame_parts,
-    new_correlation_id,
-)
-from redis_rpc._redis import Connection, Ping, Publish, send_command
-from redis_rpc._request import ReplyListener, Sent
-from redis_rpc._schemas import ListSub, PubSub, StreamSub, destination, subscription
-from redis_rpc._signing import coerce_key, signed_frame
-from redis_rpc._stream import StreamConsumer
+from redis_rpc._wire.signing import coerce_key
 from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,
-    NoSubscriberError,
-    RedisCommandError,
-    RedisConnectionError,
     RedisRPCError,
-    RemoteError,
-    RequestTimeoutError,
     SetupError,
 )
 
@@ -81,7 +52,10 @@ if TYPE_CHECKING:
     import cattrs
 
     from redis_rpc._hooks import Hook
-    from redis_rpc._schemas import Destination
+    from redis_rpc._io.interfaces import Backend, Connection
+    from redis_rpc._server.serving import Part
+    from redis_rpc._wire.message import RedisMessage
+    from redis_rpc._wire.schemas import Destination
 
 logger = logging.getLogger(__name__)
 
@@ -94,37 +68,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 # it had a timeout of its own.
 DEFAULT_PUBLISH_TIMEOUT = 10.0
 
-# Channel subscribers get a ChannelConsumer fed by the broker's ChannelHub.
-_CONSUMERS: dict[type[Destination], type[Consumer]] = {
-    ListSub: ListConsumer,
-    StreamSub: StreamConsumer,
-}
 
-
-# Every broker of this process, so that a forked child can reset them all.
-_brokers: weakref.WeakSet[RedisBroker] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    # Runs in a forked child before anything else: the child has one thread.
-    for broker in list(_brokers):
-        broker._after_fork()
-
-
-def _warn_after_fork() -> None:
-    # Runs in the parent: a started broker's consumers stay here, not in the child.
-    for broker in list(_brokers):
-        broker._forked_while_running()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork, after_in_parent=_warn_after_fork)
-
-# Taken only in a child forked without the hooks above, by the first threads
-# to use a broker there; never held in a process that forks.
-_hookless_fork_lock = threading.Lock()
-
-
-class _State(enum.Enum):
+class State(enum.Enum):
     NEW = "NEW"  # subscribers may be declared; publish() and request() already work
     STARTING = "STARTING"  # start() is bringing consumers up
     RUNNING = "RUNNING"  # consumers and the reply listener are up
@@ -185,7 +130,7 @@ class RedisBroker:
     """
 
     # What the broker talks to Redis through; RedisClusterBroker's routes by slot.
-    _connection_class: type[Connection] = Connection
+    _backend_class: ClassVar[type[RedisBackend | ClusterBackend]] = RedisBackend
 
     def __init__(
         self,
@@ -211,66 +156,66 @@ class RedisBroker:
         if graceful_timeout < 0 or start_timeout <= 0 or health_check_interval <= 0:
             msg = "graceful_timeout must not be negative, and start_timeout and health_check_interval must be positive."
             raise SetupError(msg)
+        if max_message_size is not None and max_message_size <= 0:
+            msg = f"max_message_size must be positive or None, not {max_message_size}."
+            raise SetupError(msg)
         self._max_workers = max_workers
         self._poll_interval = poll_interval
         self._graceful_timeout = graceful_timeout
         self._start_timeout = start_timeout
-        if max_message_size is not None and max_message_size <= 0:
-            msg = f"max_message_size must be positive or None, not {max_message_size}."
-            raise SetupError(msg)
-        self._max_message_size = max_message_size
         self._converter = converter or make_converter()
         self._signing_key = coerce_key(signing_key)
-        self._hooks = tuple(hooks)
-        self._policy = Policy(
-            max_message_size,
-            send_tracebacks,
-            signing_key=self._signing_key,
-            hooks=self._hooks,
-        )
-        # What publish() and request() did, by destination; see stats().
-        self._destinations: dict[str, DestinationCounter] = {}
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
-        _check_target(url, options, several=self._connection_class.cluster)
-        self._connection = self._connection_class(
+        _check_target(url, options, several=False)
+        self._backend: Backend = self._backend_class(
             url,
             socket_timeout=socket_timeout,
             health_check_interval=health_check_interval,
             options=options,
         )
         # Checked after the URL's own query options have been applied.
-        if not 0 < poll_interval < self._connection.socket_timeout:
-            msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({self._connection.socket_timeout} s), which blocking reads must not reach."
+        if not 0 < poll_interval < self._backend.socket_timeout:
+            msg = f"poll_interval ({poll_interval} s) must be positive and below socket_timeout ({self._backend.socket_timeout} s), which blocking reads must not reach."
             raise SetupError(msg)
-        # Guards _state, _subscribers, _publishers, _consumers, _listener, _heartbeat and _watch.
+        self._policy = Policy(
+            max_message_size,
+            send_tracebacks,
+            signing_key=self._signing_key,
+            hooks=tuple(hooks),
+            cluster=self._backend.cluster,
+        )
+        self._caller = Caller(
+            converter=self._converter,
+            signing_key=self._signing_key,
+            max_message_size=max_message_size,
+            start_timeout=start_timeout,
+            hooks=hooks,
+        )
+        # Guards _state, _subscribers, _publishers, _connection, _listener and _serving.
         self._lock = threading.Lock()
-        self._state = _State.NEW
+        self._state = State.NEW
         self._subscribers: list[Subscriber] = []
         self._publishers: dict[Callable[..., Any], list[Destination]] = {}
-        self._consumers: list[Consumer] = []
-        self._listener: ReplyListener | None = None
-        self._heartbeat: Heartbeat | None = None  # created by start()
-        self._watch: Watch | None = None  # created by start()
-        self._hub: ChannelHub | None = (
-            None  # created by start(), for channel subscribers
-        )
+        # What publish() and request() send through: the backend, or
+        # TestRedisBroker's in-memory connection.
+        self._connection: Connection = self._backend
+        self._listener: ReplyListener | None = None  # started by the first request()
+        self._serving: Serving | None = None  # created by start()
         self._closed = threading.Event()  # set once close() has finished
         # The connection and listener set aside while TestRedisBroker serves in memory.
-        self._real: tuple[Connection, ReplyListener | None] = (self._connection, None)
+        self._real: tuple[Connection, ReplyListener | None] = (self._backend, None)
         self._started_before_fork = (
             False  # start() ran in a process we were forked from
         )
-        # The process whose threads and connections these are; another pid
-        # means a fork that skipped os.register_at_fork() (uWSGI without
-        # py-call-osafterfork), after which none of them works.
-        self._pid = os.getpid()
         self._warned_fork = False  # the parent said once that it forked while serving
-        _brokers.add(self)
+        self._process = _fork.ProcessGuard()
+        _fork.track(self)
 
     def __repr__(self) -> str:
         pending = self._listener.pending if self._listener else 0
+        consumers = len(self._serving.consumers) if self._serving else 0
         return (
-            f"<RedisBroker {self._state.name} consumers={len(self._consumers)} "
+            f"<RedisBroker {self._state.name} consumers={consumers} "
             f"pending_requests={pending}>"
         )
 
@@ -328,7 +273,7 @@ class RedisBroker:
             # In a cluster, refuses a name whose companion keys (heartbeats,
             # processing lists) cannot share its slot: a bad name now, not
             # a consumer that retries until start() times out.
-            self._connection.companion(source.name, "")
+            self._backend.companion(source.name, "")
 
         def register(func: F) -> F:
             if inspect.iscoroutinefunction(func):
@@ -337,7 +282,7 @@ class RedisBroker:
             handler = Handler(func, self._handler_logger, self._converter, template)
             subscriber = Subscriber(source, handler, no_reply, workers)
             with self._lock:
-                if self._state is not _State.NEW:
+                if self._state is not State.NEW:
                     msg = f"Cannot add a subscriber to {source}: declare subscribers before start()."
                     raise SetupError(msg)
                 self._subscribers.append(subscriber)
@@ -385,7 +330,7 @@ class RedisBroker:
 
         def register(func: F) -> F:
             with self._lock:
-                if self._state is not _State.NEW:
+                if self._state is not State.NEW:
                     msg = f"Cannot add a publisher to {target}: declare publishers before start()."
                     raise SetupError(msg)
                 self._publishers.setdefault(func, []).append(target)
@@ -403,119 +348,52 @@ class RedisBroker:
             RedisConnectionError: Something did not come up within ``start_timeout``.
         """
         with self._lock:
-            if self._state is not _State.NEW:
+            if self._state is not State.NEW:
                 msg = f"Cannot start a broker that is {self._state.name}; create a new one."
                 raise BrokerStateError(msg)
             if self._started_before_fork:
                 msg = "Cannot start this broker: it was started before this process was forked, and consumers do not survive a fork. Create or start brokers in each child after forking (gunicorn: in post_fork)."
                 raise BrokerStateError(msg)
-            self._state = _State.STARTING
+            self._state = State.STARTING
             listener = self._ensure_listener_locked()
-            self._heartbeat = Heartbeat(self._connection)
-            self._watch = Watch()
-            self._consumers, self._hub = self._create_consumers_locked()
+            self._serving = self._new_serving(self._subscribers)
             # Started under the lock, so that a concurrent close() finds them running.
-            for consumer in self._consumers:
-                consumer.start()
-            parts: list[ReplyListener | ChannelHub | Consumer] = [listener]
-            if self._hub is not None:
-                self._hub.start()
-                parts.append(self._hub)  # ready once every channel is subscribed
-            parts += [c for c in self._consumers if not isinstance(c, ChannelConsumer)]
-        deadline = time.monotonic() + self._start_timeout
-        while late := [part for part in parts if not part.ready.is_set()]:
-            remaining = deadline - time.monotonic()
-            # Retrying cannot cure it; wait only until every late part has
-            # said why, so that the error names each cause.
-            hopeless = all(part.error is not None for part in late) and any(
-                _permanent(part.error, cluster=self._connection.cluster)
-                for part in late
-            )
-            if hopeless or remaining <= 0 or self._state is not _State.STARTING:
-                break
-            # Short waits, so that a close() from another thread is noticed.
-            late[0].ready.wait(min(remaining, self._poll_interval))
+            parts: list[Part] = [listener, *self._serving.start()]
+        late = wait_until_up(
+            parts,
+            timeout=self._start_timeout,
+            poll_interval=self._poll_interval,
+            cluster=self._backend.cluster,
+            starting=lambda: self._state is State.STARTING,
+        )
         with self._lock:
-            started = not late and self._state is _State.STARTING
+            started = not late and self._state is State.STARTING
             if started:
-                self._state = _State.RUNNING
-            closed = self._state in (_State.CLOSING, _State.CLOSED)
+                self._state = State.RUNNING
+            closed = self._state in (State.CLOSING, State.CLOSED)
         if closed:
             msg = "The broker was closed while it was starting."
             raise BrokerClosedError(msg)
         if not started:
-            error = self._start_error(late)  # before close() clears the causes
+            # Built before close() clears the causes.
+            error = start_error(late, self._start_timeout, self._backend.address)
             self.close()
             raise error
-        logger.info("Broker started with %d consumer(s)", len(self._consumers))
+        logger.info("Broker started with %d consumer(s)", len(self._serving.consumers))
 
-    def _create_consumers_locked(self) -> tuple[list[Consumer], ChannelHub | None]:
-        """One consumer per subscriber, and the hub that reads for the channel ones, if any."""
-        assert self._heartbeat is not None
-        channel_subscribers = [
-            sub for sub in self._subscribers if isinstance(sub.source, PubSub)
-        ]
-        hub = (
-            ChannelHub(
-                self._connection,
-                poll_interval=self._poll_interval,
-                max_workers=sum(sub.max_workers for sub in channel_subscribers),
-            )
-            if channel_subscribers
-            else None
-        )
-        consumers: list[Consumer] = []
-        for sub in self._subscribers:
-            subscriber = _with_publishers(sub, self._publishers)
-            if isinstance(sub.source, PubSub):
-                assert hub is not None
-                consumers.append(
-                    ChannelConsumer(
-                        subscriber,
-                        self._connection,
-                        poll_interval=self._poll_interval,
-                        hub=hub,
-                        policy=self._policy,
-                    )
+    def _new_serving(self, subscribers: Sequence[Subscriber]) -> Serving:
+        """The consumers of *subscribers*, each with its ``@broker.publisher`` destinations."""
+        return Serving(
+            [
+                attrs.evolve(
+                    sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
                 )
-            else:
-                consumers.append(
-                    _CONSUMERS[type(sub.source)](
-                        subscriber,
-                        self._connection,
-                        poll_interval=self._poll_interval,
-                        policy=self._policy,
-                        heartbeat=self._heartbeat,
-                        watch=self._watch,
-                    )
-                )
-        return consumers, hub
-
-    def _start_error(
-        self, late: list[ReplyListener | ChannelHub | Consumer]
-    ) -> RedisRPCError:
-        """Why start() failed: each part that did not come up, with its own cause."""
-        causes = "; ".join(
-            f"{part.name}: {part.error}".rstrip(".")
-            if part.error is not None
-            else f"{part.name}: not up yet"
-            for part in late
+                for sub in subscribers
+            ],
+            self._backend,
+            self._policy,
+            poll_interval=self._poll_interval,
         )
-        first = next(
-            (
-                part.error
-                for part in late
-                if isinstance(part.error, (RedisConnectionError, RedisCommandError))
-            ),
-            None,
-        )
-        if first is None:
-            msg = f"Could not start within {self._start_timeout} s ({causes}); is Redis reachable at {self._connection.address}?"
-            return RedisConnectionError(msg, reason="timeout")
-        msg = f"Could not start within {self._start_timeout} s: {causes}."
-        error = type(first)(msg, reason=first.reason)
-        error.__cause__ = first
-        return error
 
     def close(self) -> None:
         """Stop consuming, let in-flight handlers finish, fail pending requests, disconnect.
@@ -531,52 +409,31 @@ class RedisBroker:
         Raises:
             BrokerStateError: Called from inside a handler of this broker.
         """
-        if in_handler(self._consumers):
+        serving = self._serving
+        if serving is not None and _context.in_handler(serving.processors):
             msg = "Cannot close the broker from inside a handler: it would wait for itself. Call App.exit(), or close() from another thread."
             raise BrokerStateError(msg)
         with self._lock:
-            first = self._state not in (_State.CLOSING, _State.CLOSED)
+            first = self._state not in (State.CLOSING, State.CLOSED)
             if first:
-                self._state = _State.CLOSING
-            consumers, listener = list(self._consumers), self._listener
-            heartbeat, hub, watch = self._heartbeat, self._hub, self._watch
+                self._state = State.CLOSING
+            serving, listener = self._serving, self._listener
+        exit_bound = reader_exit_bound(self._poll_interval)
         if not first:  # another thread is closing: wait until it is done
-            self._closed.wait(
-                self._graceful_timeout + reader_exit_bound(self._poll_interval)
-            )
+            self._closed.wait(self._graceful_timeout + exit_bound)
             return
-        drain_deadline = time.monotonic() + self._graceful_timeout
-        if hub is not None:
-            hub.stop()  # no more deliveries; each consumer then drops what it queued
-        late = stop_all(consumers, self._graceful_timeout)
-        # After the consumers: a handler stuck while they stop still gets relieved.
-        if watch is not None and not watch.stop(reader_exit_bound(self._poll_interval)):
-            logger.warning("The watch thread did not stop in time")
-        if hub is not None:
-            if not hub.join(reader_exit_bound(self._poll_interval)):
-                logger.warning("The channel reader did not stop in time")
-            # Idle workers end at once; those still in a handler are named below.
-            hub.shutdown_workers(
-                0.0 if late else max(0.0, drain_deadline - time.monotonic())
-            )
+        late = serving.stop(self._graceful_timeout) if serving is not None else []
         if late:
             logger.warning(
                 "Still running after graceful_timeout (%s s), left behind on daemon threads: %s",
                 self._graceful_timeout,
                 "; ".join(late),
             )
-        if listener is not None and not listener.stop(
-            reader_exit_bound(self._poll_interval)
-        ):
+        if listener is not None and not listener.stop(exit_bound):
             logger.warning("The reply listener did not stop in time")
-        # After the consumers: a handler still running must keep its messages.
-        if heartbeat is not None and not heartbeat.stop(
-            reader_exit_bound(self._poll_interval)
-        ):
-            logger.warning("The heartbeat thread did not stop in time")
         self._connection.close()
         with self._lock:
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
         self._closed.set()
         logger.info("Broker closed")
 
@@ -636,53 +493,16 @@ class RedisBroker:
             ValueError: A header is too long for the frame format.
         """
         self._check_open("publish")
-        target = destination(channel, list, stream)
-        counter = self._destination_counter(target)
-        if not self._hooks:
-            result = self._publish(
-                body, target, headers, correlation_id, reply_to, maxlen, timeout
-            )
-            counter.published()
-            return result
-        # Picked here rather than in _publish(), so that hooks see it.
-        correlation_id = correlation_id or new_correlation_id()
-        event = Event("publish", str(target), dict(headers or {}), correlation_id)
-        result = around(
-            self._hooks,
-            event,
-            lambda: self._publish(
-                body, target, event.headers, correlation_id, reply_to, maxlen, timeout
-            ),
+        return self._caller.publish(
+            self._connection,
+            body,
+            destination(channel, list, stream),
+            headers,
+            correlation_id,
+            reply_to,
+            maxlen,
+            timeout,
         )
-        counter.published()
-        return result
-
-    def _publish(
-        self,
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        reply_to: str,
-        maxlen: int | None,
-        timeout: float | None,
-    ) -> int | str:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        frame = signed_frame(
-            *frame_parts(
-                body,
-                correlation_id=correlation_id or new_correlation_id(),
-                reply_to=reply_to,
-                headers=headers,
-                converter=self._converter,
-            ),
-            self._signing_key,
-        )
-        check_size(frame, self._max_message_size, "The message")
-        result = self._connection.execute(
-            send_command(target, frame, maxlen), deadline=deadline
-        )
-        return result.decode() if isinstance(result, bytes) else int(result)
 
     def request(
         self,
@@ -741,164 +561,20 @@ class RedisBroker:
             ValueError: A header is too long for the frame format.
         """
         self._check_open("request")
-        target = destination(channel, list, stream)
-        counter = self._destination_counter(target)
-        if not self._hooks:
-            started = time.monotonic()
-            try:
-                reply = self._request(
-                    body, target, headers, correlation_id, timeout, fail_fast
-                )
-            except BaseException as exc:
-                counter.requested(outcome_of(exc), time.monotonic() - started)
-                raise
-            counter.requested("ok", time.monotonic() - started)
-            return reply
-        correlation_id = correlation_id or new_correlation_id()  # for the hooks to see
-        event = Event("request", str(target), dict(headers or {}), correlation_id)
+        serving = self._serving
+        return self._caller.request(
+            self._connection,
+            self._reply_listener,
+            body,
+            destination(channel, list, stream),
+            headers,
+            correlation_id,
+            timeout,
+            fail_fast,
+            serving.processors if serving is not None else (),
+        )
 
-        def call() -> RedisMessage:
-            event.message = self._request(
-                body, target, event.headers, correlation_id, timeout, fail_fast
-            )
-            return event.message
-
-        try:
-            return around(self._hooks, event, call)
-        finally:
-            counter.requested(event.outcome, event.duration)
-
-    def _request(
-        self,
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        fail_fast: bool,
-    ) -> RedisMessage:
-        timeout = self._nested_timeout(target, timeout)
-        if headers and REPLY_TO in headers:
-            msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
-            raise SetupError(msg)
-        correlation_id = correlation_id or new_correlation_id()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ours = {ACCEPT_ERRORS: "1"}
-        if timeout is not None:  # the server's clock: Unix time, to the millisecond
-            ours[DEADLINE] = f"{time.time() + timeout:.3f}"
-        listener = self._reply_listener()
-
-        def timed_out(msg: str) -> RequestTimeoutError:
-            return RequestTimeoutError(
-                msg,
-                destination=str(target),
-                correlation_id=correlation_id,
-                timeout=timeout or 0.0,
-            )
-
-        if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
-            msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
-            raise timed_out(msg)
-        reply_to, ours[NONCE], future = listener.register(correlation_id)
-        if listener.reply_shard is not None:
-            ours[REPLY_SHARD] = listener.reply_shard
-        try:
-            frame = signed_frame(
-                *frame_parts(
-                    body,
-                    correlation_id=correlation_id,
-                    reply_to=reply_to,
-                    headers={**headers, **ours} if headers else ours,
-                    converter=self._converter,
-                ),
-                self._signing_key,
-            )
-            check_size(frame, self._max_message_size, "The request")
-            command = send_command(target, frame)
-
-            def unheard() -> NoSubscriberError:
-                msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
-                return NoSubscriberError(msg, destination=str(target))
-
-            # On a channel, Redis' answer says whether anybody got it.
-            # In a cluster, Redis counts the subscribers of one node only.
-            counted = (
-                fail_fast
-                and isinstance(command, Publish)
-                and (command.sharded or not self._connection.cluster)
-            )
-            sent = Sent(listener, reply_to, unheard if counted else None)
-            try:
-                try:  # a failure to send fails the future, and is in sent.error
-                    self._connection.send(command, deadline=deadline, outcome=sent)
-                except RedisConnectionError as exc:
-                    sent.error = exc
-                    raise
-                payload = future.result(
-                    None if deadline is None else max(0.0, deadline - time.monotonic())
-                )
-            except RedisConnectionError as exc:
-                # Only a failure to send; a lost reply subscription stays as it is.
-                if deadline is None or exc.reason != "timeout" or exc is not sent.error:
-                    raise
-                outcome = (
-                    "may have been delivered" if exc.maybe_applied else "was not sent"
-                )
-                msg = f"Redis did not take the request to {target} within {timeout} s, so it {outcome} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
-                raise timed_out(msg) from exc
-        except FutureTimeoutError:
-            msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
-            raise timed_out(msg) from None
-        finally:
-            listener.discard(reply_to)
-        check_size(payload, self._max_message_size, "The reply")
-        reply = RedisMessage.from_payload(payload, self._converter)
-        error = reply.error_details()
-        if error is not None:
-            raise RemoteError(
-                **error, destination=str(target), correlation_id=correlation_id
-            )
-        return reply
-
-    def _nested_timeout(
-        self, target: Destination, timeout: float | None
-    ) -> float | None:
-        """The timeout of a request made from inside a handler: never past its caller's deadline.
-
-        Raises:
-            BrokerStateError: The request goes to the calling handler's own
-                subscriber, whose only worker is the calling thread.
-            RequestTimeoutError: The message being handled has expired.
-        """
-        handling = current_handling()
-        if handling is None:
-            return timeout
-        consumer, message = handling
-        source = consumer.subscriber.source
-        if (
-            consumer in self._consumers
-            and consumer.subscriber.max_workers == 1
-            and type(source) is type(target)
-            and (
-                _reaches(source, target.name)
-                if isinstance(source, PubSub)
-                else source.name == target.name
-            )
-        ):
-            msg = f"Cannot request {target} from inside its own handler: its only worker is the calling thread, so this process could not answer before the timeout. Call the function directly, or give that subscriber max_workers=2 or more."
-            raise BrokerStateError(msg)
-        if message.deadline is None:
-            return timeout
-        remaining = message.deadline - time.time()
-        if remaining <= 0:
-            msg = f"No time left to request {target}: the caller of the message being handled (correlation_id={message.correlation_id[:100]!r}) stopped waiting {-remaining:.3f} s ago."
-            raise RequestTimeoutError(
-                msg,
-                destination=str(target),
-                correlation_id=message.correlation_id,
-                timeout=0.0 if timeout is None else timeout,
-            )
-        return remaining if timeout is None else min(timeout, remaining)
+    # -- observing -----------------------------------------------------------
 
     def stats(self) -> Stats:
         """A snapshot of what this broker did: per subscriber, and per destination called.
@@ -907,15 +583,13 @@ class RedisBroker:
         broker's creation (subscribers' from ``start()``).
         """
         subscribers: dict[str, SubscriberStats] = {}
-        for consumer in list(self._consumers):
-            key = str(consumer.subscriber.source)
+        serving = self._serving
+        for processor in serving.processors if serving is not None else ():
+            key = str(processor.subscriber.source)
             if key in subscribers:  # a second handler on the same source
-                key = f"{key} ({consumer.subscriber.handler.name})"
-            subscribers[key] = consumer.counter.snapshot()
-        destinations = {
-            key: counter.snapshot() for key, counter in list(self._destinations.items())
-        }
-        return Stats(subscribers=subscribers, destinations=destinations)
+                key = f"{key} ({processor.subscriber.handler.name})"
+            subscribers[key] = processor.counter.snapshot()
+        return Stats(subscribers=subscribers, destinations=self._caller.stats())
 
     def ping(self, timeout: float = 1.0) -> Health:
         """Whether Redis answers and every part of the broker is up; never longer than *timeout*.
@@ -936,91 +610,33 @@ class RedisBroker:
         except RedisRPCError as exc:
             problems.append(f"redis: {exc}")
         state = self._state
-        if state in (_State.CLOSING, _State.CLOSED):
+        if state in (State.CLOSING, State.CLOSED):
             problems.append(f"broker: {state.name.lower()}")
-        elif self._subscribers and state is not _State.RUNNING:
+        elif self._subscribers and state is not State.RUNNING:
             problems.append(f"broker: {state.name.lower()}, not serving yet")
         listener = self._listener
         if listener is not None and not listener.ready.is_set():
             problems.append(
                 f"{listener.name}: {listener.error or 'not subscribed yet'}".rstrip(".")
             )
-        parts: list[Consumer | ChannelHub] = [
-            c for c in self._consumers if not isinstance(c, ChannelConsumer)
-        ]
-        if self._hub is not None:
-            parts.append(self._hub)
-        for part in parts:
-            if part.error is not None:
-                problems.append(f"{part.name}: {part.error}".rstrip("."))
-            elif not part.ready.is_set():
-                problems.append(f"{part.name}: not up yet")
+        if self._serving is not None:
+            problems += self._serving.problems()
         return Health(healthy=not problems, problems=tuple(problems))
 
-    def _destination_counter(self, target: Destination) -> DestinationCounter:
-        key = str(target)
-        counter = self._destinations.get(key)
-        if counter is None:
-            if len(self._destinations) >= MAX_COUNTED_DESTINATIONS:
-                key = OTHER_DESTINATIONS  # so many names: count the rest together
-            counter = self._destinations.setdefault(key, DestinationCounter())
-        return counter
+    # -- internals -----------------------------------------------------------
 
     def _check_open(self, action: str) -> None:
-        if self._state in (_State.CLOSING, _State.CLOSED):
+        if self._state in (State.CLOSING, State.CLOSED):
             msg = f"Cannot {action}: the broker has been closed."
             raise BrokerClosedError(msg)
-        if self._pid != os.getpid():
-            self._adopt_hookless_fork(action)
+        self._process.check(action, used=self._used(), reset=self._after_fork)
 
-    def _adopt_hookless_fork(self, action: str) -> None:
-        """In a child forked without Python's fork hooks: start afresh, unless the parent used us.
-
-        uWSGI forks that way by default. A broker that the parent never
-        used holds nothing of the parent's, so the child resets it as the
-        fork hooks would have; one that started threads or opened
-        connections cannot follow, because those stay the parent's.
-
-        Raises:
-            BrokerStateError: The parent used this broker before the fork.
-        """
-        with _hookless_fork_lock:
-            if self._pid == os.getpid():  # another thread of the child did it
-                return
-            if (
-                self._state is _State.NEW
-                and self._listener is None
-                and not self._connection.used
-            ):
-                self._after_fork()
-                return
-        msg = (
-            f"Cannot {action}: this process (pid {os.getpid()}) was forked from"
-            f" pid {self._pid} without running Python's fork hooks, after the"
-            " broker had started threads or opened connections there, so they"
-            " are still the parent's, and replies would go to the parent. uWSGI"
-            " forks this way unless told otherwise: set py-call-osafterfork = true"
-            " (or lazy-apps = true), or create the broker after the fork, or do"
-            " not use it before."
-        )
-        raise BrokerStateError(msg)
-
-    def _forked_while_running(self) -> None:
-        """In the parent after a fork: say once that consumers do not follow into children."""
-        if (
-            self._state is not _State.RUNNING
-            or not self._consumers
-            or self._warned_fork
-        ):
-            return
-        self._warned_fork = True
-        logger.warning(
-            "This process forked while %r was serving: its %d consumer(s) keep running"
-            " in this process only, and the child cannot start it. Start serving"
-            " brokers in each child after the fork instead (gunicorn: post_fork; "
-            "uWSGI: lazy-apps).",
-            self,
-            len(self._consumers),
+    def _used(self) -> bool:
+        """Whether this broker started threads or opened connections of its own."""
+        return (
+            self._state is not State.NEW
+            or self._listener is not None
+            or self._connection.used
         )
 
     def _reply_listener(self) -> ReplyListener:
@@ -1031,71 +647,18 @@ class RedisBroker:
         return listener
 
     def _ensure_listener_locked(self) -> ReplyListener:
-        if self._state in (_State.CLOSING, _State.CLOSED):
+        if self._state in (State.CLOSING, State.CLOSED):
             msg = "Cannot request: the broker has been closed."
             raise BrokerClosedError(msg)
         if self._listener is None:
             self._listener = ReplyListener(
-                self._connection,
+                self._backend,
+                cluster=self._backend.cluster,
                 poll_interval=self._poll_interval,
                 signing_key=self._signing_key,
             )
             self._listener.start()
         return self._listener
-
-    # -- in memory, for TestRedisBroker ---------------------------------------
-
-    def _serve_in_memory(
-        self, connection: Connection
-    ) -> tuple[ReplyListener, list[Consumer]]:
-        """Swap in *connection* and serve through it, with consumers that are never started.
-
-        The broker counts as ``RUNNING`` until ``_stop_serving_in_memory()``:
-        ``request()`` and ``publish()`` run as ever, but on *connection*.
-        Returned for *connection* to hand messages to: a reply listener
-        without a subscription, and the consumers built as ``start()``
-        builds them. Nothing here starts a thread or opens a socket.
-
-        Raises:
-            BrokerStateError: The broker is not ``NEW``: started, closed,
-                or already serving in memory.
-        """
-        with self._lock:
-            if self._state is not _State.NEW:
-                msg = f"Cannot test a broker that is {self._state.name}: hand TestRedisBroker a broker that was never started."
-                raise BrokerStateError(msg)
-            self._real = self._connection, self._listener
-            self._connection = connection
-            self._listener = listener = ReplyListener(
-                connection,
-                poll_interval=self._poll_interval,
-                signing_key=self._signing_key,
-            )
-            listener.accept_in_memory()
-            self._heartbeat, self._watch = Heartbeat(connection), Watch()
-            self._consumers, self._hub = self._create_consumers_locked()
-            self._state = _State.RUNNING
-            return listener, list(self._consumers)
-
-    def _stop_serving_in_memory(self) -> None:
-        """Undo ``_serve_in_memory()``: ``NEW`` again, on the real connection, unless closed meanwhile."""
-        with self._lock:
-            listener = self._listener
-            self._connection, self._listener = self._real
-            self._consumers, self._hub = [], None
-            self._heartbeat = self._watch = None
-            closed = self._state is not _State.RUNNING
-            if not closed:
-                self._state = _State.NEW
-        if listener is not None:
-            listener.stop(0.0)  # fails a request still waiting in another thread
-        if closed:  # close() ran in memory: what was set aside is closed too
-            real_listener = self._real[1]
-            if real_listener is not None and not real_listener.stop(
-                reader_exit_bound(self._poll_interval)
-            ):
-                logger.warning("The reply listener did not stop in time")
-            self._connection.close()
 
     def _after_fork(self) -> None:
         """Forget everything of the parent's but the declarations; runs alone in a forked child.
@@ -1106,49 +669,32 @@ class RedisBroker:
         pool notices the new pid and opens fresh connections by itself.
         """
         self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._consumers, self._listener, self._hub = [], None, None
-        self._watch = None
+        self._process.renew()
+        self._listener, self._serving = None, None
         self._connection.after_fork()
-        closed = self._state in (_State.CLOSING, _State.CLOSED)
-        self._started_before_fork |= self._state in (_State.STARTING, _State.RUNNING)
-        self._state = _State.CLOSED if closed else _State.NEW
+        closed = self._state in (State.CLOSING, State.CLOSED)
+        self._started_before_fork |= self._state in (State.STARTING, State.RUNNING)
+        self._state = State.CLOSED if closed else State.NEW
         self._closed = threading.Event()
         if closed:
             self._closed.set()
 
-
-def _permanent(error: Exception | None, *, cluster: bool) -> bool:
-    """Whether *error* will not go away by retrying: start() need not wait it out.
-
-    ``MOVED`` is for good when a single-server broker talks to a cluster
-    node; a cluster broker follows it.
-    """
-    permanent = (
-        ("authentication", "permission")
-        if cluster
-        else ("authentication", "permission", "moved")
-    )
-    return getattr(error, "reason", None) in permanent
-
-
-def _with_publishers(
-    subscriber: Subscriber, publishers: Mapping[Callable[..., Any], list[Destination]]
-) -> Subscriber:
-    return attrs.evolve(
-        subscriber, publishers=tuple(publishers.get(subscriber.handler.func, ()))
-    )
-
-
-def _reaches(source: PubSub, channel: str) -> bool:
-    """Whether a message published to *channel* reaches a subscriber of *source*."""
-    template = subscription(source)
-    assert template is not None  # a channel always has one
-    if template.names:
-        return bool(template.values(channel))
-    if source.pattern:
-        return fnmatch.fnmatchcase(channel, template.subscription)
-    return channel == template.subscription
+    def _forked_while_serving(self) -> None:
+        """In the parent after a fork: say once that consumers do not follow into children."""
+        serving = self._serving
+        if self._state is not State.RUNNING or serving is None or self._warned_fork:
+            return
+        if not serving.consumers:
+            return
+        self._warned_fork = True
+        logger.warning(
+            "This process forked while %r was serving: its %d consumer(s) keep running"
+            " in this process only, and the child cannot start it. Start serving"
+            " brokers in each child after the fork instead (gunicorn: post_fork; "
+            "uWSGI: lazy-apps).",
+            self,
+            len(serving.consumers),
+        )
 
 
 def _check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:
@@ -1193,9 +739,10 @@ class RedisClusterBroker(RedisBroker):
         **options: As for ``RedisBroker``.
     """
 
-    _connection_class = ClusterConnection
+    _backend_class = ClusterBackend
 
     def __init__(
         self, url: str | Sequence[str] = "redis://localhost:6379", **options: Any
     ) -> None:
-        super().__init__(url, **options)  # type: ignore[arg-type]
+        _check_target(url, options, several=True)
+        super().__init__(url if isinstance(url, str) else ",".join(url), **options)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from contextlib import AbstractContextManager
 
-    from redis_rpc._message import RedisMessage
+    from redis_rpc._wire.message import RedisMessage
 
     Hook = Callable[["Event"], AbstractContextManager[object]]
 

@@ -1,7 +1,7 @@
-"""The in-memory I/O layer behind ``TestRedisBroker``: what Redis would do with our commands, without Redis.
+"""The in-memory backend behind ``TestRedisBroker``: what Redis would do with our commands, without Redis.
 
-A ``MemoryConnection`` stands where a broker's ``Connection`` stands and
-takes the same commands from the same code: ``request()`` and
+A ``MemoryConnection`` implements the ``Connection`` of the I/O seam
+(``_io.interfaces``) and takes the same commands from the same code: ``request()`` and
 ``publish()`` build, sign and size-check their frames as ever, then hand
 the command here instead of to a socket. Here it is routed at once, on the
 calling thread, as Redis and the broker's consumers would route it:
@@ -15,75 +15,145 @@ calling thread, as Redis and the broker's consumers would route it:
   would take it;
 - ``XADD`` reaches one subscriber of each consumer group of the stream.
 
-Each subscriber's consumer runs the message through its real processing
-(``Consumer.process_inline``: decoding, signature and deadline checks,
-typed arguments, the handler, error replies, ``@publisher`` events, dead
-letters), and what that returns is routed the same way, depth first.
+Each subscriber's ``Processor`` runs the message through its real
+processing (decoding, signature and deadline checks, typed arguments, the
+handler, error replies, ``@publisher`` events, dead letters), and what that
+returns is routed the same way, depth first.
 Acknowledgements have nothing to settle and are dropped. So when
 ``send()`` returns, every handler the request could reach has run, and a
 request still without a reply will never get one: it fails at once with
 the timeout error the real broker would raise once its timeout ran out.
 
-Patterns are matched by Redis' glob rules (``*``, ``?``, ``[...]`` with
-``^`` and ranges, ``\\`` escapes). Nothing here opens a socket or starts
-a thread.
+Patterns are matched by Redis' glob rules (``_wire.glob``). Nothing here
+opens a socket or starts a thread.
 """
 
 from __future__ import annotations
 
-import functools
-import re
+import logging
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Any
 
-from redis_rpc._channel import ChannelConsumer
-from redis_rpc._consumer import Delivery
-from redis_rpc._handler import Handler
-from redis_rpc._list import ListConsumer
-from redis_rpc._message import RedisMessage
-from redis_rpc._redis import (
-    STREAM_DATA_FIELD,
-    Connection,
-    LRem,
-    Publish,
-    RPush,
-    XAdd,
-)
-from redis_rpc._schemas import ListSub, StreamSub
-from redis_rpc._stream import StreamConsumer
-from redis_rpc.errors import MessageDecodeError
+from redis_rpc._broker import State
+from redis_rpc._client.listener import ReplyListener
+from redis_rpc._io.commands import STREAM_DATA_FIELD, LRem, Publish, RPush, XAdd
+from redis_rpc._server.channels import ChannelConsumer
+from redis_rpc._server.fetch import FetchingConsumer, reader_exit_bound
+from redis_rpc._server.handler import Handler
+from redis_rpc._server.process import Delivery
+from redis_rpc._server.streams import entry_delivery
+from redis_rpc._wire.glob import matches
+from redis_rpc._wire.message import RedisMessage
+from redis_rpc._wire.schemas import ListSub, StreamSub
+from redis_rpc.errors import BrokerStateError, MessageDecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from unittest.mock import MagicMock
 
-    from redis_rpc._consumer import Consumer
-    from redis_rpc._engine import Outcome
-    from redis_rpc._redis import Command
-    from redis_rpc._request import ReplyListener
+    from redis_rpc._broker import RedisBroker
+    from redis_rpc._io.commands import Command
+    from redis_rpc._io.interfaces import Outcome
+    from redis_rpc._server.fetch import Consumer
+    from redis_rpc._server.process import Processor, Subscriber
+    from redis_rpc._server.serving import Serving
+
+logger = logging.getLogger(__name__)
 
 # What a reliable list's acknowledgement removes from; nothing is kept in
 # memory, so only its presence matters (a failed item is dead-lettered).
 _PROCESSING = "redis_rpc:in-memory:processing"
 
 
-class MemoryConnection(Connection):
-    """A ``Connection`` that routes each command to the broker's own consumers instead of Redis.
+def serve_in_memory(
+    broker: RedisBroker, wrap: Callable[[Subscriber], Subscriber]
+) -> MemoryConnection:
+    """Have *broker* serve in memory until ``leave_memory()``, with what *wrap* makes of each subscriber.
+
+    Raises:
+        BrokerStateError: The broker is not new.
+    """
+    connection = MemoryConnection()
+    listener = ReplyListener(
+        None,
+        cluster=False,
+        poll_interval=broker._poll_interval,
+        signing_key=broker._signing_key,
+    )
+    listener.accept_in_memory()  # the thread is never started
+    serving = _enter(broker, connection, listener, wrap)
+    connection.attach(serving.consumers, listener)
+    return connection
+
+
+def _enter(
+    broker: RedisBroker,
+    connection: MemoryConnection,
+    listener: ReplyListener,
+    wrap: Callable[[Subscriber], Subscriber],
+) -> Serving:
+    """Have *broker* send through *connection* and take replies from *listener*; return what serves.
+
+    The broker counts as ``RUNNING`` until ``leave_memory()``; the
+    consumers returned are never started: only their processors run. The
+    real connection and listener are set aside meanwhile.
+
+    Raises:
+        BrokerStateError: The broker is not ``NEW``.
+    """
+    with broker._lock:
+        if broker._state is not State.NEW:
+            msg = f"Cannot test a broker that is {broker._state.name}: hand TestRedisBroker a broker that was never started."
+            raise BrokerStateError(msg)
+        broker._real = broker._connection, broker._listener
+        broker._connection, broker._listener = connection, listener
+        broker._serving = broker._new_serving([wrap(s) for s in broker._subscribers])
+        broker._state = State.RUNNING
+        return broker._serving
+
+
+def leave_memory(broker: RedisBroker) -> None:
+    """Undo ``serve_in_memory()``: *broker* is ``NEW`` again, on its real connection, unless closed meanwhile."""
+    with broker._lock:
+        listener = broker._listener
+        broker._connection, broker._listener = broker._real
+        broker._serving = None
+        closed = broker._state is not State.RUNNING
+        if not closed:
+            broker._state = State.NEW
+    if listener is not None:
+        listener.stop(0.0)  # fails a request still waiting in another thread
+    if closed:  # close() ran in memory: what was set aside is closed too
+        real_listener = broker._real[1]
+        if real_listener is not None and not real_listener.stop(
+            reader_exit_bound(broker._poll_interval)
+        ):
+            logger.warning("The reply listener did not stop in time")
+        broker._connection.close()
+
+
+class MemoryConnection:
+    """Routes each command to the broker's own consumers instead of Redis.
 
     Safe to use from any number of threads at once; each message is
-    handled on the thread that sent it. Only the methods that ``request()``,
-    ``publish()`` and ``close()`` use are served: any other would need a
-    Redis, and fails (``AttributeError``) rather than open a socket.
+    handled on the thread that sent it. Implements the
+    ``_io.interfaces.Connection`` Protocol, all of it: serving needs none
+    of a ``Backend``'s readers and subscriptions, since messages are
+    handed to the processors directly.
     """
 
-    def __init__(self) -> None:  # no super().__init__(): there is nothing to connect to
-        self.address = "memory"
-        self.socket_timeout = float("inf")
+    address = "memory"
+    socket_timeout = float("inf")
+    cluster = False
+    # Nothing is shared with a forked child.
+    used = False
+
+    def __init__(self) -> None:
         self._channels: list[ChannelConsumer] = []
-        self._lists: list[ListConsumer] = []
-        self._streams: list[StreamConsumer] = []
+        self._lists: list[FetchingConsumer] = []
+        self._streams: list[FetchingConsumer] = []
         self._listener: ReplyListener | None = None
         self._lock = threading.Lock()  # guards _stored and _last_ids
         # How many items each list holds that no subscriber took: RPUSH answers the length.
@@ -96,10 +166,11 @@ class MemoryConnection(Connection):
         for consumer in consumers:
             if isinstance(consumer, ChannelConsumer):
                 self._channels.append(consumer)
-            elif isinstance(consumer, ListConsumer):
-                self._lists.append(consumer)
-            elif isinstance(consumer, StreamConsumer):
-                self._streams.append(consumer)
+            elif isinstance(consumer, FetchingConsumer):
+                source = consumer.subscriber.source
+                (self._lists if isinstance(source, ListSub) else self._streams).append(
+                    consumer
+                )
         self._listener = listener
 
     # -- what the broker calls ------------------------------------------------
@@ -133,11 +204,11 @@ class MemoryConnection(Connection):
             # A no-op when answered: the reply took the request off the listener.
             self._listener.fail(reply_to, FutureTimeoutError())
 
+    def ping(self) -> None:
+        """Memory always answers."""
+
     def close(self) -> None:
         """Nothing to close."""
-
-    # Nothing is shared with a forked child.
-    used = False
 
     def after_fork(self) -> None:
         """Nothing is shared with the parent."""
@@ -172,7 +243,7 @@ class MemoryConnection(Connection):
             listener.deliver(channel.encode(), data)
         raw = channel.encode()
         for consumer in consumers:
-            self._run(consumer, consumer._delivery(data, raw))
+            self._run(consumer.processor, consumer.delivery(data, raw))
         # Redis counts subscriptions, and the broker subscribes each name or
         # pattern once, however many subscribers share it.
         subscriptions = {(c.source.pattern, c.template.subscription) for c in consumers}
@@ -190,7 +261,8 @@ class MemoryConnection(Connection):
             source = consumer.subscriber.source
             reliable = isinstance(source, ListSub) and source.reliable
             self._run(
-                consumer, Delivery(data, LRem(_PROCESSING, data) if reliable else None)
+                consumer.processor,
+                Delivery(data, LRem(_PROCESSING, data) if reliable else None),
             )
         return length
 
@@ -212,13 +284,12 @@ class MemoryConnection(Connection):
             assert isinstance(source, StreamSub)  # the broker picks the class by source
             if source.stream == stream and source.group not in groups:
                 groups.add(source.group)  # each group gets the entry once
-                delivery = consumer._delivery(entry_id, fields, deliveries=1)
-                self._run(consumer, delivery)
+                delivery = entry_delivery(source, entry_id, fields, deliveries=1)
+                self._run(consumer.processor, delivery)
         return entry_id
 
-    def _run(self, consumer: Consumer, delivery: Delivery) -> None:
-        commands, _ = consumer.process_inline(delivery)
-        for command in commands:
+    def _run(self, processor: Processor, delivery: Delivery) -> None:
+        for command in processor.run(delivery).commands:
             self.route(command)
 
 
@@ -226,73 +297,8 @@ def _subscribed(consumer: ChannelConsumer, channel: str) -> bool:
     """Whether Redis would hand a message on *channel* to the hub for *consumer*."""
     name = consumer.template.subscription
     if consumer.source.pattern:
-        return glob(name).fullmatch(channel) is not None
+        return matches(name, channel)
     return name == channel
-
-
-@functools.lru_cache(maxsize=1024)
-def glob(pattern: str) -> re.Pattern[str]:
-    """The expression matching what the Redis glob *pattern* matches (``PSUBSCRIBE``'s rules).
-
-    ``*`` any text, ``?`` one character, ``[abc]``, ``[a-z]`` and ``[^a]``
-    one character of a set, ``\\`` takes the next character as it is.
-    An unclosed set runs to the end of the pattern, as in Redis.
-    """
-    out, i = [], 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        elif char == "[":  # a set; an unclosed one runs to the end of the pattern
-            end = _set_end(pattern, i + 1)
-            out.append(_char_set(pattern[i + 1 : end]))
-            i = end
-        else:
-            out.append(re.escape(char))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _set_end(pattern: str, start: int) -> int:
-    """The index of the ``]`` closing a set that opens before *start*, or the pattern's length."""
-    i = start
-    while i < len(pattern):
-        if pattern[i] == "\\":
-            i += 2
-            continue
-        if pattern[i] == "]":
-            return i
-        i += 1
-    return len(pattern)
-
-
-def _char_set(body: str) -> str:
-    """A regex character class for the inside of a Redis glob set."""
-    negate = body.startswith("^")
-    if negate:
-        body = body[1:]
-    parts, i = [], 0
-    while i < len(body):
-        char = body[i]
-        if char == "\\" and i + 1 < len(body):
-            i += 1
-            char = body[i]
-        elif i + 2 < len(body) and body[i + 1] == "-":
-            low, high = sorted((char, body[i + 2]))  # Redis takes z-a as a-z
-            parts.append(f"{re.escape(low)}-{re.escape(high)}")
-            i += 3
-            continue
-        parts.append(re.escape(char))
-        i += 1
-    if not parts:  # "[]" matches nothing, "[^]" any one character
-        return "." if negate else "(?!)"
-    return f"[{'^' if negate else ''}{''.join(parts)}]"
 
 
 class RecordingHandler(Handler):

@@ -16,6 +16,8 @@ The hierarchy, kept current::
     └── ValidationError(RedisRPCError, ValueError)        a body that does not fit its type
 
 Catch :class:`RedisRPCError` to catch everything this library raises.
+``ConnectionReason`` and ``CommandReason`` list the values of ``reason``;
+a ``Redirect`` says where a Redis Cluster sent a command.
 Where a builtin exception fits, ours subclass it too, so that existing
 ``except TimeoutError:`` clauses (the exception FastStream's ``request()``
 raises) keep working.
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import typing
 
+import attrs
+
 if typing.TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
@@ -36,9 +40,12 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "BrokerClosedError",
     "BrokerStateError",
+    "CommandReason",
+    "ConnectionReason",
     "MessageDecodeError",
     "MessageTooLargeError",
     "NoSubscriberError",
+    "Redirect",
     "RedisCommandError",
     "RedisConnectionError",
     "RedisRPCError",
@@ -47,6 +54,34 @@ __all__ = [
     "SetupError",
     "ValidationError",
 ]
+
+# Why Redis could not be reached: RedisConnectionError.reason.
+ConnectionReason = typing.Literal[
+    "unreachable",
+    "timeout",
+    "authentication",
+    "pool_exhausted",
+    "loading",
+    "read_only",
+    "cluster_down",
+    "moved",
+]
+# Why Redis refused a command: RedisCommandError.reason.
+CommandReason = typing.Literal[
+    "permission",
+    "out_of_memory",
+    "read_only",
+    "moved",
+    "try_again",
+    "cross_slot",
+    "busy_group",
+    "no_group",
+    "unblocked",
+    "unknown_command",
+    "command",
+]
+_CONNECTION_REASONS = frozenset(typing.get_args(ConnectionReason))
+_COMMAND_REASONS = frozenset(typing.get_args(CommandReason))
 
 
 def _rebuild(
@@ -93,7 +128,9 @@ class RedisConnectionError(RedisRPCError):
             ``"read_only"`` (with Sentinel: a failover demoted the master,
             and the connection is opened again through the sentinels),
             ``"cluster_down"`` (a Redis Cluster cannot serve the key now:
-            no node answered, or a failover is under way).
+            no node answered, or a failover is under way), ``"moved"`` (a
+            Redis Cluster moved a sharded channel's slot to another node,
+            which a subscription must follow).
         maybe_applied: For ``publish()``, ``request()`` and what handlers
             send (replies, acks): whether Redis may have run the command
             all the same. True when it was written and the connection
@@ -104,10 +141,17 @@ class RedisConnectionError(RedisRPCError):
     """
 
     def __init__(
-        self, message: str, *, reason: str = "unreachable", maybe_applied: bool = False
+        self,
+        message: str,
+        *,
+        reason: ConnectionReason = "unreachable",
+        maybe_applied: bool = False,
     ) -> None:
+        if reason not in _CONNECTION_REASONS:
+            msg = f"Unknown reason for a RedisConnectionError: {reason!r}."
+            raise ValueError(msg)
         super().__init__(message)
-        self.reason = reason
+        self.reason: ConnectionReason = reason
         self.maybe_applied = maybe_applied
 
 
@@ -121,15 +165,50 @@ class RedisCommandError(RedisRPCError):
             ``"permission"`` (the ACL user may not run the command),
             ``"out_of_memory"`` (``maxmemory`` reached), ``"read_only"`` (a
             replica), ``"moved"`` (a Redis Cluster node that does not hold
-            the key, to a single-server broker), ``"try_again"`` (the key's
-            cluster slot is being moved), ``"cross_slot"`` (keys of one
-            command on different cluster slots), or ``"command"`` for any
-            other refusal.
+            the key, or is moving it: ``redirect`` says where it is),
+            ``"try_again"`` (the key's cluster slot is being moved),
+            ``"cross_slot"`` (keys of one command on different cluster
+            slots), ``"busy_group"`` (the stream's consumer group exists
+            already), ``"no_group"`` (the stream or its consumer group does
+            not exist), ``"unblocked"`` (a blocking read that Redis ended,
+            as a cluster failover does), ``"unknown_command"`` (a command
+            this Redis version lacks), or ``"command"`` for any other
+            refusal.
+        redirect: For ``"moved"``, where the Redis Cluster said the key's
+            slot is; ``None`` otherwise.
     """
 
-    def __init__(self, message: str, *, reason: str = "command") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: CommandReason = "command",
+        redirect: Redirect | None = None,
+    ) -> None:
+        if reason not in _COMMAND_REASONS:
+            msg = f"Unknown reason for a RedisCommandError: {reason!r}."
+            raise ValueError(msg)
         super().__init__(message)
-        self.reason = reason
+        self.reason: CommandReason = reason
+        self.redirect = redirect
+
+
+@attrs.frozen
+class Redirect:
+    """Where a Redis Cluster node said a key's slot is: a ``MOVED`` or ``ASK`` refusal.
+
+    Attributes:
+        kind: ``"moved"`` (the slot lives there now) or ``"ask"`` (it is
+            being moved there: ask once, with ``ASKING``).
+        slot: The hash slot.
+        host: The node that serves it.
+        port: That node's port.
+    """
+
+    kind: typing.Literal["moved", "ask"]
+    slot: int
+    host: str
+    port: int
 
 
 class RequestTimeoutError(RedisRPCError, TimeoutError):

@@ -13,7 +13,7 @@ from unittest.mock import MagicMock
 
 import attrs
 
-from redis_rpc._memory import MemoryConnection, RecordingHandler
+from redis_rpc._memory import RecordingHandler, leave_memory, serve_in_memory
 from redis_rpc.errors import BrokerStateError
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from redis_rpc._broker import RedisBroker
+    from redis_rpc._server.process import Subscriber
 
 __all__ = ["RedisServer", "TestRedisBroker"]
 
@@ -84,17 +85,15 @@ class TestRedisBroker:
         return f"<TestRedisBroker {self.broker!r}>"
 
     def __enter__(self) -> RedisBroker:
-        connection = MemoryConnection()
-        listener, consumers = self.broker._serve_in_memory(connection)
         self._mocks, self._attached = [], []
-        for consumer in consumers:
-            handler = consumer.subscriber.handler
-            mock = self._find(handler.func) or self._new_mock(handler.func)
-            consumer.subscriber = attrs.evolve(
-                consumer.subscriber, handler=RecordingHandler(handler, mock)
-            )
-        connection.attach(consumers, listener)
+        serve_in_memory(self.broker, self._recording)
         return self.broker
+
+    def _recording(self, subscriber: Subscriber) -> Subscriber:
+        """*subscriber*, its handler recording each body in its mock first."""
+        handler = subscriber.handler
+        mock = self._find(handler.func) or self._new_mock(handler.func)
+        return attrs.evolve(subscriber, handler=RecordingHandler(handler, mock))
 
     def __exit__(
         self,
@@ -108,7 +107,7 @@ class TestRedisBroker:
             else:
                 func.mock = before  # type: ignore[attr-defined]
         self._attached = []
-        self.broker._stop_serving_in_memory()
+        leave_memory(self.broker)
 
     def mock(self, handler: Callable[..., Any]) -> MagicMock:
         """The mock that records the bodies *handler* received in the current (or last) block.

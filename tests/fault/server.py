@@ -90,7 +90,11 @@ def main(url: str, mode: str, name: str) -> None:
             # before close(), which a loaded machine may delay. Both workers
             # are busy, so no fetch is under way when the flag is set.
             assert wait_for(
-                lambda: all(c._stopping.is_set() for c in broker._consumers), HOLD
+                lambda: all(
+                    c._stopping.is_set()  # type: ignore[union-attr]
+                    for c in broker._serving.consumers  # type: ignore[union-attr]
+                ),
+                HOLD,
             )
             say("closing")
 

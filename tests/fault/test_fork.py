@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,15 +107,14 @@ def test_forked_child_gets_fresh_connections_and_listener(own_server, raw, uniqu
                 start_error = ""
             except BrokerStateError as exc:
                 start_error = str(exc)
+            client: Any = broker._backend._client  # type: ignore[attr-defined]
             result = {
                 "reply": reply.decode(),
                 "fresh_listener": listener.prefix != parent_prefix
                 and listener._thread.is_alive(),
-                "client_id": str(broker._connection._client.client_id()),
+                "client_id": str(client.client_id()),
                 "start_error": start_error,
-                "subscribers": sum(
-                    c["psub"] == "1" for c in broker._connection._client.client_list()
-                ),
+                "subscribers": sum(c["psub"] == "1" for c in client.client_list()),
             }
             broker.close()
             return result

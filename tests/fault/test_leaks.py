@@ -72,7 +72,7 @@ class DroppedReplies(logging.Filter):
 
 @pytest.fixture
 def dropped_replies():
-    counter, logger = DroppedReplies(), logging.getLogger("redis_rpc._request")
+    counter, logger = DroppedReplies(), logging.getLogger("redis_rpc._client.listener")
     level = logger.level
     logger.addFilter(counter)
     logger.setLevel(logging.DEBUG)

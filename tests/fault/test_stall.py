@@ -26,7 +26,7 @@ def broker(own_server):
 
 
 def pipe_of(broker):
-    return broker._connection._pipe
+    return broker._backend._pipe
 
 
 @pytest.mark.timeout(60)

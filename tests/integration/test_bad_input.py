@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from redis_rpc import StreamSub
-from redis_rpc._codec import MAGIC, decode_payload, encode_frame
-from redis_rpc._consumer import logger as consumer_logger
+from redis_rpc._server.process import logger as consumer_logger
+from redis_rpc._wire.codec import MAGIC, decode_payload, encode_frame
 from redis_rpc.errors import MessageDecodeError
 from tests.conftest import LONG_TIMEOUT
 from tests.helpers import wait_for

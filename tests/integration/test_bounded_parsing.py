@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from redis_rpc._consumer import logger as consumer_logger
+from redis_rpc._server.process import logger as consumer_logger
 from tests.conftest import LONG_TIMEOUT
 from tests.helpers import wait_for
 

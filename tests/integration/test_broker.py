@@ -17,7 +17,7 @@ from redis_rpc import (
     RedisResponse,
     StreamSub,
 )
-from redis_rpc._codec import encode_frame
+from redis_rpc._wire.codec import encode_frame
 from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,

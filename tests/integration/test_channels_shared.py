@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from redis_rpc import RedisBroker
-from redis_rpc._message import NONCE, build_frame
-from redis_rpc._redis import Subscription
+from redis_rpc._io.subscription import RedisSubscription as Subscription
+from redis_rpc._wire.message import NONCE, build_frame
 from redis_rpc.errors import RedisCommandError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import Callers, wait_for
@@ -173,7 +173,7 @@ def test_reply_listener_completes_many_waiters_per_wake_up(
 def test_messages_arriving_while_subscribing_are_kept(redis_url, raw, unique_name):
     """A message that arrives while more channels are being subscribed is handed on afterwards, not lost."""
     broker = RedisBroker(redis_url)
-    subscription = broker._connection.subscription()
+    subscription = broker._backend.subscription()
     try:
         subscription.subscribe(
             f"{unique_name}-first", pattern=False, timeout=LONG_TIMEOUT

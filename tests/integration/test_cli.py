@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_rpc._cli import GIVE_UP_AFTER, GIVE_UP_WINDOW
+from redis_rpc._cli.supervisor import GIVE_UP_AFTER, GIVE_UP_WINDOW
 from tests.conftest import LONG_TIMEOUT, PROCESS_TEST_TIMEOUT, READY_TIMEOUT
 from tests.helpers import Callers, OutputLines, wait_for
 

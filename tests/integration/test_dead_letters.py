@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from redis_rpc import StreamSub
-from redis_rpc._codec import MAGIC
+from redis_rpc._wire.codec import MAGIC
 from redis_rpc.errors import RemoteError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import wait_for

@@ -101,6 +101,6 @@ def test_many_publishes_at_once_share_writes(make_broker, unique_name):
             broker.publish(b"x", list=unique_name)
 
     assert run_threads(publish, 50) == []
-    pipe = broker._connection._pipe
+    pipe = broker._backend._pipe
     assert pipe.written == 1000
     assert pipe.batches < pipe.written

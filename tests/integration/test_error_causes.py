@@ -117,7 +117,7 @@ def test_start_refuses_a_user_that_cannot_reply(acl_user, unique_name):
 def test_pool_exhaustion_says_so(redis_url, unique_name):
     """With every pooled connection taken, a call says the pool is exhausted and how to fix it."""
     broker = broker_at(redis_url, max_connections=1)
-    pool = broker._connection._client.connection_pool
+    pool = broker._backend._client.connection_pool
     # Held as a blocking read would hold it (Pub/Sub connections are not pooled).
     held = pool.get_connection()
     try:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from redis_rpc import RedisMessage, RemoteError
-from redis_rpc._message import ACCEPT_ERRORS, DEADLINE, build_frame
+from redis_rpc._wire.message import ACCEPT_ERRORS, DEADLINE, build_frame
 from redis_rpc.errors import (
     MessageTooLargeError,
     NoSubscriberError,
@@ -35,7 +35,7 @@ QUEUES = ["list", "stream"]  # transports that keep a request while nobody consu
 NO_REPLY_TIMEOUT = 0.2
 SMALL_LIMIT = 1024  # bytes; the oversized frames below are about twice that
 BIG = "x" * (2 * SMALL_LIMIT)
-CONSUMER_LOG = "redis_rpc._consumer"
+CONSUMER_LOG = "redis_rpc._server.process"
 UTC = datetime.timezone.utc
 
 

@@ -18,7 +18,7 @@ import pydantic
 import pytest
 
 from redis_rpc import RedisMessage
-from redis_rpc._message import ACCEPT_ERRORS, DEADLINE
+from redis_rpc._wire.message import ACCEPT_ERRORS, DEADLINE
 from redis_rpc.errors import RequestTimeoutError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import wait_for

@@ -24,6 +24,7 @@ SOURCES = (
     "MANIFEST.in",
     "README.rst",
     "CHANGELOG.rst",
+    "LICENSE",
 )
 BUILD_TIMEOUT = 4 * READY_TIMEOUT
 
@@ -34,11 +35,11 @@ def built(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         shutil.copy(ROOT / name, source / name)
-    for package in ("redis_rpc", "tests"):
+    for package in ("redis_rpc", "tests", "docs"):
         shutil.copytree(
             ROOT / package,
             source / package,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_build"),
         )
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
@@ -85,7 +86,7 @@ def test_the_wheel_holds_the_package_and_its_metadata(built):
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
 def test_the_sdist_holds_the_sources_docs_and_tests(built):
-    """The sdist carries the package, setup files, README, CHANGELOG and the tests."""
+    """The sdist carries the package, setup files, README, CHANGELOG, LICENSE, the docs and the tests."""
     sdist = only(built, "redis[-_]rpc-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
@@ -95,6 +96,8 @@ def test_the_sdist_holds_the_sources_docs_and_tests(built):
         "pyproject.toml",
         "README.rst",
         "CHANGELOG.rst",
+        "LICENSE",
+        "docs/index.rst",
         "redis_rpc/__init__.py",
         "redis_rpc/py.typed",
         "tests/conftest.py",

@@ -9,16 +9,16 @@ import threading
 import pytest
 
 from redis_rpc import ListSub, RedisMessage, RemoteError, StreamSub
-from redis_rpc._codec import decode_payload
-from redis_rpc._message import NONCE, REPLY_TO, SIGNATURE, build_frame
-from redis_rpc._signing import signature
+from redis_rpc._wire.codec import decode_payload
+from redis_rpc._wire.message import NONCE, REPLY_TO, SIGNATURE, build_frame
+from redis_rpc._wire.signing import signature
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import Callers, wait_for
 
 KEY = b"a shared secret of 32 bytes long"
 OTHER_KEY = b"another secret, also long enough"
-REQUEST_LOG = "redis_rpc._request"
-CONSUMER_LOG = "redis_rpc._consumer"
+REQUEST_LOG = "redis_rpc._client.listener"
+CONSUMER_LOG = "redis_rpc._server.process"
 QUEUES = ["list", "stream"]
 TRANSPORTS = ["channel", "list", "stream"]
 

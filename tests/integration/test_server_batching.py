@@ -16,7 +16,7 @@ REQUESTS = 200
 
 
 def pipe_of(broker):
-    return broker._connection._pipe
+    return broker._backend._pipe
 
 
 @pytest.mark.parametrize("transport", ["list", "stream"])
@@ -132,7 +132,7 @@ def test_the_pure_python_parser_works_as_well(make_broker, unique_name, transpor
     client = make_broker(**options)
     with server, client:
         for broker in (server, client):
-            pool = broker._connection._client.connection_pool
+            pool = broker._backend._client.connection_pool
             assert pool.connection_kwargs["parser_class"] is _RESP2Parser
         with Callers(8) as callers:
             replies = list(

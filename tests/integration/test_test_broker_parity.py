@@ -14,7 +14,7 @@ import attrs
 import pytest
 
 from redis_rpc import Path, PubSub, RedisBroker, RedisMessage, Response
-from redis_rpc._memory import glob
+from redis_rpc._wire.glob import glob
 from redis_rpc.testing import TestRedisBroker
 from tests.conftest import SHORT_TIMEOUT
 from tests.helpers import wait_for

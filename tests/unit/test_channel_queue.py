@@ -6,13 +6,13 @@ import logging
 
 import pytest
 
-from redis_rpc import _channel
-from redis_rpc._channel import ChannelConsumer, ChannelHub
-from redis_rpc._consumer import Policy, Subscriber
-from redis_rpc._handler import Handler
-from redis_rpc._message import build_frame
-from redis_rpc._redis import Connection
-from redis_rpc._schemas import PubSub
+from redis_rpc._server import channels as _channel
+from redis_rpc._server.channels import ChannelConsumer, ChannelHub
+from redis_rpc._server.handler import Handler
+from redis_rpc._server.process import Policy, Processor, Subscriber
+from redis_rpc._wire.message import build_frame
+from redis_rpc._wire.schemas import PubSub
+from tests.unit.fakes import FakeBackend
 
 
 class FakePool:
@@ -31,13 +31,8 @@ class FakePool:
 
 @pytest.fixture
 def make_consumer():
-    # Building a client opens no socket, and no_reply means nothing is sent.
-    connection = Connection(
-        "redis://127.0.0.1:1",
-        socket_timeout=1.0,
-        health_check_interval=30.0,
-        options={},
-    )
+    # no_reply: nothing is sent.
+    connection = FakeBackend()
     hub = ChannelHub(connection, poll_interval=0.1, max_workers=1)
     hub.pool = FakePool()  # type: ignore[assignment]
 
@@ -45,9 +40,8 @@ def make_consumer():
         seen: list[object] = []
         handler = Handler(seen.append, logging.getLogger("test"))
         subscriber = Subscriber(PubSub("c"), handler, True, max_workers)
-        consumer = ChannelConsumer(
-            subscriber, connection, poll_interval=0.1, hub=hub, policy=Policy()
-        )
+        processor = Processor(subscriber, Policy(), name="redis_rpc:channel:c")
+        consumer = ChannelConsumer(processor, connection, poll_interval=0.1, hub=hub)
         return consumer, hub.pool, seen
 
     return make

@@ -13,24 +13,23 @@ from pathlib import Path
 import pytest
 
 import redis_rpc
-from redis_rpc._app import _default_logging
-from redis_rpc._cli import (
-    CLI_LOG_FORMAT,
+from redis_rpc._cli.app import _default_logging
+from redis_rpc._cli.command import main
+from redis_rpc._cli.console import CLI_LOG_FORMAT
+from redis_rpc._cli.supervisor import (
     GIVE_UP_AFTER,
     GIVE_UP_WINDOW,
-    TargetError,
-    _Status,
     _Worker,
     describe_exit,
-    main,
-    split_target,
 )
+from redis_rpc._cli.target import TargetError, split_target
+from redis_rpc._cli.worker import _Status
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_console_script_is_main():
-    """setup.cfg installs ``redis-rpc`` as redis_rpc._cli:main."""
+    """setup.cfg installs ``redis-rpc`` as redis_rpc._cli.command:main."""
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     scripts = dict(

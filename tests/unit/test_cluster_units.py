@@ -6,34 +6,39 @@ import pytest
 import redis.exceptions
 
 from redis_rpc import PubSub, RedisBroker, RedisClusterBroker
-from redis_rpc._cluster import (
-    ClusterConnection,
+from redis_rpc._io.cluster import (
+    ClusterBackend,
     _key,
-    _reason,
     _redirect,
+    _redirected,
     hash_tag,
     slot_of,
 )
-from redis_rpc._codec import encode_frame
-from redis_rpc._message import REPLY_SHARD, RedisMessage, frame_parts
-from redis_rpc._redis import (
-    Connection,
+from redis_rpc._io.commands import (
     LRem,
     Publish,
     RPush,
     XAck,
     XAdd,
-    _args,
     send_command,
-    translate,
+    words,
 )
-from redis_rpc.errors import RedisCommandError, RedisConnectionError, SetupError
+from redis_rpc._io.errors import translate
+from redis_rpc._io.server import RedisBackend
+from redis_rpc._wire.codec import encode_frame
+from redis_rpc._wire.message import REPLY_SHARD, RedisMessage, frame_parts
+from redis_rpc.errors import (
+    Redirect,
+    RedisCommandError,
+    RedisConnectionError,
+    SetupError,
+)
 from redis_rpc.testing import TestRedisBroker
 
 
-def _cluster(url="redis://127.0.0.1:1", **options) -> ClusterConnection:
+def _cluster(url="redis://127.0.0.1:1", **options) -> ClusterBackend:
     """A cluster connection that has not connected: none of these tests reaches Redis."""
-    return ClusterConnection(
+    return ClusterBackend(
         url, socket_timeout=5.0, health_check_interval=30.0, options=options
     )
 
@@ -90,7 +95,7 @@ class TestCompanionKeys:
             _cluster().companion(key, ":dead")
 
     def test_a_single_server_keeps_the_plain_names(self):
-        connection = Connection(
+        connection = RedisBackend(
             "redis://127.0.0.1:1",
             socket_timeout=5.0,
             health_check_interval=30.0,
@@ -114,7 +119,7 @@ class TestRouting:
         ],
     )
     def test_key_of_each_command(self, command, key):
-        assert _key(_args(command)) == key
+        assert _key(words(command)) == key
 
     @pytest.mark.parametrize(
         ("args", "key"),
@@ -146,9 +151,9 @@ class TestRouting:
         assert _key(args) == key
 
     def test_sharded_publish_is_spublish(self):
-        assert _args(Publish("ch", b"x", sharded=True))[0] == b"SPUBLISH"
-        assert _args(send_command(PubSub("ch", sharded=True), b"x"))[0] == b"SPUBLISH"
-        assert _args(send_command(PubSub("ch"), b"x"))[0] == b"PUBLISH"
+        assert words(Publish("ch", b"x", sharded=True))[0] == b"SPUBLISH"
+        assert words(send_command(PubSub("ch", sharded=True), b"x"))[0] == b"SPUBLISH"
+        assert words(send_command(PubSub("ch"), b"x"))[0] == b"PUBLISH"
 
     def test_what_rides_with_a_read_in_a_transaction(self):
         """A transaction rides only on the read key's slot (the node's map is an integration test)."""
@@ -185,7 +190,9 @@ class TestRedirections:
                 "UNBLOCKED force unblock from blocking operation"
             )
         )
-        assert _reason(error) == "cluster_down"
+        assert error.reason == "unblocked"
+        assert _redirected(error)
+        assert _redirect([error]) is error
 
     def test_other_refusals_are_not(self):
         error = self._error(
@@ -201,6 +208,20 @@ class TestRedirections:
         error = translate(redis.exceptions.MovedError("3999 127.0.0.1:7001"), "h:1")
         assert isinstance(error, RedisCommandError)
         assert "RedisClusterBroker" in str(error)
+
+    @pytest.mark.parametrize(
+        ("exc", "kind"),
+        [
+            (redis.exceptions.MovedError("3999 127.0.0.1:7001"), "moved"),
+            (redis.exceptions.AskError("3999 127.0.0.1:7001"), "ask"),
+        ],
+    )
+    def test_a_redirection_says_where_as_fields(self, exc, kind):
+        """MOVED and ASK carry the slot, host and port as fields, not only in the message."""
+        error = translate(exc, "h:1")
+        assert isinstance(error, RedisCommandError)
+        assert error.reason == "moved"
+        assert error.redirect == Redirect(kind, 3999, "127.0.0.1", 7001)
 
     def test_cluster_client_exception_is_a_connection_error(self):
         error = translate(

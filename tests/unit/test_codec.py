@@ -1,4 +1,4 @@
-"""Frame and body encoding: ``redis_rpc._codec`` against WIRE.md §1, §3 and §4."""
+"""Frame and body encoding: ``redis_rpc._wire.codec`` against WIRE.md §1, §3 and §4."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redis_rpc import RedisMessage, _codec
-from redis_rpc._codec import (
+from redis_rpc import RedisMessage
+from redis_rpc._wire import codec as _codec
+from redis_rpc._wire.codec import (
     MAGIC,
     decode_body,
     decode_frame,

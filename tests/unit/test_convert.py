@@ -18,10 +18,10 @@ import cattrs
 import pytest
 
 from redis_rpc import RedisBroker, RedisMessage, RemoteError, make_converter
-from redis_rpc._codec import encode_frame
-from redis_rpc._convert import structure, unstructure
-from redis_rpc._handler import Handler
-from redis_rpc._message import (
+from redis_rpc._server.handler import Handler
+from redis_rpc._wire.codec import encode_frame
+from redis_rpc._wire.convert import structure, unstructure
+from redis_rpc._wire.message import (
     CONTENT_TYPE,
     CORRELATION_ID,
     ERROR,

@@ -15,7 +15,8 @@ import pytest
 
 import redis_rpc
 import redis_rpc.errors
-from redis_rpc import _redis
+from redis_rpc._io import errors as io_errors
+from redis_rpc._io.server import RedisBackend
 from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,
@@ -43,7 +44,31 @@ def _public_names(module: types.ModuleType) -> list[str]:
 
 
 def _package_modules() -> list[Path]:
-    return sorted(PACKAGE_DIR.glob("*.py"))
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    """``redis_rpc._io.server`` for ``redis_rpc/_io/server.py``; a package for its ``__init__.py``."""
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _internal_imports(path: Path) -> set[str]:
+    """The redis_rpc modules that *path* imports, type-only imports included.
+
+    ``from redis_rpc._io import errors`` imports the module ``errors``;
+    ``from redis_rpc._io.errors import translate`` the module it names.
+    """
+    known = {_module_name(p) for p in _package_modules()}
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module in known:
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                found.add(child if child in known else node.module)
+    return found
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -106,21 +131,33 @@ class TestExports:
         assert any(isinstance(h, logging.NullHandler) for h in handlers)
 
 
+# What redis_rpc.errors exports beside its exceptions: the values of their attributes.
+ERROR_ATTRIBUTE_TYPES = {"CommandReason", "ConnectionReason", "Redirect"}
+ERROR_CLASSES = sorted(set(redis_rpc.errors.__all__) - ERROR_ATTRIBUTE_TYPES)
+
+
 class TestErrorTree:
-    @pytest.mark.parametrize("name", redis_rpc.errors.__all__)
+    @pytest.mark.parametrize("name", ERROR_CLASSES)
     def test_every_error_subclasses_the_base(self, name):
         """Every exception in redis_rpc.errors subclasses RedisRPCError."""
         cls = getattr(redis_rpc.errors, name)
         assert issubclass(cls, RedisRPCError)
 
     def test_every_exception_class_is_listed(self):
-        """Every exception class defined in redis_rpc.errors is in its __all__."""
+        """Every exception class defined in redis_rpc.errors is in its __all__, and nothing else but the attribute types."""
         defined = {
             name
             for name, value in vars(redis_rpc.errors).items()
             if inspect.isclass(value) and issubclass(value, BaseException)
         }
-        assert defined == set(redis_rpc.errors.__all__)
+        assert defined == set(ERROR_CLASSES)
+
+    def test_reasons_are_a_closed_set(self):
+        """An error with a reason outside its documented set cannot be built."""
+        with pytest.raises(ValueError, match="Unknown reason"):
+            RedisConnectionError("x", reason="permission")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="Unknown reason"):
+            redis_rpc.errors.RedisCommandError("x", reason="timeout")  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
         ("ours", "builtin"),
@@ -164,7 +201,7 @@ class TestRedisErrorMapping:
         """Every RedisError subclass in redis.exceptions is covered by ERROR_MAP."""
         import redis.exceptions
 
-        keys = tuple(mapping.theirs for mapping in _redis.ERROR_MAP)
+        keys = tuple(mapping.theirs for mapping in io_errors.ERROR_MAP)
         unmapped = [
             name
             for name, value in vars(redis.exceptions).items()
@@ -176,7 +213,7 @@ class TestRedisErrorMapping:
 
     def test_map_targets_are_our_errors(self):
         """ERROR_MAP translates only into redis_rpc errors."""
-        for mapping in _redis.ERROR_MAP:
+        for mapping in io_errors.ERROR_MAP:
             assert issubclass(mapping.ours, RedisRPCError)
 
     def test_connection_error_is_translated_and_chained(self):
@@ -186,7 +223,7 @@ class TestRedisErrorMapping:
         original = redis.exceptions.ConnectionError("Connection refused.")
         with (
             pytest.raises(RedisConnectionError) as info,
-            _redis.map_errors("db.example:6380"),
+            io_errors.map_errors("db.example:6380"),
         ):
             raise original
         assert info.value.__cause__ is original
@@ -207,7 +244,7 @@ class TestRedisErrorMapping:
         import redis.exceptions
 
         original = getattr(redis.exceptions, theirs)("boom")
-        with pytest.raises(ours) as info, _redis.map_errors("h:1"):
+        with pytest.raises(ours) as info, io_errors.map_errors("h:1"):
             raise original
         assert info.value.__cause__ is original
 
@@ -286,7 +323,7 @@ class TestRedisErrorMapping:
         import redis.exceptions
 
         original = getattr(redis.exceptions, theirs)(message)
-        with pytest.raises(ours) as info, _redis.map_errors("h:1"):
+        with pytest.raises(ours) as info, io_errors.map_errors("h:1"):
             raise original
         text = str(info.value)
         assert info.value.reason == reason
@@ -300,12 +337,12 @@ class TestRedisErrorMapping:
 
     def test_other_exceptions_pass_through(self):
         """Exceptions that are not redis-py errors are not translated."""
-        with pytest.raises(KeyError), _redis.map_errors("h:1"):
+        with pytest.raises(KeyError), io_errors.map_errors("h:1"):
             raise KeyError("x")
 
     def test_connection_address_hides_the_password(self):
         """A Connection's address, used in error messages, never contains the URL's password."""
-        connection = _redis.Connection(
+        connection = RedisBackend(
             "redis://user:s3cr3t-pw@db.example:6380/0",
             socket_timeout=1.0,
             health_check_interval=30.0,
@@ -328,6 +365,11 @@ class TestPickling:
             BrokerClosedError("Closed."),
             RedisConnectionError("Gone.", reason="authentication"),
             redis_rpc.errors.RedisCommandError("No.", reason="permission"),
+            redis_rpc.errors.RedisCommandError(
+                "Moved.",
+                reason="moved",
+                redirect=redis_rpc.errors.Redirect("moved", 3999, "h", 7001),
+            ),
             RequestTimeoutError(
                 "No reply.", destination="list:orders", correlation_id="c", timeout=1.5
             ),
@@ -372,7 +414,7 @@ class TestPickling:
             "MessageTooLargeError",
             "ValidationError",
         }
-        assert covered == set(redis_rpc.errors.__all__)
+        assert covered == set(ERROR_CLASSES)
 
 
 class TestOptions:
@@ -399,19 +441,51 @@ class TestOptions:
         broker.close()
 
 
-# One per kind of deployment: a server, a cluster, a Sentinel-managed server.
-_REDIS_MODULES = {"_redis.py", "_cluster.py", "_sentinel.py"}
+# The I/O layer is the only code that imports redis-py.
+IO_DIR = PACKAGE_DIR / "_io"
+# No module may grow past this: a sign that it holds more than one concern.
+MAX_MODULE_LINES = 800
 
 
 class TestImportRules:
     @pytest.mark.parametrize(
         "path",
-        [p for p in _package_modules() if p.name not in _REDIS_MODULES],
+        [p for p in _package_modules() if IO_DIR not in p.parents],
         ids=str,
     )
-    def test_only_redis_module_imports_redis(self, path):
-        """No module of redis_rpc imports redis but those that wrap redis-py's connections."""
+    def test_only_the_io_layer_imports_redis(self, path):
+        """No module of redis_rpc outside _io/ imports redis-py."""
         assert "redis" not in _imported_modules(path)
+
+    def test_no_import_cycles(self):
+        """The modules of redis_rpc import each other without a cycle, type-only imports included."""
+        graph = {_module_name(p): _internal_imports(p) for p in _package_modules()}
+        for name, imports in graph.items():
+            imports.discard(name)
+        state: dict[str, str] = {}
+        path: list[str] = []
+
+        def visit(name: str) -> None:
+            state[name] = "open"
+            path.append(name)
+            for imported in sorted(graph.get(name, ())):
+                if state.get(imported) == "open":
+                    cycle = [*path[path.index(imported) :], imported]
+                    pytest.fail("import cycle: " + " -> ".join(cycle))
+                if imported not in state:
+                    visit(imported)
+            path.pop()
+            state[name] = "done"
+
+        for name in sorted(graph):
+            if name not in state:
+                visit(name)
+
+    @pytest.mark.parametrize("path", _package_modules(), ids=str)
+    def test_modules_stay_small(self, path):
+        """No module of redis_rpc is longer than MAX_MODULE_LINES lines."""
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= MAX_MODULE_LINES, f"{path.name}: {lines} lines"
 
     @pytest.mark.parametrize("path", _package_modules(), ids=str)
     def test_no_pickle(self, path):
@@ -454,9 +528,18 @@ class TestImportRules:
 
     def test_scan_sees_every_module(self):
         """The import scan covers every module that pkgutil finds in the package."""
-        found = {m.name for m in pkgutil.iter_modules(redis_rpc.__path__)}
-        assert found == {p.stem for p in _package_modules() if p.stem != "__init__"}
+        found = {
+            m.name
+            for m in pkgutil.walk_packages(redis_rpc.__path__, prefix="redis_rpc.")
+        }
+        assert found | {"redis_rpc"} == {_module_name(p) for p in _package_modules()}
 
     def test_scan_detects_redis(self):
-        """The import scan does see redis-py imported by _redis.py."""
-        assert "redis" in _imported_modules(PACKAGE_DIR / "_redis.py")
+        """The import scan does see redis-py imported by the single-server backend."""
+        assert "redis" in _imported_modules(IO_DIR / "server.py")
+
+    def test_scan_detects_internal_imports(self):
+        """The cycle check sees type-only imports and imports of modules from packages."""
+        imports = _internal_imports(PACKAGE_DIR / "_broker.py")
+        assert "redis_rpc._io.interfaces" in imports  # under TYPE_CHECKING
+        assert "redis_rpc._fork" in imports  # from redis_rpc import _fork

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from redis_rpc._executor import WorkerPool
+from redis_rpc._server.workers import WorkerPool
 from tests.conftest import SHORT_TIMEOUT
 
 

@@ -34,7 +34,7 @@ def test_smoke_run_prints_every_step():
         "frame: build and sign",
         "check_reply",
         "request() outside Redis",
-        "_process (all of it)",
+        "run (all of it)",
         "check_request",
         "read one pmessage (python parser)",
         "a handled message (started + finished)",

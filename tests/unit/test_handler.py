@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from redis_rpc import Logger, RedisMessage
-from redis_rpc._handler import Handler
+from redis_rpc._server.handler import Handler
 from redis_rpc.errors import SetupError
 
 LOGGER = logging.getLogger("tests.unit.handler")

@@ -11,8 +11,8 @@ import attrs
 import pytest
 
 from redis_rpc import RedisMessage, RedisResponse, Response
-from redis_rpc._codec import decode_frame, encode_frame
-from redis_rpc._message import (
+from redis_rpc._wire.codec import decode_frame, encode_frame
+from redis_rpc._wire.message import (
     _PROTOCOL_HEADERS,
     build_error_frame,
     build_frame,

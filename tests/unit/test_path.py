@@ -9,9 +9,9 @@ import attrs
 import pytest
 
 from redis_rpc import ListSub, Path, PubSub, RedisMessage, StreamSub
-from redis_rpc._handler import Handler
-from redis_rpc._path import parse
-from redis_rpc._schemas import subscription
+from redis_rpc._server.handler import Handler
+from redis_rpc._wire.path import parse
+from redis_rpc._wire.schemas import subscription
 from redis_rpc.errors import SetupError, ValidationError
 
 LOGGER = logging.getLogger("tests.unit.path")

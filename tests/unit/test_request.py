@@ -7,21 +7,16 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 
 import pytest
 
-from redis_rpc._redis import Connection
-from redis_rpc._request import Reply, ReplyListener
+from redis_rpc._client.listener import ReplyListener
+from redis_rpc._latch import Latch
 from redis_rpc.errors import BrokerClosedError, RedisConnectionError
+from tests.unit.fakes import FakeBackend
 
 
 @pytest.fixture
 def listener():
-    # Building a client opens no socket; the listener thread is never started.
-    connection = Connection(
-        "redis://127.0.0.1:1",
-        socket_timeout=1.0,
-        health_check_interval=30.0,
-        options={},
-    )
-    return ReplyListener(connection, poll_interval=0.1)
+    # The listener thread is never started.
+    return ReplyListener(FakeBackend(), cluster=False, poll_interval=0.1)
 
 
 def test_register_refused_until_subscribed(listener):
@@ -38,10 +33,10 @@ def test_register_refused_after_stop(listener):
     assert listener.pending == 0
 
 
-class TestReply:
+class TestLatch:
     def test_result_waits_for_the_payload(self):
         """result() returns the payload once the listener sets it, from another thread."""
-        reply = Reply()
+        reply: Latch[bytes] = Latch()
         setter = threading.Timer(0.01, reply.set_result, (b"payload",))
         setter.start()
         try:
@@ -53,11 +48,11 @@ class TestReply:
     def test_result_times_out(self):
         """result() raises the futures TimeoutError that request() catches when nothing arrives."""
         with pytest.raises(FutureTimeoutError):
-            Reply().result(0.01)
+            Latch().result(0.01)
 
     def test_result_raises_the_set_error(self):
         """result() raises what the listener failed the request with."""
-        reply = Reply()
-        reply.set_exception(BrokerClosedError("Closed."))
+        reply: Latch[bytes] = Latch()
+        reply.set_error(BrokerClosedError("Closed."))
         with pytest.raises(BrokerClosedError):
             reply.result(1.0)

@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from redis_rpc import ListSub, PubSub, StreamSub
-from redis_rpc._schemas import DEFAULT_GROUP, destination
+from redis_rpc._wire.schemas import DEFAULT_GROUP, destination
 from redis_rpc.errors import SetupError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from redis_rpc import RedisBroker
-from redis_rpc._sentinel import is_sentinel_url, parse
+from redis_rpc._io.sentinel import is_sentinel_url, parse
 from redis_rpc.errors import SetupError
 
 
@@ -38,7 +38,7 @@ def test_the_address_names_service_and_sentinels_but_never_the_password():
     """The broker's address names the service and its sentinels, and no credentials."""
     broker = RedisBroker("redis+sentinel://user:hunter2@h1:1,h2/svc/0")
     try:
-        assert broker._connection.address == "svc via Sentinel h1:1,h2:26379"
+        assert broker._backend.address == "svc via Sentinel h1:1,h2:26379"
     finally:
         broker.close()
 

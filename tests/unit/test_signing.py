@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from redis_rpc import RedisBroker
-from redis_rpc._codec import decode_frame, encode_frame
-from redis_rpc._message import NONCE, SIGNATURE, build_frame
-from redis_rpc._signing import (
+from redis_rpc._wire.codec import decode_frame, encode_frame
+from redis_rpc._wire.message import NONCE, SIGNATURE, build_frame
+from redis_rpc._wire.signing import (
     MIN_KEY_BYTES,
     check_reply,
     check_request,

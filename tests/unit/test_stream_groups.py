@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from redis_rpc import StreamSub
-from redis_rpc._stream import group_start, parse_entry_id
+from redis_rpc._server.streams import group_start, parse_entry_id
 from redis_rpc.errors import SetupError
 
 NOW = 1_700_000_000_000  # the Redis server's clock, in milliseconds

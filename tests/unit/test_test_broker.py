@@ -21,7 +21,7 @@ from redis_rpc import (
     Response,
     StreamSub,
 )
-from redis_rpc._memory import glob
+from redis_rpc._wire.glob import glob
 from redis_rpc.errors import (
     BrokerClosedError,
     BrokerStateError,

@@ -21,8 +21,8 @@ import attrs
 import pytest
 
 from redis_rpc import PubSub, RedisClusterBroker, StreamSub
-from redis_rpc._channel import ChannelConsumer, ChannelHub
-from redis_rpc._cluster import slot_of
+from redis_rpc._io.cluster import slot_of
+from redis_rpc._server.channels import ChannelConsumer
 from redis_rpc.errors import (
     NoSubscriberError,
     RedisCommandError,
@@ -225,17 +225,20 @@ def assert_healthy(*brokers):
         assert wait_for(lambda broker=broker: broker.ping(), RECOVERY_TIMEOUT, 0.1), (
             broker.ping().problems
         )
-        parts = [*broker._consumers, broker._hub, broker._listener]
+        serving = broker._serving
+        consumers = serving.consumers if serving is not None else []
+        hub = serving.hub if serving is not None else None
+        parts = [*consumers, hub, broker._listener]
         parts = [p for p in parts if p is not None]
         assert wait_for(
             lambda parts=parts: all(p.error is None for p in parts), LONG_TIMEOUT
         ), [p.error for p in parts if p.error is not None]
         # Channel consumers have no thread: the hub's lines read for them.
-        threads = [
-            p._thread for p in parts if not isinstance(p, (ChannelConsumer, ChannelHub))
-        ]
-        if broker._hub is not None:
-            threads += [line.thread for line in broker._hub._lines.values()]
+        threads = [c._fetcher for c in consumers if not isinstance(c, ChannelConsumer)]
+        if broker._listener is not None:
+            threads.append(broker._listener._thread)
+        if hub is not None:
+            threads += [line.thread for line in hub._lines.values()]
         assert all(t.is_alive() for t in threads), [
             t.name for t in threads if not t.is_alive()
         ]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 def _pipes_of(broker):
     """The pipes of each master the broker has sent to."""
-    connection: Any = broker._connection
+    connection: Any = broker._backend
     return {node.pipe for node in connection._nodes.values()}
 
 

@@ -27,7 +27,7 @@ import faststream.redis
 import pytest
 
 from redis_rpc import RedisClusterBroker, RedisMessage, RedisResponse, Response
-from redis_rpc._message import REPLY_SHARD
+from redis_rpc._wire.message import REPLY_SHARD
 from redis_rpc.errors import RequestTimeoutError
 from tests.cluster_topology import ClusterServers
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, PROCESS_TEST_TIMEOUT

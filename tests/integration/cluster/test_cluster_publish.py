@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from redis_rpc import RedisClusterBroker
-from redis_rpc._cluster import ClusterConnection, slot_of
-from redis_rpc._redis import Publish, RPush
+from redis_rpc._io.cluster import ClusterBackend, slot_of
+from redis_rpc._io.commands import Publish, RPush
 from redis_rpc.errors import RedisRPCError
 from tests.conftest import LONG_TIMEOUT, POLL_INTERVAL, PROCESS_TEST_TIMEOUT
 from tests.helpers import wait_for
@@ -59,7 +59,7 @@ def test_what_rides_with_a_read_is_what_its_master_serves(redis_cluster, unique_
     same_node = redis_cluster.key_on(first, f"{unique_name}-other")
     assert slot_of(same_node) != slot_of(read)
     elsewhere = redis_cluster.key_on(second, unique_name)
-    connection = ClusterConnection(
+    connection = ClusterBackend(
         redis_cluster.urls[0],
         socket_timeout=5.0,
         health_check_interval=30.0,

@@ -6,14 +6,14 @@ import time
 
 import redis.cluster
 
-from redis_rpc._cluster import ClusterConnection
-from redis_rpc._redis import RPush, _args, _grouped
+from redis_rpc._io.cluster import ClusterBackend
+from redis_rpc._io.commands import RPush, grouped, words
 from tests.conftest import SHORT_TIMEOUT
 from tests.helpers import wait_for
 
 
-def _connection(cluster) -> ClusterConnection:
-    return ClusterConnection(
+def _connection(cluster) -> ClusterBackend:
+    return ClusterBackend(
         cluster.urls[0], socket_timeout=5.0, health_check_interval=30.0, options={}
     )
 
@@ -33,9 +33,9 @@ def test_posted_commands_for_several_masters_go_to_each(redis_cluster, unique_na
     b = redis_cluster.key_on(second, unique_name)
     c = redis_cluster.key_on(third, unique_name)
     commands = [
-        _args(RPush(a, b"1")),
-        _args(RPush(b, b"1")),
-        *_grouped([RPush(c, b"1"), RPush(f"{{{c}}}:x", b"1")], atomic=True),
+        words(RPush(a, b"1")),
+        words(RPush(b, b"1")),
+        *grouped([RPush(c, b"1"), RPush(f"{{{c}}}:x", b"1")], atomic=True),
     ]
     connection = _connection(redis_cluster)
     try:
@@ -51,7 +51,7 @@ def test_only_the_refused_command_is_sent_again(redis_cluster, unique_name, capl
     first, second, _ = redis_cluster.masters()
     here = redis_cluster.key_on(first, unique_name)
     moved = redis_cluster.key_on(second, unique_name)
-    commands = [_args(RPush(here, b"1")), _args(RPush(moved, b"1"))]
+    commands = [words(RPush(here, b"1")), words(RPush(moved, b"1"))]
     connection = _connection(redis_cluster)
     try:
         # Both sent to the first master, as a read's connection there would carry them.

@@ -55,7 +55,7 @@ def test_requests_over_every_transport_reach_the_master(sentinel_topology, uniqu
     with echo_broker(sentinel_topology.url(), unique_name) as broker:
         for target in targets(unique_name):
             assert broker.request(b"hello", **target, timeout=5).body == b"hello"
-        assert broker._connection.address == (
+        assert broker._backend.address == (
             f"{SERVICE} via Sentinel 127.0.0.1:{sentinel_topology.sentinel.port}"
         )
     with contextlib.closing(sentinel_topology.client(port)) as master:
@@ -72,7 +72,7 @@ def test_a_dead_sentinel_in_the_list_is_skipped(sentinel_topology, unique_name):
         with echo_broker(url, unique_name) as broker:
             reply = broker.request(b"x", list=f"{unique_name}-l", timeout=5)
             assert reply.body == b"x"
-            assert f"127.0.0.1:{dead},127.0.0.1:" in broker._connection.address
+            assert f"127.0.0.1:{dead},127.0.0.1:" in broker._backend.address
 
 
 @pytest.mark.timeout(PROCESS_TEST_TIMEOUT)

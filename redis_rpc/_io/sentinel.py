@@ -178,6 +178,19 @@ def rediscovers(connection: Any) -> bool:
     return isinstance(connection, redis.sentinel.SentinelManagedConnection)
 
 
+def read_reply(connection: Any) -> Any:
+    """The next reply on *connection*, a ``READONLY`` refusal raised as it is.
+
+    redis-py's Sentinel-managed connection turns ``READONLY`` into a lost
+    connection and drops it, with every reply still due on it. The pipe's
+    link instead takes it as the refusal it is (the command was not
+    applied), and reconnects through the sentinels once no reply is due.
+    """
+    if isinstance(connection, redis.sentinel.SentinelManagedConnection):
+        return redis.connection.AbstractConnection.read_response(connection)
+    return connection.read_response()
+
+
 def _format(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -21,8 +21,8 @@ import hmac
 import struct
 from typing import TYPE_CHECKING, Any
 
-from redis_rpc import _codec
-from redis_rpc._message import NONCE, SIGNATURE
+from redis_rpc._wire import codec
+from redis_rpc._wire.message import NONCE, SIGNATURE
 from redis_rpc.errors import MessageDecodeError, SetupError
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def sign_frame(
     """
     if key is None and not reply_to_nonce:
         return frame
-    body, headers = _codec.decode_frame(frame)
+    body, headers = codec.decode_frame(frame)
     return signed_frame(body, headers, key, reply_to_nonce=reply_to_nonce)
 
 
@@ -139,13 +139,13 @@ def signed_frame(
             headers[SIGNATURE] = signature(
                 key, body, headers, reply_to_nonce=reply_to_nonce
             )
-    return _codec.encode_frame(body, headers)
+    return codec.encode_frame(body, headers)
 
 
 def check_request(payload: bytes, key: bytes) -> str | None:
     """Why an incoming request or event fails verification with *key*, or ``None`` when it passes."""
     try:
-        body, headers = _codec.decode_payload(payload)
+        body, headers = codec.decode_payload(payload)
     except MessageDecodeError as exc:
         return f"it cannot be read ({exc})"
     return _check(key, body, headers, None)
@@ -160,15 +160,15 @@ def check_reply(payload: bytes, key: bytes | None, nonce: str) -> str | None:
     reports as a ``MessageDecodeError``. With a *key*, a reply must carry
     the nonce and a valid signature.
     """
-    if key is None and payload.startswith(_codec.MAGIC):
+    if key is None and payload.startswith(codec.MAGIC):
         # Only the nonce matters here, and a frame yields it without decoding
         # the rest; a broken frame gives no headers, as the full parse would.
-        echoed = _codec.frame_headers(payload, _NONCE_ONLY).get(NONCE)
+        echoed = codec.frame_headers(payload, _NONCE_ONLY).get(NONCE)
         if echoed is not None and echoed != nonce:
             return "it answers another request (its nonce does not match)"
         return None
     try:
-        body, headers = _codec.decode_payload(payload)
+        body, headers = codec.decode_payload(payload)
     except MessageDecodeError as exc:
         return None if key is None else f"it cannot be read ({exc})"
     echoed = headers.get(NONCE)

@@ -1,7 +1,8 @@
-"""List consumer: ``BLPOP`` from the left of a list that producers ``RPUSH`` to.
+"""Lists: ``BLPOP`` from the left of a list that producers ``RPUSH`` to.
 
 By default a popped item is gone from Redis (at most once), which is why the
 consume loop only pops when a worker is free to start on it at once.
+``ListSource`` is a list's side of a ``FetchingConsumer``.
 
 In reliable mode (at least once) each item is moved with ``BLMOVE`` into a
 processing list of its consumer and removed with ``LREM``, in the same round
@@ -32,59 +33,74 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from redis_rpc._consumer import Consumer, Delivery
-from redis_rpc._heartbeat import Beat
-from redis_rpc._redis import LRem, RPush
-from redis_rpc._schemas import ListSub
+from redis_rpc._io.commands import LRem, RPush
+from redis_rpc._io.interfaces import Beat
+from redis_rpc._server.fetch import dead_letter_key
+from redis_rpc._server.process import Delivery
 from redis_rpc.errors import RedisCommandError
 
 if TYPE_CHECKING:
-    from redis_rpc._redis import Command
+    from redis_rpc._io.commands import Command
+    from redis_rpc._io.interfaces import Backend, Owed, Reader
+    from redis_rpc._server.heartbeat import Heartbeat
+    from redis_rpc._wire.schemas import ListSub
 
 logger = logging.getLogger(__name__)
 
 
-class ListConsumer(Consumer):
-    """Consumes one list, first in, first out; reliably when its ``ListSub`` says so."""
+class ListSource:
+    """Takes the items of one list, first in, first out; reliably when its ``ListSub`` says so.
 
-    # State of the consumer thread alone; each instance sets its own copies.
-    _id = ""  # this connection's consumer id; set by _open() in reliable mode
-    _batching = True  # whether Redis has BLMPOP, until it says otherwise
-    _next_recovery = 0.0  # time.monotonic() of the next recovery
+    Implements ``_server.fetch.Source``; used by its consumer's thread alone.
 
-    @property
-    def _source(self) -> ListSub:
-        source = self.subscriber.source
-        # The broker picks the consumer class by the source type.
-        assert isinstance(source, ListSub)
-        return source
+    Args:
+        source: The list and how it is consumed.
+        backend: Where the list is.
+        heartbeat: Keeps this consumer's id alive, in reliable mode.
+        name: For log lines.
+    """
+
+    def __init__(
+        self, source: ListSub, backend: Backend, heartbeat: Heartbeat, *, name: str
+    ) -> None:
+        self._source = source
+        self._backend = backend
+        self._heartbeat = heartbeat
+        self._name = name
+        self.key = source.list
+        self.prefetch = source.prefetch
+        self._id = ""  # this connection's consumer id; set by open() in reliable mode
+        self._batching = True  # whether Redis has BLMPOP, until it says otherwise
+        self._next_recovery = 0.0  # time.monotonic() of the next recovery
 
     def _key(self, kind: str, consumer: str = "") -> str:
-        return self._connection.companion(
+        return self._backend.companion(
             self._source.list,
             f":redis_rpc:{kind}" + (f":{consumer}" if consumer else ""),
         )
 
-    def _open(self) -> None:
+    def open(self) -> None:
         if not self._source.reliable:
-            self._connection.ping()
+            self._backend.ping()
             return
         self._id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._beat()
         self._recover()
 
-    def _step(self) -> None:
+    def maintain(self) -> None:
         if self._source.reliable and time.monotonic() >= self._next_recovery:
             self._recover()
-        super()._step()
 
-    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
+    def probes(self) -> list[Command]:
+        return []
+
+    def fetch(
+        self, reader: Reader, owed: Owed, timeout: float, count: int
+    ) -> list[Delivery]:
         source = self._source
         if source.reliable:  # BLMOVE moves one item at a time
             processing = self._key("processing", self._id)
-            payload = self._reads().blmove(
-                source.list, processing, timeout, owed=self._owed
-            )
+            payload = reader.blmove(source.list, processing, timeout, owed=owed)
             return (
                 []
                 if payload is None
@@ -92,31 +108,29 @@ class ListConsumer(Consumer):
             )
         if count > 1 and self._batching:
             try:
-                payloads = self._reads().blmpop(
-                    source.list, timeout, count, owed=self._owed
-                )
+                payloads = reader.blmpop(source.list, timeout, count, owed=owed)
             except RedisCommandError as exc:  # Redis before 7.0 has no BLMPOP
-                if "unknown command" not in str(exc).lower():
+                if exc.reason != "unknown_command":
                     raise
                 self._batching = False
             else:
                 return [Delivery(payload) for payload in payloads]
-        payload = self._reads().blpop(source.list, timeout, owed=self._owed)
+        payload = reader.blpop(source.list, timeout, owed=owed)
         return [] if payload is None else [Delivery(payload)]
 
-    def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
+    def can_retry(self, delivery: Delivery) -> bool:
+        return False
+
+    def dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
         """In reliable mode, move the item out of the processing list to the dead-letter list."""
         if delivery.ack is None:  # popped: nothing is left in Redis to move
             return []
-        return [RPush(self._dead_letter_key(), delivery.payload), delivery.ack]
+        key = dead_letter_key(self._backend, self._source)
+        return [RPush(key, delivery.payload), delivery.ack]
 
     def _beat(self) -> None:
         """Have the heartbeat thread keep this id alive, in place of the previous one."""
-        heartbeat = self._heartbeat
-        assert heartbeat is not None, (
-            "the broker gives reliable list consumers a heartbeat"
-        )
-        heartbeat.register(
+        self._heartbeat.register(
             self,
             Beat(
                 alive=self._key("alive", self._id),
@@ -129,10 +143,11 @@ class ListConsumer(Consumer):
     def _recover(self) -> None:
         """Hand the in-flight items of every consumer that has died back to the list."""
         source = self._source
-        for member in self._connection.members(self._key("consumers")):
+        admin = self._backend.admin
+        for member in admin.members(self._key("consumers")):
             if member == self._id:
                 continue
-            moved = self._connection.requeue_if_dead(
+            moved = admin.requeue_if_dead(
                 alive=self._key("alive", member),
                 processing=self._key("processing", member),
                 source=source.list,
@@ -142,7 +157,7 @@ class ListConsumer(Consumer):
             if moved:
                 logger.warning(
                     "%s moved %d unfinished item(s) of dead consumer %s back to the list",
-                    self.name,
+                    self._name,
                     moved,
                     member,
                 )

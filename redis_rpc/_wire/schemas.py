@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from redis_rpc import _path
+from redis_rpc._wire import path
 from redis_rpc.errors import SetupError
 
 DEFAULT_GROUP = "redis_rpc"
@@ -82,7 +82,7 @@ class PubSub:
     def _pattern_default(self) -> bool:
         if self.sharded:
             return False
-        return "*" in self.channel or _path.has_placeholders(self.channel)
+        return "*" in self.channel or path.has_placeholders(self.channel)
 
     def __attrs_post_init__(self) -> None:
         if self.sharded and self.pattern:
@@ -258,7 +258,7 @@ def destination(
     return value
 
 
-def subscription(source: Destination) -> _path.ChannelTemplate | None:
+def subscription(source: Destination) -> path.ChannelTemplate | None:
     """The parsed channel template of a subscriber's *source*; ``None`` for a list or stream.
 
     Raises:
@@ -266,13 +266,13 @@ def subscription(source: Destination) -> _path.ChannelTemplate | None:
             ``pattern=False``, or on a list or stream.
     """
     if not isinstance(source, PubSub):
-        if _path.has_placeholders(source.name):
+        if path.has_placeholders(source.name):
             msg = f"{source} has a {{placeholder}}, but only channels take them (as in FastStream); subscribe to a channel, or use the list's or stream's own name."
             raise SetupError(msg)
         return None
     if source.sharded:  # a literal name: its braces are a hash tag
-        return _path.ChannelTemplate(source.channel, source.channel)
-    template = _path.parse(source.channel)
+        return path.ChannelTemplate(source.channel, source.channel)
+    template = path.parse(source.channel)
     if template.names and not source.pattern:
         msg = f"{source} has placeholders, so it is subscribed as a pattern; leave out pattern=False, or write {{{{ and }}}} for literal braces."
         raise SetupError(msg)

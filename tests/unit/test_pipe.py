@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from redis_rpc._engine import Pipe, Waiter
+from redis_rpc._io.pipe import Pipe
+from redis_rpc._latch import Latch
 from redis_rpc.errors import BrokerClosedError, RedisCommandError, RedisConnectionError
 
 WAIT = 5.0  # for what should happen at once; generous for a loaded machine
@@ -360,15 +361,15 @@ def test_the_writer_thread_is_named_and_started_on_first_use(world, make_pipe):
     assert len(writers - before) == 1
 
 
-def test_waiter_reports_result_or_error_once_set():
-    """A waiter times out until set, then returns its result or raises its error at every wait."""
-    waiter = Waiter()
+def test_latch_reports_result_or_error_once_set():
+    """A latch times out until set, then returns its result or raises its error at every wait."""
+    waiter: Latch[list[int]] = Latch()
     assert not waiter.wait(0.01)
     waiter.set_result([1])
     assert waiter.wait(0)
     assert waiter.wait(0)
     assert waiter.result() == [1]
-    failed = Waiter()
+    failed: Latch[list[int]] = Latch()
     failed.set_error(RedisConnectionError("Gone.", maybe_applied=True))
     assert failed.wait(0)
     with pytest.raises(RedisConnectionError):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from redis_rpc import _convert
+from redis_rpc._wire import convert
 from redis_rpc.errors import SetupError, ValidationError
 
 if TYPE_CHECKING:
@@ -164,11 +164,11 @@ def value(converter: cattrs.Converter, text: str, target: Any, parameter: str) -
         return text.encode()
     what = f"Path parameter {parameter!r} ({text[:100]!r})"
     try:
-        return _convert.structure(converter, text, target, what=what)
+        return convert.structure(converter, text, target, what=what)
     except ValidationError as exc:
         error = exc
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):  # not JSON either: the text's error says why
         raise error from error.__cause__
-    return _convert.structure(converter, parsed, target, what=what)
+    return convert.structure(converter, parsed, target, what=what)

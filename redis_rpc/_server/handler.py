@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from redis_rpc import _convert, _path
-from redis_rpc._message import RedisMessage
+from redis_rpc._wire import convert, path
+from redis_rpc._wire.message import RedisMessage
 from redis_rpc.errors import SetupError, ValidationError
 
 if TYPE_CHECKING:
@@ -58,13 +58,13 @@ class Handler:
         func: Callable[..., Any],
         logger: logging.Logger,
         converter: cattrs.Converter | None = None,
-        template: _path.ChannelTemplate | None = None,
+        template: path.ChannelTemplate | None = None,
     ) -> None:
         """*template*: the subscriber's channel template, which path parameters must name placeholders of."""
         self.func = func
         self.name = getattr(func, "__qualname__", repr(func))
         self._logger = logger
-        self.converter = converter or _convert.make_converter()
+        self.converter = converter or convert.make_converter()
         self._body_type: Any = None  # what a TYPED_BODY is structured into
         self._template = template
         self._args: list[_Arg | _PathArg] = []  # positional-only parameters, in order
@@ -75,7 +75,7 @@ class Handler:
             hint = hints.get(param.name)
             variadic = param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
             arg: _Arg | _PathArg
-            if isinstance(param.default, _path.PathParam):
+            if isinstance(param.default, path.PathParam):
                 arg = self._path_arg(param.name, hint, param.default)
             elif hint is logging.Logger:
                 arg = _Arg.LOGGER
@@ -118,19 +118,19 @@ class Handler:
         return args, kwargs
 
     def _body_arg(self, name: str, hint: Any) -> _Arg:
-        if hint is None or not _convert.needs_structuring(hint):
+        if hint is None or not convert.needs_structuring(hint):
             return _Arg.BODY
         if hint is bytes:
             return _Arg.RAW_BODY
         try:  # a type the converter cannot handle fails here, not on every body
-            _convert.check_structurable(self.converter, hint)
+            convert.check_structurable(self.converter, hint)
         except Exception as exc:
             msg = f"Cannot structure the body of handler {self.name} into {hint!r} (parameter {name!r}): {exc}"
             raise SetupError(msg) from exc
         self._body_type = hint
         return _Arg.TYPED_BODY
 
-    def _path_arg(self, parameter: str, hint: Any, marker: _path.PathParam) -> _PathArg:
+    def _path_arg(self, parameter: str, hint: Any, marker: path.PathParam) -> _PathArg:
         name = marker.real_name or parameter
         names = () if self._template is None else self._template.names
         if name not in names:
@@ -141,11 +141,11 @@ class Handler:
             )
             msg = f"Cannot call handler {self.name}: parameter {parameter!r} takes a path value, but {where}."
             raise SetupError(msg)
-        if hint is not None and not _convert.needs_structuring(hint):
+        if hint is not None and not convert.needs_structuring(hint):
             hint = None
         if hint is not None and hint is not bytes:
             try:  # as for the body: a type the converter cannot handle fails here
-                _convert.check_structurable(self.converter, hint)
+                convert.check_structurable(self.converter, hint)
             except Exception as exc:
                 msg = f"Cannot structure path parameter {parameter!r} of handler {self.name} into {hint!r}: {exc}"
                 raise SetupError(msg) from exc
@@ -154,14 +154,14 @@ class Handler:
     def _path_value(self, arg: _PathArg, message: RedisMessage) -> Any:
         text = message.path.get(arg.name)
         if text is None:
-            if arg.default is not _path.MISSING:
+            if arg.default is not path.MISSING:
                 return arg.default
             assert self._template is not None  # else _path_arg() refused it
             msg = f"No value for path parameter {arg.parameter!r}: the channel the message came on does not fit {self._template.template!r}."
             raise ValidationError(msg, errors=[f"missing {{{arg.name}}} @ path"])
         if arg.hint is None:
             return text
-        return _path.value(self.converter, text, arg.hint, arg.parameter)
+        return path.value(self.converter, text, arg.hint, arg.parameter)
 
     def _value(self, arg: _Arg | _PathArg, message: RedisMessage) -> Any:
         if isinstance(arg, _PathArg):

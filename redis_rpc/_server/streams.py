@@ -1,4 +1,4 @@
-"""Stream consumer: ``XREADGROUP`` through a consumer group, ``XACK`` after the reply.
+"""Streams: ``XREADGROUP`` through a consumer group, ``XACK`` after the reply.
 
 Every server process that names the same group shares the stream's work,
 and each entry is handled by one of them. An entry stays pending (read, not
@@ -39,15 +39,18 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from redis_rpc._consumer import Consumer, Delivery
-from redis_rpc._heartbeat import Beat
-from redis_rpc._message import describe
-from redis_rpc._redis import STREAM_DATA_FIELD, XAck, XAdd
-from redis_rpc._schemas import StreamSub
+from redis_rpc._io.commands import STREAM_DATA_FIELD, XAck, XAdd
+from redis_rpc._io.interfaces import Beat
+from redis_rpc._server.fetch import dead_letter_key
+from redis_rpc._server.process import Delivery
+from redis_rpc._wire.message import describe
 from redis_rpc.errors import RedisCommandError
 
 if TYPE_CHECKING:
-    from redis_rpc._redis import Command
+    from redis_rpc._io.commands import Command
+    from redis_rpc._io.interfaces import Backend, Owed, Reader
+    from redis_rpc._server.heartbeat import Heartbeat
+    from redis_rpc._wire.schemas import StreamSub
 
 logger = logging.getLogger(__name__)
 
@@ -87,45 +90,55 @@ def group_start(
     return f"{start[0]}-{start[1]}".encode()
 
 
-def _group_lost(error: RedisCommandError) -> bool:
-    # "NOGROUP No such key or consumer group", from XREADGROUP, XAUTOCLAIM,
-    # XPENDING and XINFO. XACK answers 0 instead, and the reply it goes with
-    # is sent anyway: the next read notices.
-    return "NOGROUP" in str(error)
+class StreamSource:
+    """Reads one stream as one named consumer of its group.
 
+    Implements ``_server.fetch.Source``; used by its consumer's thread alone.
 
-class StreamConsumer(Consumer):
-    """Consumes one stream as one named consumer of its group."""
+    Args:
+        source: The stream, the group and the consumer's name.
+        backend: Where the stream is.
+        heartbeat: Keeps this consumer alive in the eyes of the others.
+        name: For log lines.
+    """
 
-    # State of the consumer thread alone; each instance sets its own copies.
-    _claim_cursor = _START
-    _next_claim = 0.0  # time.monotonic() of the next look for claimable entries
-    _next_dead_check = 0.0  # time.monotonic() of the next look for dead consumers
-    _dead: tuple[str, ...] = ()  # dead consumers whose entries are being claimed
-    _claiming: frozenset[str] = frozenset()  # those already logged
-    _last_read: EntryId | None = None  # the newest entry this consumer has read
-
-    @property
-    def _source(self) -> StreamSub:
-        source = self.subscriber.source
-        # The broker picks the consumer class by the source type.
-        assert isinstance(source, StreamSub)
-        return source
+    def __init__(
+        self, source: StreamSub, backend: Backend, heartbeat: Heartbeat, *, name: str
+    ) -> None:
+        self._source = source
+        self._backend = backend
+        self._admin = backend.admin
+        self._heartbeat = heartbeat
+        self._name = name
+        self.key = source.stream
+        self.prefetch = 1
+        self._claim_cursor = _START
+        self._next_claim = (
+            0.0  # time.monotonic() of the next look for claimable entries
+        )
+        self._next_dead_check = (
+            0.0  # time.monotonic() of the next look for dead consumers
+        )
+        self._dead: tuple[
+            str, ...
+        ] = ()  # dead consumers whose entries are being claimed
+        self._claiming: frozenset[str] = frozenset()  # those already logged
+        self._last_read: EntryId | None = (
+            None  # the newest entry this consumer has read
+        )
 
     def _key(self, kind: str, consumer: str = "") -> str:
         source = self._source
-        return self._connection.companion(
+        return self._backend.companion(
             source.stream,
             f":redis_rpc:group:{source.group}:{kind}"
             + (f":{consumer}" if consumer else ""),
         )
 
-    def _open(self) -> None:
+    def open(self) -> None:
         source = self._source
         self._ensure_group(lost=False)
-        heartbeat = self._heartbeat
-        assert heartbeat is not None, "the broker gives stream consumers a heartbeat"
-        heartbeat.register(
+        self._heartbeat.register(
             self,
             Beat(
                 alive=self._key("alive", source.consumer),
@@ -139,32 +152,37 @@ class StreamConsumer(Consumer):
         """Create the group unless it exists, from ``replay_window`` back; see the module doc."""
         source = self._source
         start = group_start(
-            self._connection.server_time_ms(), source.replay_window, self._last_read
+            self._admin.server_time_ms(), source.replay_window, self._last_read
         )
-        if not self._connection.create_group(source.stream, source.group, start):
+        if not self._admin.create_group(source.stream, source.group, start):
             return
         if lost or self._last_read is not None:
             logger.warning(
                 "%s found consumer group %r gone (deleted, or lost by Redis) and created it again, "
                 "starting after entry %s: older entries are not handled again",
-                self.name,
+                self._name,
                 source.group,
                 start.decode(),
             )
         else:
             logger.info(
                 "%s created consumer group %r, starting after entry %s",
-                self.name,
+                self._name,
                 source.group,
                 start.decode(),
             )
 
-    def _probes(self) -> list[Command]:
+    def maintain(self) -> None:
+        """Nothing between fetches: claims are looked for as part of a fetch."""
+
+    def probes(self) -> list[Command]:
         source = self._source
         # Acknowledging an id that was never read changes nothing.
-        return [*super()._probes(), XAck(source.stream, source.group, b"0-0")]
+        return [XAck(source.stream, source.group, b"0-0")]
 
-    def _fetch(self, timeout: float, count: int) -> list[Delivery]:
+    def fetch(
+        self, reader: Reader, owed: Owed, timeout: float, count: int
+    ) -> list[Delivery]:
         source = self._source
         try:
             claimed = self._claim_from_dead(count)
@@ -173,16 +191,19 @@ class StreamConsumer(Consumer):
             retried = self._claim()
             if retried is not None:
                 return [retried]
-            entries = self._reads().xreadgroup(
+            entries = reader.xreadgroup(
                 source.stream,
                 source.group,
                 source.consumer,
                 timeout,
                 count,
-                owed=self._owed,
+                owed=owed,
             )
         except RedisCommandError as exc:
-            if not _group_lost(exc):
+            # From XREADGROUP, XAUTOCLAIM, XPENDING and XINFO. XACK answers 0
+            # instead, and the reply it goes with is sent anyway: the next
+            # read notices.
+            if exc.reason != "no_group":
                 raise
             self._ensure_group(lost=True)
             return []
@@ -199,7 +220,7 @@ class StreamConsumer(Consumer):
             self._dead = self._find_dead()
         while self._dead:
             dead = self._dead[0]
-            claimed = self._connection.claim_from_dead(
+            claimed = self._admin.claim_from_dead(
                 stream=source.stream,
                 group=source.group,
                 consumer=source.consumer,
@@ -213,7 +234,7 @@ class StreamConsumer(Consumer):
                     self._claiming |= {dead}
                     logger.warning(
                         "%s is taking over the pending entries of consumer %r, whose heartbeat stopped",
-                        self.name,
+                        self._name,
                         dead,
                     )
                 return [
@@ -223,7 +244,7 @@ class StreamConsumer(Consumer):
             if claimed is not None:
                 logger.info(
                     "%s deleted dead consumer %r from group %r",
-                    self.name,
+                    self._name,
                     dead,
                     source.group,
                 )
@@ -237,11 +258,11 @@ class StreamConsumer(Consumer):
         Whether their heartbeat is gone is checked when their entries are claimed.
         """
         source = self._source
-        listed = set(self._connection.members(self._key("consumers")))
+        listed = set(self._admin.members(self._key("consumers")))
         listed.discard(source.consumer)
         if not listed:
             return ()
-        idle = self._connection.consumer_idle_times(source.stream, source.group)
+        idle = self._admin.consumer_idle_times(source.stream, source.group)
         return tuple(
             sorted(
                 name
@@ -258,7 +279,7 @@ class StreamConsumer(Consumer):
         if source.claim_idle_time is None or now < self._next_claim:
             return None
         for _ in range(_CLAIM_CALLS):
-            self._claim_cursor, entry = self._connection.xautoclaim(
+            self._claim_cursor, entry = self._admin.xautoclaim(
                 source.stream,
                 source.group,
                 source.consumer,
@@ -275,11 +296,9 @@ class StreamConsumer(Consumer):
                 continue
             entry_id, fields = entry
             if fields is None:  # deleted (or trimmed) while pending: nothing to do
-                self._connection.execute(XAck(source.stream, source.group, entry_id))
+                self._backend.execute(XAck(source.stream, source.group, entry_id))
                 continue
-            deliveries = self._connection.deliveries(
-                source.stream, source.group, entry_id
-            )
+            deliveries = self._admin.deliveries(source.stream, source.group, entry_id)
             return self._delivery(entry_id, fields, deliveries=max(deliveries, 1))
         # More pending entries to scan: go on from the cursor soon, but not on
         # every fetch, which would slow down reading new entries.
@@ -289,41 +308,26 @@ class StreamConsumer(Consumer):
     def _delivery(
         self, entry_id: bytes, fields: dict[bytes, bytes], *, deliveries: int
     ) -> Delivery:
-        source = self._source
         read = parse_entry_id(entry_id)
         if self._last_read is None or read > self._last_read:
             self._last_read = read
-        payload = fields.get(STREAM_DATA_FIELD)
-        if payload is None:
-            # Not written by FastStream or us: hand over all fields as JSON, as FastStream does.
-            payload = json.dumps(
-                {
-                    k.decode(errors="replace"): v.decode(errors="replace")
-                    for k, v in fields.items()
-                }
-            ).encode()
-        return Delivery(
-            payload,
-            ack=XAck(source.stream, source.group, entry_id),
-            where=f"entry {entry_id.decode()} of {source}",
-            deliveries=deliveries,
-        )
+        return entry_delivery(self._source, entry_id, fields, deliveries=deliveries)
 
-    def _can_retry(self, delivery: Delivery) -> bool:
+    def can_retry(self, delivery: Delivery) -> bool:
         source = self._source
         return (
             source.claim_idle_time is not None
             and delivery.deliveries < source.max_deliveries
         )
 
-    def _dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
+    def dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
         """Copy the entry to the dead-letter stream with why it failed, and acknowledge it."""
         source = self._source
         assert isinstance(delivery.ack, XAck)
         reason = f"{type(error).__name__}: {describe(error)}"
         return [
             XAdd(
-                self._dead_letter_key(),
+                dead_letter_key(self._backend, source),
                 delivery.payload,
                 extra=(
                     ("error", reason),
@@ -335,3 +339,24 @@ class StreamConsumer(Consumer):
             ),
             delivery.ack,
         ]
+
+
+def entry_delivery(
+    source: StreamSub, entry_id: bytes, fields: dict[bytes, bytes], *, deliveries: int
+) -> Delivery:
+    """The delivery of the stream entry *entry_id*, with *fields*, read from *source*."""
+    payload = fields.get(STREAM_DATA_FIELD)
+    if payload is None:
+        # Not written by FastStream or us: hand over all fields as JSON, as FastStream does.
+        payload = json.dumps(
+            {
+                k.decode(errors="replace"): v.decode(errors="replace")
+                for k, v in fields.items()
+            }
+        ).encode()
+    return Delivery(
+        payload,
+        ack=XAck(source.stream, source.group, entry_id),
+        where=f"entry {entry_id.decode()} of {source}",
+        deliveries=deliveries,
+    )

@@ -1,7 +1,7 @@
-"""Redis Cluster: the connection interface of ``_redis.Connection``, routed by hash slot.
+"""``ClusterBackend``: a Redis Cluster, each command routed to the master of its hash slot.
 
 A cluster splits its keys into 16,384 hash slots, each served by one master.
-``ClusterConnection`` keeps, for each master, what ``Connection`` keeps for
+``ClusterBackend`` keeps, for each master, what ``RedisBackend`` keeps for
 its one server: a pipe shared by all threads, and a pool for the consumers'
 blocking reads. Each command goes to the master of its key's slot, as
 redis-py's ``RedisCluster`` maps them; the management commands (scripts,
@@ -41,26 +41,14 @@ import redis.cluster
 import redis.exceptions
 from redis.crc import key_slot
 
-from redis_rpc._engine import Args, Outcome, Pipe, Posted
-from redis_rpc._redis import (
-    _CLAIM_FROM_DEAD,
-    _REQUEUE_IF_DEAD,
-    PIPE_FLUSH_TIMEOUT,
-    SUBSCRIPTION_OPTIONS,
-    Command,
-    Connection,
-    Owed,
-    Publish,
-    Reader,
-    Subscription,
-    _args,
-    _check_options,
-    _grouped,
-    _Link,
-    _results,
-    _sentence,
-    map_errors,
-)
+from redis_rpc._io.admin import RedisAdmin
+from redis_rpc._io.commands import Publish, grouped, words
+from redis_rpc._io.errors import map_errors, results
+from redis_rpc._io.link import RedisLink
+from redis_rpc._io.pipe import Pipe, Posted
+from redis_rpc._io.reader import RedisReader
+from redis_rpc._io.server import PIPE_FLUSH_TIMEOUT, check_options
+from redis_rpc._io.subscription import SUBSCRIPTION_OPTIONS, RedisSubscription
 from redis_rpc.errors import (
     RedisCommandError,
     RedisConnectionError,
@@ -70,6 +58,10 @@ from redis_rpc.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from redis_rpc._io.commands import Args, Command
+    from redis_rpc._io.interfaces import Outcome
+    from redis_rpc.errors import Redirect
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +73,6 @@ REFRESH_INTERVAL = 0.25
 AVOID = 5.0
 # How long to wait before sending again a command that got TRYAGAIN or CLUSTERDOWN.
 RETRY_DELAY = 0.05
-# The reasons of a refusal that sending the command elsewhere, or later, cures.
-_REDIRECTED = frozenset({"moved", "try_again", "cluster_down"})
 # Commands whose first argument is the key (or the channel) that routes them.
 _KEYED = frozenset({b"PUBLISH", b"SPUBLISH", b"RPUSH", b"XADD", b"XACK", b"LREM"})
 
@@ -90,15 +80,15 @@ _KEYED = frozenset({b"PUBLISH", b"SPUBLISH", b"RPUSH", b"XADD", b"XACK", b"LREM"
 def _key(command: Args) -> bytes | str | None:
     """The key (or channel) that routes *command*; None for one that any node takes."""
     name = command[0]
-    if name in _KEYED:
-        return command[1]  # type: ignore[return-value]
-    if name == b"BLMPOP":  # BLMPOP timeout 1 key ...
-        return command[3]  # type: ignore[return-value]
-    if name in (b"BLPOP", b"BLMOVE"):
-        return command[1]  # type: ignore[return-value]
-    if name == b"XREADGROUP":
-        return command[list(command).index(b"STREAMS") + 1]  # type: ignore[return-value]
-    return None
+    if name in _KEYED or name in (b"BLPOP", b"BLMOVE"):
+        key = command[1]
+    elif name == b"BLMPOP":  # BLMPOP timeout 1 key ...
+        key = command[3]
+    elif name == b"XREADGROUP":
+        key = command[list(command).index(b"STREAMS") + 1]
+    else:
+        return None
+    return key if isinstance(key, (bytes, str)) else None
 
 
 def slot_of(key: bytes | str) -> int:
@@ -140,22 +130,36 @@ def _units(commands: list[Args]) -> list[list[Args]]:
     return units
 
 
-def _reason(error: RedisRPCError) -> str:
-    """*error*'s reason; ``cluster_down`` for a blocked read that a failover cut short."""
-    # A master that a failover demotes answers its blocked reads with
-    # "UNBLOCKED force unblock ...": a plain error reply, but a map change.
-    if str(error.__cause__).startswith("UNBLOCKED"):
-        return "cluster_down"
-    return str(getattr(error, "reason", ""))
+def _redirected(error: object) -> bool:
+    """Whether *error* is a refusal that another node, or a moment, would cure.
+
+    A master that a failover demotes ends its blocked reads with
+    ``UNBLOCKED``: a plain error reply, but a change of the map.
+    """
+    if isinstance(error, RedisCommandError):
+        return error.reason in ("moved", "try_again", "unblocked")
+    return isinstance(error, RedisConnectionError) and error.reason == "cluster_down"
 
 
 def _redirect(replies: Sequence[object]) -> RedisRPCError | None:
     """The first refusal in *replies* that another node, or a moment, would cure."""
     for reply in replies:
         for item in reply if isinstance(reply, list) else (reply,):
-            if isinstance(item, RedisRPCError) and _reason(item) in _REDIRECTED:
+            if isinstance(item, RedisRPCError) and _redirected(item):
                 return item
     return None
+
+
+def _moved(error: RedisRPCError) -> Redirect | None:
+    """Where a ``MOVED`` refusal says the slot is now; None for other errors."""
+    redirect = getattr(error, "redirect", None)
+    return redirect if redirect is not None and redirect.kind == "moved" else None
+
+
+def _asked(error: RedisRPCError) -> Redirect | None:
+    """Where an ``ASK`` refusal sends one command; None for other errors."""
+    redirect = getattr(error, "redirect", None)
+    return redirect if redirect is not None and redirect.kind == "ask" else None
 
 
 class _Node:
@@ -167,14 +171,17 @@ class _Node:
         self.address = address = f"{host}:{port}"
         self.failed_at = float("-inf")  # when a connection to it last failed
         self.pipe = Pipe(
-            lambda: _Link.open(pool, address),
+            lambda: RedisLink.open(pool, address),
             address=address,
             name=f"redis_rpc:writer:{address}",
         )
 
 
-class ClusterConnection(Connection):
+class ClusterBackend:
     """The connections to a Redis Cluster, in bytes mode; see the module's docstring.
+
+    Safe to use from any number of threads at once. Implements
+    ``_io.interfaces.Backend``.
 
     Args:
         url: A ``redis://`` or ``rediss://`` URL of any node, or several
@@ -206,7 +213,7 @@ class ClusterConnection(Connection):
         try:
             parsed = [redis.connection.parse_url(u) for u in urls]  # type: ignore[no-untyped-call]
         except (TypeError, ValueError) as exc:
-            msg = f"Cannot use that Redis URL or those options: {_sentence(str(exc))}."
+            msg = f"Cannot use that Redis URL or those options: {str(exc).strip().rstrip('.')}."
             raise SetupError(msg) from exc
         if any(p.get("db") for p in parsed):
             msg = "A Redis Cluster has database 0 only; leave the database number out of the URL."
@@ -229,7 +236,7 @@ class ClusterConnection(Connection):
         self._node_kwargs.pop("host", None)
         self._node_kwargs.pop("port", None)
         self._connection_class = connection_class
-        _check_options(connection_class, {**self._node_kwargs, "host": "x", "port": 1})
+        check_options(connection_class, {**self._node_kwargs, "host": "x", "port": 1})
         self._cluster_kwargs = {
             **kwargs,
             "startup_nodes": [
@@ -257,12 +264,11 @@ class ClusterConnection(Connection):
         self._stale = False  # a connection was lost: refresh the map before routing
         self._refreshed = 0.0  # time.monotonic() of the last refresh
         self._refreshing = threading.Lock()
-        self._scripts: dict[str, Any] = {}
+        self.admin = RedisAdmin(self._cluster_client, self.address)
 
     # -- the cluster and its map
 
-    @property
-    def _client(self) -> redis.cluster.RedisCluster:  # type: ignore[override]
+    def _cluster_client(self) -> redis.cluster.RedisCluster:
         """redis-py's cluster client, created on first use: creating it asks the nodes for the map."""
         rc = self._rc  # set once: read without the lock
         if rc is not None:
@@ -276,21 +282,9 @@ class ClusterConnection(Connection):
         rc.close()
         return self._rc
 
-    @property
-    def _requeue_if_dead(self) -> Any:  # type: ignore[override]
-        return self._script("requeue")
-
-    @property
-    def _claim_from_dead(self) -> Any:  # type: ignore[override]
-        return self._script("claim")
-
-    def _script(self, name: str) -> Any:
-        """A script registered with the cluster client, which runs it on its keys' master."""
-        script = self._scripts.get(name)
-        if script is None:
-            body = _REQUEUE_IF_DEAD if name == "requeue" else _CLAIM_FROM_DEAD
-            script = self._scripts[name] = self._client.register_script(body)
-        return script
+    def _deadline(self, deadline: float | None) -> float:
+        # Without one of the caller's, as long as one command may take.
+        return time.monotonic() + self.socket_timeout if deadline is None else deadline
 
     def _lost(self) -> None:
         """A node could not be reached: refresh the map before the next command is routed."""
@@ -299,7 +293,7 @@ class ClusterConnection(Connection):
 
     def refresh(self) -> None:
         """Ask the nodes for the slot map again, at most every ``REFRESH_INTERVAL`` seconds."""
-        rc = self._client
+        rc = self._cluster_client()
         with self._refreshing:
             if time.monotonic() - self._refreshed < REFRESH_INTERVAL:
                 return
@@ -317,11 +311,13 @@ class ClusterConnection(Connection):
 
     def _follow(self, error: RedisRPCError) -> None:
         """Update the map after *error*, a refusal that ``_redirect()`` picked."""
-        cause = error.__cause__
-        if isinstance(cause, redis.exceptions.MovedError):
-            self._moved(cause)
-        elif _reason(error) == "cluster_down":
-            time.sleep(RETRY_DELAY)
+        moved = _moved(error)
+        if moved is not None:
+            self._moved(moved)
+        elif isinstance(error, RedisConnectionError) or (
+            isinstance(error, RedisCommandError) and error.reason == "unblocked"
+        ):
+            time.sleep(RETRY_DELAY)  # CLUSTERDOWN, or a failover under way
             self.refresh()
         else:  # TRYAGAIN, or ASK for a blocking read: the slot is moving
             time.sleep(RETRY_DELAY)
@@ -340,7 +336,8 @@ class ClusterConnection(Connection):
 
     def _any_master(self) -> _Node:
         """A master picked at random, among those not known to have failed if there are any."""
-        nodes = [self._node(n.host, n.port) for n in self._client.get_primaries()]  # type: ignore[no-untyped-call]
+        primaries = self._cluster_client().get_primaries()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
+        nodes = [self._node(n.host, n.port) for n in primaries]
         alive = [node for node in nodes if not _suspect(node)]
         return random.choice(alive or nodes)  # noqa: S311 - spreading load, not a secret
 
@@ -360,7 +357,7 @@ class ClusterConnection(Connection):
         found = self._by_slot.get(slot)
         if found is not None:
             return found
-        manager = self._client.nodes_manager
+        manager = self._cluster_client().nodes_manager
         try:
             node = manager.get_node_from_slot(slot)
         except redis.exceptions.RedisClusterException:
@@ -370,9 +367,12 @@ class ClusterConnection(Connection):
         found = self._by_slot[slot] = self._node(node.host, node.port)
         return found
 
-    def _moved(self, error: redis.exceptions.MovedError) -> None:
+    def _moved(self, redirect: Redirect) -> None:
         """Take the new owner of a slot from a ``MOVED`` refusal."""
-        self._client.nodes_manager.move_slot(error)
+        refusal = f"{redirect.slot} {redirect.host}:{redirect.port}"
+        self._cluster_client().nodes_manager.move_slot(
+            redis.exceptions.MovedError(refusal)
+        )
         self._by_slot.clear()
 
     def _node(self, host: str, port: int) -> _Node:
@@ -391,12 +391,8 @@ class ClusterConnection(Connection):
 
     def _asked(self, error: RedisRPCError) -> _Node | None:
         """The node an ``ASK`` refusal sends a command to, once; None for other refusals."""
-        cause = error.__cause__
-        if isinstance(cause, redis.exceptions.AskError) and not isinstance(
-            cause, redis.exceptions.MovedError
-        ):
-            return self._node(cause.host, cause.port)
-        return None
+        asked = _asked(error)
+        return None if asked is None else self._node(asked.host, asked.port)
 
     # -- commands
 
@@ -411,9 +407,9 @@ class ClusterConnection(Connection):
         atomic: bool = False,
         deadline: float | None = None,
     ) -> list[Any]:
-        """As ``Connection.execute_many()``; commands on several slots run one by one, in order."""
+        """As ``RedisBackend.execute_many()``; commands on several slots run one by one, in order."""
         deadline = self._deadline(deadline)
-        group = _grouped(commands, atomic=atomic)
+        group = grouped(commands, atomic=atomic)
         slots = {slot_of(k) for k in map(_key, group) if k is not None}
         if len(slots) > 1:
             return [
@@ -422,7 +418,7 @@ class ClusterConnection(Connection):
                 for result in self.execute_many([command], deadline=deadline)
             ]
         replies = self._submit(group, deadline)
-        return _results(
+        return results(
             replies, transaction=len(group) > len(commands), address=self.address
         )
 
@@ -454,7 +450,7 @@ class ClusterConnection(Connection):
     def post(
         self, commands: Sequence[Command], *, atomic: bool = False, what: str
     ) -> None:
-        """As ``Connection.post()``; a transaction over several slots runs one by one, in order.
+        """As ``RedisBackend.post()``; a transaction over several slots runs one by one, in order.
 
         That happens on the calling thread, which waits for each command:
         copying an item to a dead-letter list on another node must be done
@@ -462,7 +458,7 @@ class ClusterConnection(Connection):
         """
         groups: dict[int | None, list[Command]] = {}
         for command in commands:
-            key = _key(_args(command))
+            key = _key(words(command))
             groups.setdefault(None if key is None else slot_of(key), []).append(command)
         if atomic and len(groups) > 1:
             try:
@@ -472,7 +468,7 @@ class ClusterConnection(Connection):
                 Posted(what).set_error(exc)
             return
         for group in groups.values():
-            self.post_args(_grouped(group, atomic=atomic), what=what)
+            self.post_args(grouped(group, atomic=atomic), what=what)
 
     def post_args(self, commands: list[Args], *, what: str) -> None:
         self._post(commands, self._deadline(None), Posted(what), attempts=0)
@@ -480,12 +476,23 @@ class ClusterConnection(Connection):
     def send(
         self, command: Command, *, deadline: float | None, outcome: Outcome
     ) -> None:
-        self._post([_args(command)], self._deadline(deadline), outcome, attempts=0)
+        self._post(
+            [words(command)], self._deadline(deadline), outcome, attempts=0, own=True
+        )
 
     def _post(
-        self, commands: list[Args], deadline: float, outcome: Outcome, *, attempts: int
+        self,
+        commands: list[Args],
+        deadline: float,
+        outcome: Outcome,
+        *,
+        attempts: int,
+        own: bool = False,
     ) -> None:
-        """Post *commands* to their masters, one write per master; *outcome* hears each write's replies."""
+        """Post *commands* to their masters, one write per master; *outcome* hears each write's replies.
+
+        *own*: a caller waits (see ``Pipe.post()``).
+        """
         units = _units(commands)
         if len(units) == 1:
             by_node = {self._route(commands): commands}
@@ -496,7 +503,10 @@ class ClusterConnection(Connection):
         for node, group in by_node.items():
             try:
                 node.pipe.post(
-                    group, deadline, _Rerouted(self, group, deadline, outcome, attempts)
+                    group,
+                    deadline,
+                    _Rerouted(self, group, deadline, outcome, attempts),
+                    own=own,
                 )
             except RedisConnectionError:
                 self._lost()
@@ -532,7 +542,7 @@ class ClusterConnection(Connection):
         for command in commands:
             if isinstance(command, Publish) and not command.sharded:
                 continue
-            routed = _key(_args(command))
+            routed = _key(words(command))
             if routed is None:
                 return False
             if transaction:
@@ -543,7 +553,7 @@ class ClusterConnection(Connection):
         return True
 
     def settle(self, commands: list[Args], replies: list[object], what: str) -> None:
-        """As ``Connection.settle()``, but commands refused with a redirection are sent again."""
+        """As ``RedisBackend.settle()``, but commands refused with a redirection are sent again."""
         _Rerouted(self, commands, self._deadline(None), Posted(what), 0).set_result(
             replies
         )
@@ -564,10 +574,15 @@ class ClusterConnection(Connection):
 
     # -- consumers and subscriptions
 
-    def reader(self) -> Reader:
-        return _ClusterReader(self)
+    def reader(self) -> RedisReader:
+        """A consumer's blocking reads, on the master of the key it reads; it follows the key when it moves."""
+        return RedisReader(self._read_route, follow=_Follow(self))
 
-    def subscription(self, shard: str | None = None) -> Subscription:
+    def _read_route(self, command: Args) -> tuple[redis.ConnectionPool, str]:
+        node = self._master(_key(command))
+        return node.pool, node.address
+
+    def subscription(self, shard: str | None = None) -> RedisSubscription:
         """A Pub/Sub connection to the master of sharded channel *shard*'s slot.
 
         Without *shard*, to any master: a cluster spreads classic Pub/Sub
@@ -575,13 +590,13 @@ class ClusterConnection(Connection):
         """
         return self._subscription(self._master(shard))
 
-    def _subscription(self, node: _Node) -> Subscription:
+    def _subscription(self, node: _Node) -> RedisSubscription:
         connection = self._connection_class(
             host=node.host,
             port=node.port,
             **{**self._node_kwargs, **SUBSCRIPTION_OPTIONS},
         )
-        return Subscription(
+        return RedisSubscription(
             connection,
             node.address,
             health_check_interval=self._health_check_interval,
@@ -591,11 +606,13 @@ class ClusterConnection(Connection):
 
     def ping(self) -> None:
         with map_errors(self.address):
-            self._client.ping(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+            self._cluster_client().ping(
+                target_nodes=redis.cluster.RedisCluster.PRIMARIES
+            )
 
     def server_version(self) -> str:
         with map_errors(self.address):
-            info: Any = self._client.info(
+            info: Any = self._cluster_client().info(
                 "server", target_nodes=redis.cluster.RedisCluster.RANDOM
             )
         if isinstance(info, dict) and "redis_version" not in info:
@@ -610,8 +627,8 @@ class ClusterConnection(Connection):
         with self._lock:
             nodes, self._nodes = list(self._nodes.values()), {}
             self._by_slot = {}
-            self._scripts = {}
             self._rc = None
+        self.admin.after_fork()
         for node in nodes:
             node.pipe.abandon()
 
@@ -632,7 +649,7 @@ class ClusterConnection(Connection):
 class _Rerouted:
     """The outcome of posted commands: those refused with a redirection are posted again.
 
-    Implements ``_engine.Outcome``; *outcome* hears the final replies, or the error.
+    Implements ``_io.interfaces.Outcome``; *outcome* hears the final replies, or the error.
     """
 
     __slots__ = (
@@ -646,7 +663,7 @@ class _Rerouted:
 
     def __init__(
         self,
-        connection: ClusterConnection,
+        connection: ClusterBackend,
         commands: list[Args],
         deadline: float,
         outcome: Outcome,
@@ -699,8 +716,9 @@ class _Rerouted:
                     asked, unit, self._deadline, self._outcome, self._attempts + 1
                 )
                 return
-            if isinstance(error.__cause__, redis.exceptions.MovedError):
-                connection._moved(error.__cause__)
+            moved = _moved(error)
+            if moved is not None:
+                connection._moved(moved)
             else:  # no waiting on a writer thread: the next command refreshes the map
                 connection._lost()
             connection._post(
@@ -711,7 +729,10 @@ class _Rerouted:
 
     def set_error(self, error: RedisRPCError) -> None:
         connection = self._connection
-        if _reason(error) in ("unreachable", "timeout"):
+        if isinstance(error, RedisConnectionError) and error.reason in (
+            "unreachable",
+            "timeout",
+        ):
             connection._lost()
         # Never sent: a classic PUBLISH goes as well through another node.
         if (
@@ -733,31 +754,24 @@ class _Rerouted:
         self._outcome.set_error(error)
 
 
-class _ClusterReader(Reader):
-    """A consumer's blocking reads, on the master of the key it reads; it follows the key when it moves."""
+class _Follow:
+    """Tells a cluster reader to read again where a redirection, or a failover, moved its key.
 
-    def __init__(self, connection: ClusterConnection) -> None:
-        super().__init__(None, connection.address)  # type: ignore[arg-type]
-        self._cluster = connection
+    Implements ``_io.reader.Follow``.
+    """
 
-    def _connect(self, command: Args) -> Any:
-        key = _key(command)
-        node = self._cluster._master(key)
-        self._pool, self._address = node.pool, node.address
-        return super()._connect(command)
+    def __init__(self, connection: ClusterBackend) -> None:
+        self._connection = connection
 
-    def _read(self, command: Args, owed: Owed) -> object:
-        for attempt in range(REDIRECTS):
-            try:
-                return super()._read(command, owed)
-            except RedisCommandError as exc:
-                if _reason(exc) not in _REDIRECTED or attempt == REDIRECTS - 1:
-                    raise
-                self.close()  # the next read connects to the new owner
-                self._cluster._follow(exc)
-            except RedisConnectionError as exc:  # the read closed the connection
-                self._cluster._lost()
-                if exc.reason != "cluster_down" or attempt == REDIRECTS - 1:
-                    raise
-                time.sleep(RETRY_DELAY)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def again(self, error: RedisRPCError, attempt: int) -> bool:
+        last = attempt >= REDIRECTS - 1
+        if isinstance(error, RedisConnectionError):  # the read closed the connection
+            self._connection._lost()
+            if error.reason != "cluster_down" or last:
+                return False
+            time.sleep(RETRY_DELAY)
+            return True
+        if not _redirected(error) or last:
+            return False
+        self._connection._follow(error)
+        return True

@@ -1,4 +1,4 @@
-"""The caller side of ``request()``: one reply subscription, one listener thread.
+"""The reply listener: one reply subscription and one thread per broker, for every ``request()``.
 
 Each broker subscribes once, by pattern, to ``<prefix>*`` where the prefix
 is random per listener. A request gets its own key and asks for its reply
@@ -23,17 +23,31 @@ import logging
 import os
 import threading
 import uuid
-from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from redis_rpc._backoff import Backoff
-from redis_rpc._signing import check_reply
-from redis_rpc.errors import BrokerClosedError, RedisConnectionError, RedisRPCError
+from redis_rpc._latch import Latch
+from redis_rpc._wire.signing import check_reply
+from redis_rpc.errors import (
+    BrokerClosedError,
+    BrokerStateError,
+    RedisCommandError,
+    RedisConnectionError,
+    RedisRPCError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from redis_rpc._redis import Connection, Subscription
+    from redis_rpc._io.interfaces import Subscription
+
+
+class Subscriptions(Protocol):
+    """Where the listener gets its Pub/Sub connections: a ``Backend``."""
+
+    def subscription(self, shard: str | None = None) -> Subscription:
+        """A new Pub/Sub connection, to a sharded channel's master if *shard*."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -69,46 +83,6 @@ class _Secrets:
 
 
 _secrets = _Secrets()
-
-
-class Reply:
-    """A one-shot slot for a reply: a lock held from birth, released when the reply or an error is in.
-
-    Lighter than a ``concurrent.futures.Future``, whose condition variable
-    costs the caller and the listener more per request. Completed once, by
-    the listener's thread or by ``stop()``; waited on by one caller.
-    """
-
-    __slots__ = ("_error", "_lock", "_payload")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._payload = b""
-        self._error: BaseException | None = None
-
-    def set_result(self, payload: bytes) -> None:
-        self._payload = payload
-        self._lock.release()
-
-    def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._lock.release()
-
-    def result(self, timeout: float | None = None) -> bytes:
-        """The reply payload, waiting up to *timeout* seconds (``None``: for ever).
-
-        Raises:
-            concurrent.futures.TimeoutError: No reply within *timeout*.
-            Exception: What the listener failed the request with.
-        """
-        wait = -1 if timeout is None else min(max(0.0, timeout), threading.TIMEOUT_MAX)
-        if not self._lock.acquire(timeout=wait):
-            raise FutureTimeoutError
-        self._lock.release()  # stays released: a second result() returns at once
-        if self._error is not None:
-            raise self._error
-        return self._payload
 
 
 class Sent:
@@ -152,7 +126,7 @@ class _Waiter:
     __slots__ = ("correlation_id", "future", "nonce", "warned")
 
     def __init__(self, nonce: str, correlation_id: str) -> None:
-        self.future = Reply()
+        self.future: Latch[bytes] = Latch()
         self.nonce = nonce
         self.correlation_id = correlation_id
         self.warned = False  # a refused reply has been logged already
@@ -169,15 +143,20 @@ class ReplyListener:
 
     def __init__(
         self,
-        connection: Connection,
+        connection: Subscriptions | None,
         *,
+        cluster: bool,
         poll_interval: float,
         signing_key: bytes | None = None,
     ) -> None:
+        """*connection* gives the subscriptions; None for one that only ``accept_in_memory()``.
+
+        *cluster*: whether *connection* is a Redis Cluster's.
+        """
         self.prefix = f"redis_rpc.reply.{uuid.uuid4().hex}."
         # In a cluster, our servers reply here with SPUBLISH (see REPLY_SHARD),
         # and the listener reads it from its slot's master, with the pattern.
-        self.shard = ("{" + self.prefix + "}") if connection.cluster else None
+        self.shard = ("{" + self.prefix + "}") if cluster else None
         # The shard while it is subscribed, for requests to name; None while
         # the listener makes do without it (its master cannot be reached).
         self.reply_shard: str | None = None
@@ -208,6 +187,11 @@ class ReplyListener:
         return self._down
 
     def start(self) -> None:
+        if self._connection is None:
+            msg = (
+                "This reply listener takes replies in memory only; it cannot subscribe."
+            )
+            raise BrokerStateError(msg)
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
@@ -240,7 +224,7 @@ class ReplyListener:
             "Cannot send a request: the reply subscription to Redis is down", cause
         )
 
-    def register(self, correlation_id: str = "") -> tuple[str, str, Reply]:
+    def register(self, correlation_id: str = "") -> tuple[str, str, Latch[bytes]]:
         """Reserve a reply channel and a nonce; the future gets the raw reply payload.
 
         Only a reply that passes ``check_reply()`` for the nonce completes
@@ -275,7 +259,7 @@ class ReplyListener:
         """Fail the request waiting on *channel* with *error*, unless it is answered or gone."""
         waiter = self._pending.pop(channel.encode(), None)
         if waiter is not None:
-            waiter.future.set_exception(error)
+            waiter.future.set_error(error)
 
     def discard(self, channel: str) -> None:
         """Forget *channel*; a reply arriving later is dropped."""
@@ -318,7 +302,7 @@ class ReplyListener:
         for channel in channels:
             waiter = self._pending.pop(channel, None)
             if waiter is not None:  # one each: callers re-raise it concurrently
-                waiter.future.set_exception(error())
+                waiter.future.set_error(error())
 
     def _run(self) -> None:
         backoff = Backoff()
@@ -327,6 +311,7 @@ class ReplyListener:
             # any node: should its slot have no master for a while, classic
             # replies still come through.
             shard = self.shard if backoff.failures % 2 == 0 else None
+            assert self._connection is not None  # start() checked
             subscription = self._connection.subscription(shard)
             try:
                 subscription.subscribe(
@@ -411,13 +396,20 @@ class ReplyListener:
         return False
 
 
-def _down_error(what: str, cause: Exception | None) -> RedisConnectionError:
-    """A new error saying *what* failed because the reply subscription is down, chained to *cause*."""
+def _down_error(what: str, cause: Exception | None) -> RedisRPCError:
+    """A new error saying *what* failed because the reply subscription is down, chained to *cause*.
+
+    A refusal (an ACL that forbids the subscription) stays a refusal.
+    """
     if cause is None:
-        error = RedisConnectionError(f"{what}; retry shortly.")
+        return RedisConnectionError(f"{what}; retry shortly.")
+    text = f"{what}: {str(cause).strip().rstrip('.')}."
+    error: RedisRPCError
+    if isinstance(cause, RedisCommandError):
+        error = RedisCommandError(text, reason=cause.reason)
+    elif isinstance(cause, RedisConnectionError):
+        error = RedisConnectionError(text, reason=cause.reason)
     else:
-        reason = getattr(cause, "reason", "unreachable")
-        text = str(cause).strip().rstrip(".")
-        error = RedisConnectionError(f"{what}: {text}.", reason=reason)
-        error.__cause__ = cause
+        error = RedisConnectionError(text)
+    error.__cause__ = cause
     return error

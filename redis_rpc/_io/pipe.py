@@ -10,11 +10,17 @@ write, and reads the replies in order, handing each caller its own. Between
 two callers' replies it sends whatever was queued meanwhile, so that new
 commands do not wait for the replies of earlier ones.
 
-A caller that finds the connection idle, with nothing queued, writes and
-reads for itself instead: a lone caller then pays no hand-off to the writer
-thread and back (two thread wake-ups, which cost as much as the round trip
-itself on a busy machine). Whoever holds the connection, the writer or such
-a caller, holds it alone; callers that arrive meanwhile queue for the writer.
+A caller that waits (``submit()``, or a request's ``post(own=True)``) and
+finds the connection idle, with nothing queued, writes and reads for itself
+instead: a lone caller then pays no hand-off to the writer thread and back
+(two thread wake-ups, which cost as much as the round trip itself on a busy
+machine; measured with ``benchmarks/mechanisms.py``, 1.1x to 1.2x the rate
+of one caller). Whoever holds the connection, the writer or such a caller,
+holds it alone; callers that arrive meanwhile queue for the writer. What
+nobody waits on (a server's replies and acks) always goes to the writer: a
+handler's thread that did the round trip itself would hold the connection
+from everyone else meanwhile, which halved the rate of a channel server
+under 32 callers.
 
 The guarantees, each stated where it is kept:
 
@@ -28,7 +34,7 @@ The guarantees, each stated where it is kept:
 - the connection is opened again with backoff.
 
 This module knows nothing of redis-py: it drives a :class:`Link`, which
-``_redis`` implements over a redis-py connection and unit tests fake.
+``_io.link`` implements over a redis-py connection and unit tests fake.
 """
 
 from __future__ import annotations
@@ -42,14 +48,16 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from redis_rpc._backoff import Backoff
+from redis_rpc._latch import Latch
 from redis_rpc.errors import BrokerClosedError, RedisConnectionError, RedisRPCError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-logger = logging.getLogger(__name__)
+    from redis_rpc._io.commands import Args
+    from redis_rpc._io.interfaces import Outcome
 
-Args = tuple[bytes | str | int | float, ...]
+logger = logging.getLogger(__name__)
 
 # Enough for thousands of callers at once, small enough that a stalled Redis
 # holds at most a few megabytes of typical frames in this process.
@@ -101,59 +109,6 @@ class Link(Protocol):
         """Close the connection; never raises."""
 
 
-class Waiter:
-    """A one-shot slot for a result: a lock held from birth, released when the result is in.
-
-    Lighter than a ``Future``, which needs a condition variable. Set once,
-    by the writer thread; waited on by one caller.
-    """
-
-    __slots__ = ("_error", "_lock", "_value")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._value: list[object] = []
-        self._error: RedisRPCError | None = None
-
-    def set_result(self, value: list[object]) -> None:
-        self._value = value
-        self._lock.release()
-
-    def set_error(self, error: RedisRPCError) -> None:
-        self._error = error
-        self._lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        """Whether the result is in, waiting up to *timeout* seconds for it."""
-        if not self._lock.acquire(
-            timeout=min(max(0.0, timeout), threading.TIMEOUT_MAX)
-        ):
-            return False
-        self._lock.release()  # stays released: later waits return at once
-        return True
-
-    def result(self) -> list[object]:
-        """The replies; only once ``wait()`` returned True.
-
-        Raises:
-            RedisRPCError: What the writer failed the commands with.
-        """
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class Outcome(Protocol):
-    """Told how commands sent with ``Pipe.post()`` went; called once, on any thread, and must not raise."""
-
-    def set_result(self, value: list[object]) -> None:
-        """The replies, in order; an error reply is a ``RedisRPCError`` in its place."""
-
-    def set_error(self, error: RedisRPCError) -> None:
-        """Why the commands failed; ``maybe_applied`` says whether they may have run."""
-
-
 class Posted:
     """The outcome of commands nobody waits on: it logs what went wrong.
 
@@ -189,7 +144,10 @@ class _Entry:
     __slots__ = ("commands", "deadline", "state", "waiter")
 
     def __init__(
-        self, commands: Sequence[Args], deadline: float, waiter: Waiter | Outcome
+        self,
+        commands: Sequence[Args],
+        deadline: float,
+        waiter: Latch[list[object]] | Outcome,
     ) -> None:
         self.commands = commands
         self.deadline = deadline  # time.monotonic()
@@ -283,9 +241,9 @@ class Pipe:
                 says whether Redis may have run the commands.
             BrokerClosedError: The pipe has been closed.
         """
-        waiter = Waiter()
+        waiter: Latch[list[object]] = Latch()
         entry = _Entry(commands, deadline, waiter)
-        self._start(entry)
+        self._start(entry, own=True)
         if waiter.wait(deadline - time.monotonic()):
             return waiter.result()
         with self._lock:
@@ -301,29 +259,39 @@ class Pipe:
             _sentence(msg, applied=taken), reason="timeout", maybe_applied=taken
         )
 
-    def post(self, commands: Sequence[Args], deadline: float, outcome: Outcome) -> None:
+    def post(
+        self,
+        commands: Sequence[Args],
+        deadline: float,
+        outcome: Outcome,
+        *,
+        own: bool = False,
+    ) -> None:
         """Send *commands* together, without waiting for their replies.
 
         For what nobody waits on as such: a server's replies and acks, or a
         request, whose caller waits for the reply instead. *outcome* is
         told what Redis answered, or why the commands failed, on whichever
         thread finds out. Waits only when the queue is full, up to *deadline*.
+        With *own*, a caller that finds the connection idle writes and reads
+        for itself (see the module's docstring): for a request, not for what
+        a handler's thread sends.
 
         Raises:
             RedisConnectionError: Redis is known to be down, or the queue
                 stayed full until *deadline*; not sent.
             BrokerClosedError: The pipe has been closed.
         """
-        self._start(_Entry(commands, deadline, outcome))
+        self._start(_Entry(commands, deadline, outcome), own=own)
 
-    def _start(self, entry: _Entry) -> None:
-        """Write *entry* at once when the connection is idle, or queue it for the writer."""
+    def _start(self, entry: _Entry, *, own: bool) -> None:
+        """Write *entry* at once when *own* and the connection is idle, or queue it for the writer."""
         with self._lock:
             self._refuse_if_closing()
             if self._down_error is not None and time.monotonic() < self._down_until:
                 raise _not_sent(self._down_error)
             alone = not (self._busy or self._queue or self._unread)
-            if alone and self._link is not None:
+            if own and alone and self._link is not None:
                 self._busy = True
                 entry.state = _State.TAKEN
             elif len(self._queue) < self._max_queued and self._thread is not None:
@@ -614,12 +582,11 @@ def _sentence(text: str, *, applied: bool) -> str:
 
 def _copy(error: RedisRPCError, *, applied: bool) -> RedisRPCError:
     """A fresh exception for one caller: raising one instance in several threads mixes tracebacks."""
-    reason = getattr(error, "reason", "unreachable")
     copy: RedisRPCError
     if isinstance(error, RedisConnectionError):
         copy = RedisConnectionError(
             _sentence(str(error), applied=applied),
-            reason=reason,
+            reason=error.reason,
             maybe_applied=applied,
         )
     else:  # a command refused while connecting, such as a bad password

@@ -8,8 +8,8 @@ channels and patterns, in batches, and one reader thread (named
 thousands of channel subscribers holds one connection and one reader for
 them, not one of each per subscriber.
 
-Each ``ChannelConsumer`` keeps its own queue and runs its handler on the
-hub's shared pool of worker threads, never more than its ``max_workers``
+Each ``ChannelConsumer`` keeps its own queue and runs its ``Processor`` on
+the hub's shared pool of worker threads, never more than its ``max_workers``
 messages at once; with ``max_workers=1`` one message at a time, in the
 order they were published.
 
@@ -35,23 +35,23 @@ import time
 from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
-from redis_rpc._consumer import (
+from redis_rpc._io.commands import Publish
+from redis_rpc._server.fetch import (
     PERMISSION_PROBE_CHANNEL,
-    Consumer,
-    Delivery,
     log_failure,
+    reader_exit_bound,
     run_logged,
 )
-from redis_rpc._executor import WorkerPool
-from redis_rpc._redis import Publish
-from redis_rpc._schemas import PubSub, subscription
+from redis_rpc._server.process import Delivery
+from redis_rpc._server.workers import WorkerPool
+from redis_rpc._wire.schemas import PubSub, subscription
+from redis_rpc.errors import RedisRPCError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from redis_rpc._consumer import Policy, Subscriber
-    from redis_rpc._heartbeat import Heartbeat
-    from redis_rpc._redis import Connection, Subscription
+    from redis_rpc._io.interfaces import Backend, Subscription
+    from redis_rpc._server.process import Processor
 
 logger = logging.getLogger(__name__)
 
@@ -73,41 +73,41 @@ SHARED_WORKERS = 64
 _TURN = 16
 
 
-class ChannelConsumer(Consumer):
+class ChannelConsumer:
     """Consumes one channel or pattern for its subscriber, fed by the broker's ``ChannelHub``.
 
     It has no thread of its own: ``deliver()`` runs on the hub's reader
-    thread, the handler on the hub's shared workers. ``stop()``,
-    ``join_reader()`` and ``drain()`` may be called from any thread.
+    thread, the processing on the hub's shared workers. ``stop()``,
+    ``join_reader()``, ``drain()`` and ``busy()`` may be called from any
+    thread.
     """
 
     def __init__(
         self,
-        subscriber: Subscriber,
-        connection: Connection,
+        processor: Processor,
+        backend: Backend,
         *,
         poll_interval: float,
         hub: ChannelHub,
-        policy: Policy,
-        heartbeat: Heartbeat | None = None,
     ) -> None:
-        super().__init__(
-            subscriber,
-            connection,
-            poll_interval=poll_interval,
-            policy=policy,
-            heartbeat=heartbeat,
-        )
-        self._pool = None  # the hub's shared workers run the handler
+        self.processor = processor
+        self.subscriber = processor.subscriber
+        self.name = processor.name
+        # Set, and error cleared or set, by the hub's line that reads for us.
+        self.ready = threading.Event()
+        self.error: Exception | None = None
+        self._backend = backend
+        self._poll_interval = poll_interval
+        self._stopping = threading.Event()
+        self._slots = threading.BoundedSemaphore(self.subscriber.max_workers)
         self._hub = hub
         template = subscription(self.source)
         assert template is not None  # a channel always has one
         # What is subscribed to, and how placeholder values are taken from
         # the channel a message arrived on, if it has placeholders.
         self.template = template
-        self._lock = (
-            threading.Lock()
-        )  # guards _queue, _queued_bytes, _running and _dropped
+        # Guards _queue, _queued_bytes, _running and _dropped.
+        self._lock = threading.Lock()
         # Each payload with the channel it arrived on.
         self._queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._queued_bytes = 0
@@ -124,8 +124,36 @@ class ChannelConsumer(Consumer):
         assert isinstance(source, PubSub)
         return source
 
+    @property
+    def exit_bound(self) -> float:
+        """How long the hub's reader may take to notice ``stop()``."""
+        return reader_exit_bound(self._poll_interval)
+
     def start(self) -> None:
         """Nothing to start: the hub reads for every channel consumer."""
+
+    def join_reader(self, timeout: float) -> bool:
+        """Nothing to wait for: the hub's reader is the broker's to join."""
+        return True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for the handlers that began before ``stop()``.
+
+        Returns:
+            Whether every handler finished in time.
+        """
+        deadline = time.monotonic() + timeout
+        taken = 0
+        # Holding every slot means no handler is running any more.
+        while taken < self.subscriber.max_workers and self._slots.acquire(
+            timeout=max(0.0, deadline - time.monotonic())
+        ):
+            taken += 1
+        return taken == self.subscriber.max_workers
+
+    def busy(self) -> list[str]:
+        """What the handlers still running are busy with, one line each."""
+        return self.processor.busy()
 
     def stop(self) -> None:
         """Take no more messages and drop those queued; handlers running go on."""
@@ -191,7 +219,10 @@ class ChannelConsumer(Consumer):
                     break
                 payload, channel = self._queue.popleft()
                 self._queued_bytes -= len(payload)
-            self._handle(self._delivery(payload, channel))  # gives the slot back
+            try:
+                self._handle(self.delivery(payload, channel))
+            finally:
+                self._slots.release()
         else:  # more may be waiting: behind other subscribers' turns
             self._submit()
             return
@@ -200,7 +231,23 @@ class ChannelConsumer(Consumer):
                 "%s caught up after dropping %d message(s)", self.name, caught_up
             )
 
-    def _delivery(self, payload: bytes, channel: bytes) -> Delivery:
+    def _handle(self, delivery: Delivery) -> None:
+        """Process one message and send what it produced. Never raises."""
+        try:
+            done = self.processor.run(delivery)
+            if done.commands:  # nobody waits: a failure is logged
+                self._backend.post(
+                    done.commands,
+                    atomic=done.atomic,
+                    what=f"the replies or acks of {self.name}",
+                )
+        except RedisRPCError as exc:  # Redis went away: the hub says so too
+            logger.warning("%s could not send the reply or ack: %s", self.name, exc)
+        except Exception:
+            logger.exception("%s could not send the reply or ack", self.name)
+
+    def delivery(self, payload: bytes, channel: bytes) -> Delivery:
+        """The delivery of *payload*, which arrived on *channel*."""
         if not self.template.names:
             return Delivery(payload)
         name = channel.decode(errors="replace")
@@ -209,14 +256,6 @@ class ChannelConsumer(Consumer):
             where=f"a message on {name[:200]!r}",
             path=self.template.values(name),
         )
-
-    def _open(self) -> None:  # pragma: no cover - the hub subscribes for us
-        raise NotImplementedError
-
-    def _fetch(
-        self, timeout: float, count: int
-    ) -> list[Delivery]:  # pragma: no cover - the hub reads for us
-        raise NotImplementedError
 
 
 class ChannelHub:
@@ -236,7 +275,7 @@ class ChannelHub:
     name = "redis_rpc:channels"  # of its thread, and in start() errors
 
     def __init__(
-        self, connection: Connection, *, poll_interval: float, max_workers: int
+        self, connection: Backend, *, poll_interval: float, max_workers: int
     ) -> None:
         """*max_workers*: how many handlers the subscribers may run at once, in all."""
         self.ready = threading.Event()
@@ -306,7 +345,7 @@ class _Line:
 
     def __init__(
         self,
-        connection: Connection,
+        connection: Backend,
         shard: str | None,
         *,
         name: str,

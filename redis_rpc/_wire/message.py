@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import cattrs
 
-from redis_rpc import _codec, _convert
+from redis_rpc._wire import codec, convert
 from redis_rpc.errors import MessageTooLargeError, ValidationError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ _PROTOCOL_HEADERS = frozenset(
 )
 
 # Used only by messages built outside a broker; never mutated.
-_DEFAULT_CONVERTER = _convert.make_converter()
+_DEFAULT_CONVERTER = convert.make_converter()
 # The path of a message without path parameters: shared, so read-only.
 _NO_PATH: Mapping[str, str] = types.MappingProxyType({})
 
@@ -122,7 +122,7 @@ class RedisMessage:
                 not one, or is an envelope whose headers a frame could not hold.
         """
         check_size(payload, max_size, "The message")
-        body, headers = _codec.decode_payload(payload)
+        body, headers = codec.decode_payload(payload)
         return cls._from_parts(body, headers, converter, path)
 
     @classmethod
@@ -133,7 +133,7 @@ class RedisMessage:
         error reply. An envelope or raw payload is not parsed at all and gives
         a message without headers, so without anyone to reply to.
         """
-        return cls._from_parts(b"", _codec.frame_headers(payload, _PROTOCOL_HEADERS))
+        return cls._from_parts(b"", codec.frame_headers(payload, _PROTOCOL_HEADERS))
 
     @classmethod
     def _from_parts(
@@ -188,12 +188,12 @@ class RedisMessage:
         """
         if into is bytes:
             return self.body
-        value = _codec.decode_body(self.body, self.content_type)
+        value = codec.decode_body(self.body, self.content_type)
         if into is None:
             return value
         if not self.body and self.content_type is None:
             value = None
-        return _convert.structure(converter or self._converter, value, into)
+        return convert.structure(converter or self._converter, value, into)
 
     def error_details(self) -> dict[str, Any] | None:
         """What an error reply reports, as ``RemoteError``'s keywords; ``None`` for a normal reply.
@@ -286,7 +286,7 @@ def build_frame(
     Raises:
         TypeError: The body or a header cannot be encoded.
     """
-    return _codec.encode_frame(
+    return codec.encode_frame(
         *frame_parts(
             body,
             correlation_id=correlation_id,
@@ -313,9 +313,9 @@ def frame_parts(
         TypeError: The body cannot be encoded.
     """
     if body is None or isinstance(body, (bytes, str)):
-        data, content_type = _codec.encode_body(body)
+        data, content_type = codec.encode_body(body)
     else:  # always JSON, even when it unstructures to a str (a datetime, an enum)
-        data, content_type = _codec.encode_json(_convert.unstructure(converter, body))
+        data, content_type = codec.encode_json(convert.unstructure(converter, body))
     all_headers = {CORRELATION_ID: correlation_id}
     if content_type:
         all_headers[CONTENT_TYPE] = content_type
@@ -372,7 +372,7 @@ def build_error_frame(
 
     See ``error_frame_parts()``.
     """
-    return _codec.encode_frame(
+    return codec.encode_frame(
         *error_frame_parts(
             error, correlation_id=correlation_id, traceback=traceback, brief=brief
         )
@@ -407,7 +407,7 @@ def error_frame_parts(
         "errors": errors[:_MAX_ERRORS],
         "traceback": None if traceback is None else traceback[-_TRACEBACK_CHARS:],
     }
-    data, content_type = _codec.encode_body(details)
+    data, content_type = codec.encode_body(details)
     return data, {
         CORRELATION_ID: correlation_id,
         CONTENT_TYPE: content_type or "",

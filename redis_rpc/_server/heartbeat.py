@@ -20,12 +20,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-import attrs
-
 from redis_rpc.errors import RedisRPCError
 
 if TYPE_CHECKING:
-    from redis_rpc._redis import Connection
+    from redis_rpc._io.interfaces import Admin, Beat
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +35,14 @@ _BEATS_PER_TTL = 3
 _MAX_INTERVAL = 1.0
 
 
-@attrs.frozen
-class Beat:
-    """One key to keep alive.
-
-    Attributes:
-        alive: The key that exists while the consumer is alive.
-        ttl: Seconds *alive* lives after each refresh.
-        registry: A set that lists every consumer that beats, so that live
-            consumers know whose missing key means death.
-        member: The consumer's name in *registry*.
-    """
-
-    alive: str
-    ttl: float
-    registry: str
-    member: str
-
-
 class Heartbeat:
     """Refreshes the heartbeat keys of a broker's consumers on the thread ``redis_rpc:heartbeat``.
 
     Safe to use from any number of threads at once.
     """
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
         self._lock = threading.Lock()  # guards _beats and _thread
         self._beats: dict[object, Beat] = {}
         self._thread: threading.Thread | None = None
@@ -80,7 +60,7 @@ class Heartbeat:
         Raises:
             RedisRPCError: The first beat failed; nothing was registered.
         """
-        self._connection.heartbeat([beat])
+        self._admin.heartbeat([beat])
         with self._lock:
             self._beats[owner] = beat
             thread = None
@@ -117,7 +97,7 @@ class Heartbeat:
             with self._lock:
                 beats = list(self._beats.values())
             try:
-                self._connection.heartbeat(beats)
+                self._admin.heartbeat(beats)
             # The thread must outlive any error, or every consumer looks dead.
             except Exception as exc:
                 if not failing:

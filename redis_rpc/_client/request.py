@@ -1,0 +1,386 @@
+"""What ``publish()`` and ``request()`` do once the broker has let them through.
+
+``Caller`` runs the hooks around each call and counts it per
+destination, builds the frame (the body, our protocol headers, the
+signature), checks its size and sends it through a ``Connection``. For a
+request it also takes a reply channel and a nonce from the
+``ReplyListener``, tells the server when the caller stops waiting, waits,
+and turns what came back, or did not, into the reply or the exception
+that says what happened. A request made from inside a handler never waits
+past the deadline of that handler's own caller (``nested_timeout()``).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from typing import TYPE_CHECKING, Any
+
+from redis_rpc import _context
+from redis_rpc._client.listener import Sent
+from redis_rpc._hooks import (
+    MAX_COUNTED_DESTINATIONS,
+    OTHER_DESTINATIONS,
+    DestinationCounter,
+    Event,
+    around,
+    outcome_of,
+)
+from redis_rpc._io.commands import Publish, send_command
+from redis_rpc._wire.glob import matches
+from redis_rpc._wire.message import (
+    ACCEPT_ERRORS,
+    DEADLINE,
+    NONCE,
+    REPLY_SHARD,
+    REPLY_TO,
+    RedisMessage,
+    check_size,
+    frame_parts,
+    new_correlation_id,
+)
+from redis_rpc._wire.schemas import PubSub, subscription
+from redis_rpc._wire.signing import signed_frame
+from redis_rpc.errors import (
+    BrokerStateError,
+    NoSubscriberError,
+    RedisConnectionError,
+    RemoteError,
+    RequestTimeoutError,
+    SetupError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Mapping, Sequence
+
+    import cattrs
+
+    from redis_rpc._client.listener import ReplyListener
+    from redis_rpc._hooks import DestinationStats, Hook
+    from redis_rpc._io.interfaces import Connection
+    from redis_rpc._wire.schemas import Destination
+
+
+class Caller:
+    """Sends requests and events for one broker. Safe to use from any number of threads at once.
+
+    Args:
+        converter: Unstructures bodies and structures replies.
+        signing_key: Signs what is sent, and checks the replies.
+        max_message_size: The longest frame sent or reply taken, in bytes.
+        start_timeout: How long a request with no timeout waits for the
+            reply subscription to come up.
+        hooks: Run around every publish and request.
+    """
+
+    def __init__(
+        self,
+        *,
+        converter: cattrs.Converter,
+        signing_key: bytes | None,
+        max_message_size: int | None,
+        start_timeout: float,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        self._converter = converter
+        self._signing_key = signing_key
+        self._max_message_size = max_message_size
+        self._start_timeout = start_timeout
+        self._hooks = tuple(hooks)
+        # What publish() and request() did, by destination; see stats().
+        self._destinations: dict[str, DestinationCounter] = {}
+
+    def stats(self) -> dict[str, DestinationStats]:
+        """What was sent, by destination."""
+        return {
+            key: counter.snapshot() for key, counter in list(self._destinations.items())
+        }
+
+    def _counter(self, target: Destination) -> DestinationCounter:
+        key = str(target)
+        counter = self._destinations.get(key)
+        if counter is None:
+            if len(self._destinations) >= MAX_COUNTED_DESTINATIONS:
+                key = OTHER_DESTINATIONS  # so many names: count the rest together
+            counter = self._destinations.setdefault(key, DestinationCounter())
+        return counter
+
+    def publish(
+        self,
+        connection: Connection,
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        reply_to: str,
+        maxlen: int | None,
+        timeout: float | None,
+    ) -> int | str:
+        """Send *body* to *target* through *connection*; see ``RedisBroker.publish()``."""
+        counter = self._counter(target)
+        if not self._hooks:
+            result = self._publish(
+                connection,
+                body,
+                target,
+                headers,
+                correlation_id,
+                reply_to,
+                maxlen,
+                timeout,
+            )
+            counter.published()
+            return result
+        # Picked here rather than in _publish(), so that hooks see it.
+        correlation_id = correlation_id or new_correlation_id()
+        event = Event("publish", str(target), dict(headers or {}), correlation_id)
+        result = around(
+            self._hooks,
+            event,
+            lambda: self._publish(
+                connection,
+                body,
+                target,
+                event.headers,
+                correlation_id,
+                reply_to,
+                maxlen,
+                timeout,
+            ),
+        )
+        counter.published()
+        return result
+
+    def request(
+        self,
+        connection: Connection,
+        listener: Callable[[], ReplyListener],
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        timeout: float | None,
+        fail_fast: bool,
+        own: Collection[object],
+    ) -> RedisMessage:
+        """Send a request to *target* and wait for its reply; see ``RedisBroker.request()``.
+
+        *listener* returns the broker's reply listener, started on first
+        use. *own* are the broker's processors: a handler of theirs may
+        not request its own single-worker subscriber.
+        """
+        counter = self._counter(target)
+        if not self._hooks:
+            started = time.monotonic()
+            try:
+                reply = self._request(
+                    connection,
+                    listener,
+                    body,
+                    target,
+                    headers,
+                    correlation_id,
+                    timeout,
+                    fail_fast,
+                    own,
+                )
+            except BaseException as exc:
+                counter.requested(outcome_of(exc), time.monotonic() - started)
+                raise
+            counter.requested("ok", time.monotonic() - started)
+            return reply
+        correlation_id = correlation_id or new_correlation_id()  # for the hooks to see
+        event = Event("request", str(target), dict(headers or {}), correlation_id)
+
+        def call() -> RedisMessage:
+            event.message = self._request(
+                connection,
+                listener,
+                body,
+                target,
+                event.headers,
+                correlation_id,
+                timeout,
+                fail_fast,
+                own,
+            )
+            return event.message
+
+        try:
+            return around(self._hooks, event, call)
+        finally:
+            counter.requested(event.outcome, event.duration)
+
+    def _publish(
+        self,
+        connection: Connection,
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        reply_to: str,
+        maxlen: int | None,
+        timeout: float | None,
+    ) -> int | str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        frame = signed_frame(
+            *frame_parts(
+                body,
+                correlation_id=correlation_id or new_correlation_id(),
+                reply_to=reply_to,
+                headers=headers,
+                converter=self._converter,
+            ),
+            self._signing_key,
+        )
+        check_size(frame, self._max_message_size, "The message")
+        result = connection.execute(
+            send_command(target, frame, maxlen), deadline=deadline
+        )
+        return result.decode() if isinstance(result, bytes) else int(result)
+
+    def _request(
+        self,
+        connection: Connection,
+        listener_of: Callable[[], ReplyListener],
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        timeout: float | None,
+        fail_fast: bool,
+        own: Collection[object],
+    ) -> RedisMessage:
+        timeout = nested_timeout(target, timeout, own)
+        if headers and REPLY_TO in headers:
+            msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
+            raise SetupError(msg)
+        correlation_id = correlation_id or new_correlation_id()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ours = {ACCEPT_ERRORS: "1"}
+        if timeout is not None:  # the server's clock: Unix time, to the millisecond
+            ours[DEADLINE] = f"{time.time() + timeout:.3f}"
+        listener = listener_of()
+
+        def timed_out(msg: str) -> RequestTimeoutError:
+            return RequestTimeoutError(
+                msg,
+                destination=str(target),
+                correlation_id=correlation_id,
+                timeout=timeout or 0.0,
+            )
+
+        if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
+            msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
+            raise timed_out(msg)
+        reply_to, ours[NONCE], future = listener.register(correlation_id)
+        if listener.reply_shard is not None:
+            ours[REPLY_SHARD] = listener.reply_shard
+        try:
+            frame = signed_frame(
+                *frame_parts(
+                    body,
+                    correlation_id=correlation_id,
+                    reply_to=reply_to,
+                    headers={**headers, **ours} if headers else ours,
+                    converter=self._converter,
+                ),
+                self._signing_key,
+            )
+            check_size(frame, self._max_message_size, "The request")
+            command = send_command(target, frame)
+
+            def unheard() -> NoSubscriberError:
+                msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
+                return NoSubscriberError(msg, destination=str(target))
+
+            # On a channel, Redis' answer says whether anybody got it.
+            # In a cluster, Redis counts the subscribers of one node only.
+            counted = (
+                fail_fast
+                and isinstance(command, Publish)
+                and (command.sharded or not connection.cluster)
+            )
+            sent = Sent(listener, reply_to, unheard if counted else None)
+            try:
+                try:  # a failure to send fails the future, and is in sent.error
+                    connection.send(command, deadline=deadline, outcome=sent)
+                except RedisConnectionError as exc:
+                    sent.error = exc
+                    raise
+                payload = future.result(
+                    None if deadline is None else max(0.0, deadline - time.monotonic())
+                )
+            except RedisConnectionError as exc:
+                # Only a failure to send; a lost reply subscription stays as it is.
+                if deadline is None or exc.reason != "timeout" or exc is not sent.error:
+                    raise
+                outcome = (
+                    "may have been delivered" if exc.maybe_applied else "was not sent"
+                )
+                msg = f"Redis did not take the request to {target} within {timeout} s, so it {outcome} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
+                raise timed_out(msg) from exc
+        except FutureTimeoutError:
+            msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
+            raise timed_out(msg) from None
+        finally:
+            listener.discard(reply_to)
+        check_size(payload, self._max_message_size, "The reply")
+        reply = RedisMessage.from_payload(payload, self._converter)
+        error = reply.error_details()
+        if error is not None:
+            raise RemoteError(
+                **error, destination=str(target), correlation_id=correlation_id
+            )
+        return reply
+
+
+def nested_timeout(
+    target: Destination, timeout: float | None, own: Collection[object]
+) -> float | None:
+    """The timeout of a request made from inside a handler: never past its caller's deadline.
+
+    Raises:
+        BrokerStateError: The request goes to the calling handler's own
+            subscriber, whose only worker is the calling thread.
+        RequestTimeoutError: The message being handled has expired.
+    """
+    running = _context.current()
+    if running is None or running.message is None:
+        return timeout
+    message, source = running.message, running.source
+    if (
+        running.owner in own
+        and running.max_workers == 1
+        and type(source) is type(target)
+        and (
+            _reaches(source, target.name)
+            if isinstance(source, PubSub)
+            else source.name == target.name
+        )
+    ):
+        msg = f"Cannot request {target} from inside its own handler: its only worker is the calling thread, so this process could not answer before the timeout. Call the function directly, or give that subscriber max_workers=2 or more."
+        raise BrokerStateError(msg)
+    if message.deadline is None:
+        return timeout
+    remaining = message.deadline - time.time()
+    if remaining <= 0:
+        msg = f"No time left to request {target}: the caller of the message being handled (correlation_id={message.correlation_id[:100]!r}) stopped waiting {-remaining:.3f} s ago."
+        raise RequestTimeoutError(
+            msg,
+            destination=str(target),
+            correlation_id=message.correlation_id,
+            timeout=0.0 if timeout is None else timeout,
+        )
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+def _reaches(source: PubSub, channel: str) -> bool:
+    """Whether a message published to *channel* reaches a subscriber of *source*."""
+    template = subscription(source)
+    assert template is not None  # a channel always has one
+    if template.names:
+        return bool(template.values(channel))
+    if source.pattern:
+        return matches(template.subscription, channel)
+    return channel == template.subscription

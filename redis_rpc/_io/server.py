@@ -1,0 +1,247 @@
+"""``RedisBackend``: one Redis server, or the master that Redis Sentinel names."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from redis_rpc._io import sentinel
+from redis_rpc._io.admin import RedisAdmin
+from redis_rpc._io.commands import grouped, words
+from redis_rpc._io.errors import checked, map_errors, results
+from redis_rpc._io.link import RedisLink
+from redis_rpc._io.pipe import Pipe, Posted
+from redis_rpc._io.reader import RedisReader
+from redis_rpc._io.subscription import SUBSCRIPTION_OPTIONS, RedisSubscription
+from redis_rpc.errors import SetupError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from redis_rpc._io.commands import Args, Command
+    from redis_rpc._io.interfaces import Outcome
+
+logger = logging.getLogger(__name__)
+
+# How long close() lets the pipe write what callers queued before it stops.
+PIPE_FLUSH_TIMEOUT = 2.0
+
+
+class RedisBackend:
+    """The connections to one Redis server, in bytes mode.
+
+    Safe to use from any number of threads at once. ``execute()``,
+    ``execute_many()``, ``post()`` and ``send()`` share one connection
+    through the pipe (see ``_io.pipe``); each consumer's blocking reads
+    have a connection of their own (``reader()``); scripts and the rest
+    borrow a connection from redis-py's pool for the duration of each call.
+    Implements ``_io.interfaces.Backend``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float,
+        health_check_interval: float,
+        options: dict[str, Any],
+    ) -> None:
+        self._health_check_interval = health_check_interval
+        options = {
+            "socket_connect_timeout": 5.0,
+            **options,
+            "socket_timeout": socket_timeout,
+        }
+        try:
+            if sentinel.is_sentinel_url(url):
+                self._client = sentinel.client(url, options)
+            else:
+                self._client = redis.Redis.from_url(url, **options)
+        except (
+            TypeError,
+            ValueError,
+        ) as exc:  # redis-py's messages never repeat the URL
+            msg = f"Cannot use that Redis URL or those options: {str(exc).strip().rstrip('.')}."
+            raise SetupError(msg) from exc
+        # What the pool will really use: the URL's query options override keywords.
+        pool = self._client.connection_pool
+        kwargs = pool.connection_kwargs
+        check_options(pool.connection_class, kwargs)
+        if kwargs.get("decode_responses"):
+            msg = "decode_responses=True would corrupt binary frames; leave it unset."
+            raise SetupError(msg)
+        self.socket_timeout: float = kwargs.get("socket_timeout") or float("inf")
+        # Never the URL itself: it may carry a password.
+        self.address = sentinel.address(pool) or (
+            f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+        )
+        self.admin = RedisAdmin(lambda: self._client, self.address)
+        self._pipe = self._new_pipe()
+
+    def _new_pipe(self) -> Pipe:
+        pool = self._client.connection_pool
+        return Pipe(lambda: RedisLink.open(pool, self.address), address=self.address)
+
+    def _deadline(self, deadline: float | None) -> float:
+        # Without one of the caller's, as long as one command may take.
+        return time.monotonic() + self.socket_timeout if deadline is None else deadline
+
+    def execute(self, command: Command, *, deadline: float | None = None) -> Any:
+        """Run one command through the pipe; return what Redis answered.
+
+        Args:
+            deadline: A ``time.monotonic()`` time to give up by; by default
+                ``socket_timeout`` from now.
+
+        Raises:
+            RedisConnectionError: Not done by *deadline*, or the connection
+                failed; ``maybe_applied`` says whether it may have run.
+            RedisCommandError: Redis refused the command.
+        """
+        (reply,) = self._pipe.submit([words(command)], self._deadline(deadline))
+        return checked(reply, self.address)
+
+    def execute_many(
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        deadline: float | None = None,
+    ) -> list[Any]:
+        """Run several commands in one write through the pipe; in a ``MULTI`` when *atomic*.
+
+        Raises:
+            RedisConnectionError: As for ``execute()``.
+            RedisCommandError: Redis refused one of the commands (the
+                first refusal is raised; without *atomic*, the others ran).
+        """
+        group = grouped(commands, atomic=atomic)
+        replies = self._pipe.submit(group, self._deadline(deadline))
+        return results(
+            replies, transaction=len(group) > len(commands), address=self.address
+        )
+
+    def post(
+        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+    ) -> None:
+        """Send *commands* in one write through the pipe, without waiting for the replies.
+
+        A failure or a refusal is logged, as concerning *what*.
+
+        Raises:
+            RedisConnectionError: Not sent: Redis is known to be down, or
+                the pipe's queue stayed full for ``socket_timeout``.
+        """
+        self.post_args(grouped(commands, atomic=atomic), what=what)
+
+    def post_args(self, commands: list[Args], *, what: str) -> None:
+        """``post()`` for commands already spelled out as words."""
+        self._pipe.post(commands, self._deadline(None), Posted(what))
+
+    def send(
+        self, command: Command, *, deadline: float | None, outcome: Outcome
+    ) -> None:
+        """Send *command* through the pipe without waiting; *outcome* hears how it went.
+
+        Raises:
+            RedisConnectionError: Not sent: Redis is known to be down, or
+                the pipe's queue stayed full until *deadline*.
+        """
+        self._pipe.post([words(command)], self._deadline(deadline), outcome, own=True)
+
+    def reader(self) -> RedisReader:
+        """A connection for one consumer thread's blocking reads; see ``RedisReader``."""
+        route = (self._client.connection_pool, self.address)
+        return RedisReader(lambda _command: route)
+
+    # Whether this is a Redis Cluster, whose keys live on several nodes.
+    cluster = False
+
+    def companion(self, key: str, suffix: str) -> str:
+        """The name of a key that goes with *key* (a list's processing list, a stream's dead letters)."""
+        return key + suffix
+
+    def rides(
+        self, commands: Sequence[Command], key: str | None, *, atomic: bool
+    ) -> bool:
+        """Whether *commands* may go with a consumer's next blocking read on *key*."""
+        return True
+
+    def settle(self, commands: list[Args], replies: list[object], what: str) -> None:
+        """Check the *replies* to *commands* sent for *what* without waiting: log a failure."""
+        Posted(what).set_result(replies)
+
+    @property
+    def used(self) -> bool:
+        """Whether this connection opened a socket or started a thread of ours."""
+        return self._pipe.used
+
+    def after_fork(self) -> None:
+        """Drop the parent's pipe in a forked child; the next command opens another."""
+        self._pipe.abandon()
+        self._pipe = self._new_pipe()
+
+    def ping(self) -> None:
+        with map_errors(self.address):
+            self._client.ping()
+
+    def server_version(self) -> str:
+        """The ``redis_version`` that ``INFO server`` reports, or ``"unknown"``."""
+        with map_errors(self.address):
+            info = self._client.info("server")
+        return str(info.get("redis_version", "unknown"))
+
+    def subscription(self, shard: str | None = None) -> RedisSubscription:
+        """A new Pub/Sub connection, to be owned by the calling thread; it connects on first use.
+
+        *shard*: a sharded channel it is for; in a cluster, its slot's master.
+        """
+        pool = self._client.connection_pool
+        connection = pool.connection_class(
+            **{**pool.connection_kwargs, **SUBSCRIPTION_OPTIONS}
+        )
+        return RedisSubscription(
+            connection,
+            self.address,
+            health_check_interval=self._health_check_interval,
+            socket_timeout=self.socket_timeout,
+        )
+
+    def close(self) -> None:
+        """Write what the pipe holds and close it, then close the idle connections.
+
+        A connection still borrowed by an overrunning handler is left to
+        that thread rather than cut under it.
+        """
+        if not self._pipe.close(PIPE_FLUSH_TIMEOUT):
+            logger.warning("The Redis writer thread did not stop in time")
+        try:
+            with map_errors(self.address):
+                self._client.connection_pool.disconnect(inuse_connections=False)
+        finally:
+            sentinel.close(self._client.connection_pool)
+
+
+def check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse an option the connections would reject, now rather than on first use.
+
+    redis-py keeps unknown keywords and URL query options until it opens a
+    connection, and then fails with a bare ``TypeError``. Building a
+    connection object opens no socket, so it is a cheap, exact check.
+
+    Raises:
+        SetupError: An option is unknown to the connection class.
+    """
+    try:
+        connection_class(**kwargs)
+    except TypeError as exc:
+        hint = (
+            " For TLS, use a rediss:// URL."
+            if "ssl" in str(exc)
+            else " Check its spelling against redis.Redis()."
+        )
+        msg = f"Unknown Redis option, given as a keyword or in the URL's query ({str(exc).strip().rstrip('.')}).{hint}"
+        raise SetupError(msg) from exc

@@ -1,0 +1,419 @@
+"""The processing of one message: what to send for it, whatever carried it.
+
+``Processor.run()`` takes a ``Delivery`` (a message as taken out of Redis)
+and returns the commands to send: the reply (or an error reply, to a
+caller that understands one), the results for ``@broker.publisher``
+destinations, the acknowledgement, or a dead letter. In between it checks
+the size, parses the frame, checks the signature and the caller's deadline,
+works out the handler's arguments and calls the handler inside the hooks.
+It sends nothing and owns no thread: the list and stream consumers
+(``_server.fetch``), the channel consumers (``_server.channels``) and
+``TestRedisBroker`` (``_memory``) each run it and send what it returns
+their own way. What a transport does with a failure (retry, dead letter)
+is its ``Settlement``'s to say.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import types
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from redis_rpc import _context
+from redis_rpc._hooks import Event, SubscriberCounter, around
+from redis_rpc._io.commands import Publish, RPush, XAdd, send_command
+from redis_rpc._wire.message import (
+    NONCE,
+    RedisMessage,
+    RedisResponse,
+    Response,
+    check_size,
+    error_frame_parts,
+    frame_parts,
+)
+from redis_rpc._wire.signing import check_request, signed_frame
+from redis_rpc.errors import MessageDecodeError, MessageTooLargeError, ValidationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from redis_rpc._hooks import Hook
+    from redis_rpc._io.commands import Command
+    from redis_rpc._server.handler import Handler
+    from redis_rpc._wire.schemas import Destination
+
+logger = logging.getLogger(__name__)
+
+# What hooks add to a reply when there are none, or when none added anything.
+_NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
+
+
+@attrs.frozen
+class Subscriber:
+    """A handler registered for one source, as declared by ``@broker.subscriber``."""
+
+    source: Destination
+    handler: Handler
+    no_reply: bool
+    max_workers: int
+    publishers: tuple[Destination, ...] = ()
+
+
+@attrs.frozen
+class Policy:
+    """What the broker decides for all its subscribers."""
+
+    max_message_size: int | None = None
+    send_tracebacks: bool = False
+    # Incoming requests and events must be signed with it, and all we send is.
+    signing_key: bytes | None = attrs.field(default=None, kw_only=True, repr=False)
+    # Run around every handler call; see _hooks.
+    hooks: tuple[Hook, ...] = attrs.field(default=(), kw_only=True)
+    # Whether replies may go to a caller's sharded reply channel (a cluster).
+    cluster: bool = attrs.field(default=False, kw_only=True)
+
+
+@attrs.frozen
+class Delivery:
+    """One message taken out of Redis, and how to acknowledge it, if at all.
+
+    Attributes:
+        payload: The message as stored.
+        ack: The command that settles it once it is done with, if any.
+        where: Where to find it again in a log line, such as ``"entry 1-0"``.
+        deliveries: How many times it has been handed to a consumer, this one included.
+        path: The values of the channel template's placeholders, if any
+            (see ``RedisMessage.path``).
+        slot: Whether it holds one of its consumer's worker slots; one read
+            ahead of the free workers (``ListSub(prefetch=...)``) takes one
+            before it starts.
+    """
+
+    payload: bytes
+    ack: Command | None = None
+    where: str = ""
+    deliveries: int = 1
+    path: Mapping[str, str] | None = None
+    slot: bool = True
+
+
+class Settlement(Protocol):
+    """What a transport does with a message that failed; lists and streams differ."""
+
+    def can_retry(self, delivery: Delivery) -> bool:
+        """Whether leaving *delivery* unsettled gets it delivered again."""
+
+    def dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
+        """The commands that set aside a message that will never succeed."""
+
+
+class AckOnly:
+    """The settlement of a transport that keeps nothing to retry: a failed message is only acknowledged."""
+
+    def can_retry(self, delivery: Delivery) -> bool:
+        return False
+
+    def dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
+        return [] if delivery.ack is None else [delivery.ack]
+
+
+@attrs.frozen
+class Processed:
+    """What ``Processor.run()`` decided for one message.
+
+    Attributes:
+        commands: What to send, in order.
+        atomic: Whether they must run as one transaction (a dead letter
+            and its acknowledgement).
+        outcome: For the counters: ``"handled"``, ``"failed"``,
+            ``"rejected"`` (unreadable or invalid), ``"refused"`` (bad
+            signature) or ``"expired"`` (its caller had stopped waiting).
+        dead: Whether it moved to a dead-letter list or stream.
+        seconds: Spent in the handler.
+    """
+
+    commands: list[Command]
+    atomic: bool = False
+    outcome: str = "rejected"
+    dead: bool = False
+    seconds: float = 0.0
+
+
+class Processor:
+    """Processes the messages of one subscriber. Safe to use from any number of threads at once.
+
+    Args:
+        subscriber: The handler and what it was declared with.
+        policy: The broker's limits, signing key, hooks and topology.
+        settlement: What the transport does with a failed message.
+        name: Names the subscriber in log lines, as its thread is named.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        policy: Policy,
+        settlement: Settlement | None = None,
+        *,
+        name: str,
+    ) -> None:
+        self.subscriber = subscriber
+        self.name = name
+        self._policy = policy
+        self._settlement = settlement or AckOnly()
+        self.counter = SubscriberCounter()  # read by broker.stats()
+        # What each thread running a handler is busy with, by thread id,
+        # for the warning about handlers that overrun close(). Each thread
+        # writes only its own key.
+        self._busy: dict[int, str] = {}
+
+    def busy(self) -> list[str]:
+        """What the handlers still running are busy with, one line each."""
+        return list(self._busy.values())
+
+    def run(self, delivery: Delivery) -> Processed:
+        """Process *delivery* on the calling thread, counting it; never raises but for a bug.
+
+        The thread counts as running this handler meanwhile (see
+        ``_context``); what it ran before is restored after, so calls
+        nest, as when a handler's own ``request()`` is handled in memory.
+        """
+        before = _context.enter(
+            _context.Running(self, self.subscriber.source, self.subscriber.max_workers)
+        )
+        self.counter.started()
+        done = Processed([])
+        try:
+            done = self._process(delivery)
+            return done
+        finally:
+            self.counter.finished(done.outcome, dead=done.dead, seconds=done.seconds)
+            self._busy.pop(threading.get_ident(), None)
+            _context.leave(before)
+
+    def _process(self, delivery: Delivery) -> Processed:
+        settle = [] if delivery.ack is None else [delivery.ack]
+        handler = self.subscriber.handler
+        try:  # the size comes first: an oversized payload is never parsed
+            message = RedisMessage.from_payload(
+                delivery.payload,
+                handler.converter,
+                max_size=self._policy.max_message_size,
+                path=delivery.path,
+            )
+        except MessageTooLargeError as exc:
+            message = RedisMessage.from_frame_headers(delivery.payload)
+            self._log_rejected(delivery, message, exc)
+            # With a key, an unverified reply_to gets nothing: it may not be the sender's.
+            reply = [] if self._policy.signing_key else self._error_reply(message, exc)
+            return self._set_aside(delivery, exc, reply)
+        except Exception as exc:  # noqa: BLE001 - unreadable, so no reply_to to answer on
+            self._log_rejected(delivery, None, exc)
+            return self._set_aside(delivery, exc, [])
+        logger.debug("%s received %r", self.name, message)
+        key = self._policy.signing_key
+        if key is not None and (problem := check_request(delivery.payload, key)):
+            # No reply: its reply_to is as untrusted as the rest of it.
+            logger.warning(
+                "%s refused %s (correlation_id=%r): %s",
+                self.name,
+                delivery.where or "a message",
+                message.correlation_id,
+                problem,
+            )
+            return Processed(settle, outcome="refused")
+        if message.deadline is not None and message.deadline < time.time():
+            logger.warning(
+                "%s skipped %s (correlation_id=%r): its caller stopped waiting %.3f s ago",
+                self.name,
+                delivery.where or "a request",
+                message.correlation_id,
+                time.time() - message.deadline,
+            )
+            return Processed(settle, outcome="expired")
+        try:
+            args, kwargs = handler.arguments(message)
+        except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
+            self._log_rejected(delivery, message, exc)
+            return self._set_aside(delivery, exc, self._error_reply(message, exc))
+        return self._call(delivery, message, args, kwargs, settle)
+
+    def _call(
+        self,
+        delivery: Delivery,
+        message: RedisMessage,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        settle: list[Command],
+    ) -> Processed:
+        """Call the handler inside the hooks, and build what it produced."""
+        handler = self.subscriber.handler
+        _context.handling(message)  # for request() from inside the handler
+        self._busy[threading.get_ident()] = (
+            f"handler {handler.name} on {delivery.where or self.subscriber.source}"
+            f" (correlation_id={message.correlation_id[:100]!r}, since {time.strftime('%H:%M:%S')})"
+        )
+        began = time.monotonic()
+        seconds: float | None = None  # in the handler; None while it runs
+        reply_headers: dict[str, str] = {}
+        try:
+            if self._policy.hooks:
+                event = Event(
+                    "process",
+                    str(self.subscriber.source),
+                    dict(message.headers),
+                    message.correlation_id,
+                    message,
+                    reply_headers=reply_headers,
+                )
+                result = around(
+                    self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
+                )
+            else:
+                result = handler.func(*args, **kwargs)
+            seconds = time.monotonic() - began
+            commands = self._outgoing(message, result, reply_headers) + settle
+            return Processed(commands, outcome="handled", seconds=seconds)
+        except BaseException as exc:  # even SystemExit must not end the thread
+            if seconds is None:  # the handler raised, not _outgoing()
+                seconds = time.monotonic() - began
+            logger.exception(
+                "Handler %s failed on %s from %s (correlation_id=%r, delivery %d)",
+                handler.name,
+                delivery.where or "a message",
+                self.subscriber.source,
+                message.correlation_id,
+                delivery.deliveries,
+            )
+            reply = self._error_reply(message, exc)
+            if reply:  # the caller has its answer: retrying would help nobody
+                return Processed(reply + settle, outcome="failed", seconds=seconds)
+            if self._settlement.can_retry(delivery):  # left unsettled, to come again
+                return Processed([], outcome="failed", seconds=seconds)
+            done = self._set_aside(delivery, exc, [])
+            return attrs.evolve(done, outcome="failed", seconds=seconds)
+
+    def _set_aside(
+        self, delivery: Delivery, error: BaseException, reply: list[Command]
+    ) -> Processed:
+        """*reply*, then the transport's dead letter for a message that will never succeed."""
+        dead_letter = self._settlement.dead_letter(delivery, error)
+        dead = any(isinstance(c, (RPush, XAdd)) for c in dead_letter)
+        return Processed(reply + dead_letter, atomic=True, dead=dead)
+
+    def _log_rejected(
+        self, delivery: Delivery, message: RedisMessage | None, error: Exception
+    ) -> None:
+        logger.warning(
+            "%s rejected %s (correlation_id=%r, %d bytes, starting %r): %s",
+            self.name,
+            delivery.where or "a message",
+            "" if message is None else message.correlation_id,
+            len(delivery.payload),
+            delivery.payload[:32],
+            error,
+        )
+
+    def _error_reply(
+        self, message: RedisMessage, error: BaseException
+    ) -> list[Command]:
+        """An error reply, if the caller understands one; FastStream callers get none."""
+        if (
+            not (message.reply_to and message.accepts_errors)
+            or self.subscriber.no_reply
+        ):
+            return []
+        limit = self._policy.max_message_size
+        tb = traceback.format_exc() if self._policy.send_tracebacks else None
+        for brief in (False, True):  # say less rather than nothing, but never too much
+            try:
+                frame = signed_frame(
+                    *error_frame_parts(
+                        error,
+                        correlation_id=message.correlation_id,
+                        traceback=None if brief else tb,
+                        brief=brief,
+                    ),
+                    self._policy.signing_key,
+                    reply_to_nonce=message.nonce or None,
+                )
+            except (TypeError, ValueError):  # a header the frame format cannot hold
+                continue
+            if limit is None or len(frame) <= limit:
+                return [self._reply(message, frame)]
+        logger.warning(
+            "%s could not fit an error reply to %r within max_message_size",
+            self.name,
+            message.correlation_id[:100],
+        )
+        return []
+
+    def _outgoing(
+        self,
+        message: RedisMessage,
+        result: Any,
+        extra_headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> list[Command]:
+        """The reply and the results for publishers; *extra_headers* are the hooks'."""
+        reply = bool(message.reply_to) and not self.subscriber.no_reply
+        if not (reply or self.subscriber.publishers):
+            return []
+        response = result if isinstance(result, Response) else Response(result)
+        maxlen = response.maxlen if isinstance(response, RedisResponse) else None
+        key = self._policy.signing_key
+        commands: list[Command] = []
+        if self.subscriber.publishers:  # new events: no nonce, signed as events
+            event = signed_frame(
+                *self._result_parts(message, response, extra_headers), key
+            )
+            check_size(event, self._policy.max_message_size, "The handler's result")
+            commands += (
+                send_command(dest, event, maxlen) for dest in self.subscriber.publishers
+            )
+        if reply:  # echoes the request's nonce, and is signed over it
+            data, headers = self._result_parts(message, response, extra_headers)
+            if message.nonce:
+                headers[NONCE] = message.nonce
+            # Without a nonce nobody waits in request(): the result of a
+            # publish(reply_to=...) is an event for that channel's subscribers.
+            frame = signed_frame(
+                data,
+                headers,
+                key,
+                # Without a key, a user header named like the signature stays.
+                reply_to_nonce=(message.nonce or None) if key is not None else None,
+            )
+            check_size(frame, self._policy.max_message_size, "The handler's result")
+            commands.append(self._reply(message, frame))
+        return commands
+
+    def _reply(self, message: RedisMessage, frame: bytes) -> Publish:
+        """The command that sends *frame* back to *message*'s caller.
+
+        In a cluster, a redis_rpc caller's sharded reply channel gets it,
+        prefixed by the reply channel, which says who waits for it.
+        """
+        if message.reply_shard and self._policy.cluster:
+            data = message.reply_to.encode() + b" " + frame
+            return Publish(message.reply_shard, data, sharded=True)
+        return Publish(message.reply_to, frame)
+
+    def _result_parts(
+        self,
+        message: RedisMessage,
+        response: Response,
+        extra_headers: Mapping[str, str],
+    ) -> tuple[bytes, dict[str, str]]:
+        return frame_parts(
+            response.body,
+            correlation_id=response.correlation_id or message.correlation_id,
+            headers={**extra_headers, **response.headers}
+            if extra_headers
+            else response.headers,
+            converter=self.subscriber.handler.converter,
+        )

@@ -1,0 +1,7 @@
+"""What goes over the wire, with no threads and no sockets.
+
+Frames and body encoding (``codec``), messages and responses
+(``message``), signatures (``signing``), channel templates (``path``),
+typed bodies (``convert``), the destination options (``schemas``) and
+Redis' glob patterns (``glob``).
+"""
