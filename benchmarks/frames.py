@@ -101,7 +101,8 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
     converter = make_converter()
     listener = _listener(key)
     target = PubSub(CHANNEL)
-    reply_to, nonce, _ = listener.register("bench")
+    pending = listener.register("bench")
+    reply_to, nonce = pending.channel, pending.nonce
     listener.discard(reply_to)
     headers = {ACCEPT_ERRORS: "1", DEADLINE: f"{time.time() + 30:.3f}", NONCE: nonce}
     request = signing.sign_frame(
@@ -117,8 +118,7 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
     reply = _server_commands(key, request)[0].data
 
     def register() -> None:
-        channel, _, _ = listener.register("bench")
-        listener.discard(channel)
+        listener.discard(listener.register("bench").channel)
 
     def frame() -> bytes:
         return signing.signed_frame(
@@ -160,7 +160,8 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
         target = destination(CHANNEL, None, None)
         correlation_id = new_correlation_id()
         ours = {ACCEPT_ERRORS: "1", DEADLINE: f"{time.time() + 30.0:.3f}"}
-        reply_to, ours[NONCE], _ = listener.register(correlation_id)
+        pending = listener.register(correlation_id)
+        reply_to, ours[NONCE] = pending.channel, pending.nonce
         frame = signing.signed_frame(
             *frame_parts(
                 BODY,
@@ -183,7 +184,8 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
 
 
 def _request_payload(key: bytes | None, listener: ReplyListener) -> bytes:
-    reply_to, nonce, _ = listener.register("bench")
+    pending = listener.register("bench")
+    reply_to, nonce = pending.channel, pending.nonce
     listener.discard(reply_to)
     return signing.sign_frame(
         build_frame(

@@ -20,15 +20,17 @@ import attrs
 
 from redis_rpc import _context, _fork
 from redis_rpc._client.listener import ReplyListener
-from redis_rpc._client.request import Caller
+from redis_rpc._client.request import Caller, with_idempotency_key
 from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
 from redis_rpc._io.server import RedisBackend
+from redis_rpc._server.cancel import Cancellations
 from redis_rpc._server.fetch import reader_exit_bound
 from redis_rpc._server.handler import Handler
 from redis_rpc._server.process import Policy, Subscriber
 from redis_rpc._server.serving import Serving, start_error, wait_until_up
+from redis_rpc._wire.cancel import read_notice
 from redis_rpc._wire.convert import make_converter
 from redis_rpc._wire.schemas import (
     ListSub,
@@ -123,6 +125,9 @@ class RedisBroker:
         hooks: Callables run around every publish, request and process:
             each takes an ``Event`` and returns a context manager (see
             ``redis_rpc.Event``). Tracing and metrics integrations are hooks.
+        idempotency_ttl: Seconds the reply of a message sent with an
+            ``idempotency_key`` is kept for its duplicates (a day by
+            default): within it, the handler runs once per destination and key.
         **options: Passed to ``redis.Redis.from_url()``.
 
     Raises:
@@ -148,6 +153,7 @@ class RedisBroker:
         logger: logging.Logger | None = None,
         signing_key: bytes | str | None = None,
         hooks: Sequence[Hook] = (),
+        idempotency_ttl: float = 86_400.0,
         **options: Any,
     ) -> None:
         if max_workers < 1:
@@ -158,6 +164,9 @@ class RedisBroker:
             raise SetupError(msg)
         if max_message_size is not None and max_message_size <= 0:
             msg = f"max_message_size must be positive or None, not {max_message_size}."
+            raise SetupError(msg)
+        if not idempotency_ttl > 0:
+            msg = f"idempotency_ttl must be a positive number of seconds, not {idempotency_ttl}."
             raise SetupError(msg)
         self._max_workers = max_workers
         self._poll_interval = poll_interval
@@ -183,6 +192,7 @@ class RedisBroker:
             signing_key=self._signing_key,
             hooks=tuple(hooks),
             cluster=self._backend.cluster,
+            idempotency_ttl=idempotency_ttl,
         )
         self._caller = Caller(
             converter=self._converter,
@@ -202,6 +212,8 @@ class RedisBroker:
         self._listener: ReplyListener | None = None  # started by the first request()
         self._serving: Serving | None = None  # created by start()
         self._closed = threading.Event()  # set once close() has finished
+        # The requests their callers cancelled, for this broker's handlers.
+        self._cancellations = Cancellations()
         # The connection and listener set aside while TestRedisBroker serves in memory.
         self._real: tuple[Connection, ReplyListener | None] = (self._backend, None)
         self._started_before_fork = (
@@ -381,8 +393,14 @@ class RedisBroker:
             raise error
         logger.info("Broker started with %d consumer(s)", len(self._serving.consumers))
 
-    def _new_serving(self, subscribers: Sequence[Subscriber]) -> Serving:
-        """The consumers of *subscribers*, each with its ``@broker.publisher`` destinations."""
+    def _new_serving(
+        self, subscribers: Sequence[Subscriber], connection: Connection | None = None
+    ) -> Serving:
+        """The consumers of *subscribers*, each with its ``@broker.publisher`` destinations.
+
+        *connection*: what their processors claim idempotency keys through,
+        if not the backend.
+        """
         return Serving(
             [
                 attrs.evolve(
@@ -393,6 +411,8 @@ class RedisBroker:
             self._backend,
             self._policy,
             poll_interval=self._poll_interval,
+            cancellations=self._cancellations,
+            connection=connection,
         )
 
     def close(self) -> None:
@@ -463,6 +483,7 @@ class RedisBroker:
         reply_to: str = "",
         maxlen: int | None = None,
         timeout: float | None = DEFAULT_PUBLISH_TIMEOUT,
+        idempotency_key: str | None = None,
     ) -> int | str:
         """Send *body* to one channel, list or stream without waiting for a reply.
 
@@ -476,6 +497,10 @@ class RedisBroker:
             timeout: Seconds to wait for Redis to take the message (10 by
                 default); ``None`` waits up to ``socket_timeout``. A message
                 not yet written when it runs out is never sent.
+            idempotency_key: Have the handler run at most once for this key
+                on this destination, within the server's
+                ``idempotency_ttl``: publishing again with it (after a
+                timeout, say) has no second effect.
 
         Returns:
             What Redis answered: the number of channel subscribers that got it,
@@ -487,7 +512,10 @@ class RedisBroker:
                 answer within *timeout* (``reason`` is then ``"timeout"``);
                 ``maybe_applied`` says whether the message may have been
                 delivered all the same, which a retry would duplicate.
-            SetupError: Not exactly one of *channel*, *list* and *stream*.
+            OverloadedError: The list or stream holds its ``max_queued``
+                waiting messages already; nothing was sent.
+            SetupError: Not exactly one of *channel*, *list* and *stream*,
+                or an empty or overlong *idempotency_key*.
             MessageTooLargeError: The frame is over ``max_message_size``; nothing was sent.
             TypeError: The body or a header is of a type that cannot be sent.
             ValueError: A header is too long for the frame format.
@@ -497,7 +525,7 @@ class RedisBroker:
             self._connection,
             body,
             destination(channel, list, stream),
-            headers,
+            with_idempotency_key(headers, idempotency_key),
             correlation_id,
             reply_to,
             maxlen,
@@ -515,6 +543,7 @@ class RedisBroker:
         correlation_id: str | None = None,
         timeout: float | None = 30.0,
         fail_fast: bool = True,
+        idempotency_key: str | None = None,
     ) -> RedisMessage:
         """Send *body* to one channel, list or stream and block until the reply arrives.
 
@@ -526,7 +555,9 @@ class RedisBroker:
         that the caller understands error replies. The reply channel is
         random, and a reply that echoes another request's nonce (or, with a
         ``signing_key``, one that does not verify) is dropped and logged,
-        and the wait goes on.
+        and the wait goes on. Should the reply subscription drop meanwhile,
+        the reply is fetched once it is back: the server keeps it until
+        the caller's deadline.
 
         Args:
             timeout: Seconds to wait for the reply; ``None`` waits forever.
@@ -537,6 +568,10 @@ class RedisBroker:
                 when Redis reports that nobody received the request. Not
                 on a Redis Cluster, which counts one node's subscribers
                 only: there the request waits for its timeout.
+            idempotency_key: Have the handler run at most once for this key
+                on this destination, within the server's
+                ``idempotency_ttl``: a retry with the same key (after a
+                timeout, say) gets the first run's reply, or waits for it.
 
         Returns:
             The reply, as a ``RedisMessage``.
@@ -550,13 +585,17 @@ class RedisBroker:
             BrokerStateError: Called from a handler to that handler's own
                 single-worker subscriber, which could not answer in time.
             BrokerClosedError: The broker was closed before or while waiting.
-            RedisConnectionError: Redis could not be reached, or the reply
-                subscription was lost while waiting.
+            RedisConnectionError: Redis could not be reached to send the
+                request, or the reply subscription was down when it began.
+            OverloadedError: The list or stream holds its ``max_queued``
+                waiting requests already (nothing was sent), or the server
+                found that the handler would not be done in time.
             MessageTooLargeError: The request or its reply is over
                 ``max_message_size``.
             MessageDecodeError: The reply is not a readable frame.
             SetupError: Not exactly one of *channel*, *list* and *stream*, or
-                *headers* names ``reply_to``, which the request sets itself.
+                *headers* names ``reply_to``, which the request sets itself,
+                or an empty or overlong *idempotency_key*.
             TypeError: The body or a header is of a type that cannot be sent.
             ValueError: A header is too long for the frame format.
         """
@@ -567,7 +606,7 @@ class RedisBroker:
             self._reply_listener,
             body,
             destination(channel, list, stream),
-            headers,
+            with_idempotency_key(headers, idempotency_key),
             correlation_id,
             timeout,
             fail_fast,
@@ -656,9 +695,16 @@ class RedisBroker:
                 cluster=self._backend.cluster,
                 poll_interval=self._poll_interval,
                 signing_key=self._signing_key,
+                on_cancel=self._heard_cancel,
             )
             self._listener.start()
         return self._listener
+
+    def _heard_cancel(self, payload: bytes) -> None:
+        """A cancel notice came: tell this broker's handlers, if it verifies."""
+        reply_to = read_notice(payload, self._signing_key)
+        if reply_to is not None:
+            self._cancellations.cancel(reply_to)
 
     def _after_fork(self) -> None:
         """Forget everything of the parent's but the declarations; runs alone in a forked child.

@@ -25,6 +25,7 @@ import attrs
 
 from redis_rpc.errors import (
     NoSubscriberError,
+    OverloadedError,
     RedisCommandError,
     RedisConnectionError,
     RemoteError,
@@ -50,6 +51,7 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (RequestTimeoutError, "timeout"),
     (RemoteError, "remote_error"),
     (NoSubscriberError, "no_subscriber"),
+    (OverloadedError, "overloaded"),
     (RedisConnectionError, "connection_error"),
     (RedisCommandError, "command_error"),
 )
@@ -129,6 +131,12 @@ class SubscriberStats:
             large, or not fitting the handler's types.
         expired: Requests skipped because their caller had stopped waiting.
         refused: Messages dropped for a missing or wrong signature.
+        shed: Requests refused at once, their caller stopping to wait
+            before the handler's typical run time (``max_queued``).
+        cancelled: Requests skipped because their caller cancelled them
+            before they started.
+        replayed: Duplicates of keyed messages (``idempotency_key``),
+            answered with the stored reply without running the handler.
         dead_lettered: Messages moved to a dead-letter list or stream.
         in_flight: Messages being handled right now.
         handler_seconds: Wall time spent in the handler, in all.
@@ -140,6 +148,9 @@ class SubscriberStats:
     rejected: int = 0
     expired: int = 0
     refused: int = 0
+    shed: int = 0
+    cancelled: int = 0
+    replayed: int = 0
     dead_lettered: int = 0
     in_flight: int = 0
     handler_seconds: float = 0.0
@@ -154,8 +165,11 @@ class DestinationStats:
         requests: ``request()`` calls, whatever came of them.
         answered: Requests that got a reply that was not an error.
         failed: Requests that did not, by outcome (``"timeout"``,
-            ``"remote_error"``, ``"no_subscriber"``, ``"connection_error"``, ...).
+            ``"remote_error"``, ``"no_subscriber"``, ``"overloaded"``,
+            ``"connection_error"``, ...).
         request_seconds: Wall time spent in ``request()``, in all.
+        recovered: Replies taken from where the server kept them, because
+            the reply subscription was lost while their request waited.
     """
 
     published: int = 0
@@ -163,6 +177,7 @@ class DestinationStats:
     answered: int = 0
     failed: dict[str, int] = attrs.field(factory=dict)
     request_seconds: float = 0.0
+    recovered: int = 0
 
 
 @attrs.frozen
@@ -178,10 +193,18 @@ class Stats:
     destinations: dict[str, DestinationStats]
 
 
+# Weight of the newest handler time in the running average of typical().
+_TYPICAL_WEIGHT = 0.05
+
+
 class SubscriberCounter:
     """The live counters of one subscriber; safe from any thread."""
 
     def __init__(self) -> None:
+        # A running average of the handler's run time, in seconds, over the
+        # messages it handled: what inline handling and load shedding go by.
+        # Written under the lock, read without it (a float is read whole).
+        self.typical = 0.0
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -191,6 +214,9 @@ class SubscriberCounter:
                 "rejected",
                 "expired",
                 "refused",
+                "shed",
+                "cancelled",
+                "replayed",
                 "dead_lettered",
                 "in_flight",
             ),
@@ -204,13 +230,16 @@ class SubscriberCounter:
             self._counts["in_flight"] += 1
 
     def finished(self, outcome: str, *, dead: bool, seconds: float) -> None:
-        """One message done: *outcome* is ``handled``, ``failed``, ``rejected``, ``expired`` or ``refused``."""
+        """One message done: *outcome* is ``handled``, ``failed``, ``rejected``, ``expired``, ``refused``, ``shed``, ``cancelled`` or ``replayed``."""
         with self._lock:
             counts = self._counts
             counts["in_flight"] -= 1
             counts[outcome] += 1
             counts["dead_lettered"] += dead
             self._handler_seconds += seconds
+            if outcome == "handled":  # the first one sets it, later ones move it
+                weight = _TYPICAL_WEIGHT if counts["handled"] > 1 else 1.0
+                self.typical += (seconds - self.typical) * weight
 
     def snapshot(self) -> SubscriberStats:
         with self._lock:
@@ -224,13 +253,17 @@ class DestinationCounter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._published = self._requests = self._answered = 0
+        self._published = self._requests = self._answered = self._recovered = 0
         self._failed: dict[str, int] = {}
         self._seconds = 0.0
 
     def published(self) -> None:
         with self._lock:
             self._published += 1
+
+    def recovered(self) -> None:
+        with self._lock:
+            self._recovered += 1
 
     def requested(self, outcome: str, seconds: float) -> None:
         with self._lock:
@@ -249,6 +282,7 @@ class DestinationCounter:
                 answered=self._answered,
                 failed=dict(self._failed),
                 request_seconds=self._seconds,
+                recovered=self._recovered,
             )
 
 

@@ -38,12 +38,24 @@ from typing import TYPE_CHECKING, Any
 
 from redis_rpc._broker import State
 from redis_rpc._client.listener import ReplyListener
-from redis_rpc._io.commands import STREAM_DATA_FIELD, LRem, Publish, RPush, XAdd
+from redis_rpc._io.commands import (
+    STREAM_DATA_FIELD,
+    IdempotencyClaim,
+    IdempotencyRelease,
+    IdempotencyStore,
+    LRem,
+    Publish,
+    RPush,
+    RPushIfRoom,
+    XAdd,
+    XAddIfRoom,
+)
 from redis_rpc._server.channels import ChannelConsumer
 from redis_rpc._server.fetch import FetchingConsumer, reader_exit_bound
 from redis_rpc._server.handler import Handler
 from redis_rpc._server.process import Delivery
 from redis_rpc._server.streams import entry_delivery
+from redis_rpc._wire.cancel import CANCEL_CHANNEL
 from redis_rpc._wire.glob import matches
 from redis_rpc._wire.message import RedisMessage
 from redis_rpc._wire.schemas import ListSub, StreamSub
@@ -81,6 +93,7 @@ def serve_in_memory(
         cluster=False,
         poll_interval=broker._poll_interval,
         signing_key=broker._signing_key,
+        on_cancel=broker._heard_cancel,
     )
     listener.accept_in_memory()  # the thread is never started
     serving = _enter(broker, connection, listener, wrap)
@@ -109,7 +122,9 @@ def _enter(
             raise BrokerStateError(msg)
         broker._real = broker._connection, broker._listener
         broker._connection, broker._listener = connection, listener
-        broker._serving = broker._new_serving([wrap(s) for s in broker._subscribers])
+        broker._serving = broker._new_serving(
+            [wrap(s) for s in broker._subscribers], connection
+        )
         broker._state = State.RUNNING
         return broker._serving
 
@@ -155,11 +170,13 @@ class MemoryConnection:
         self._lists: list[FetchingConsumer] = []
         self._streams: list[FetchingConsumer] = []
         self._listener: ReplyListener | None = None
-        self._lock = threading.Lock()  # guards _stored and _last_ids
+        self._lock = threading.Lock()  # guards _stored, _last_ids and _records
         # How many items each list holds that no subscriber took: RPUSH answers the length.
         self._stored: dict[str, int] = {}
         # The last entry id handed out per stream, as (milliseconds, sequence).
         self._last_ids: dict[str, tuple[int, int]] = {}
+        # Idempotency records, by key: their owner, then the stored reply.
+        self._records: dict[str, dict[str, Any]] = {}
 
     def attach(self, consumers: Sequence[Consumer], listener: ReplyListener) -> None:
         """Route to *consumers* and to *listener* from now on; before the first command."""
@@ -215,17 +232,47 @@ class MemoryConnection:
 
     # -- routing ----------------------------------------------------------------
 
-    def route(self, command: Command) -> int | bytes:
+    def route(self, command: Command) -> Any:
         """Do with *command* what Redis would, handling what it delivers; return Redis' answer."""
+        if isinstance(
+            command, (IdempotencyClaim, IdempotencyStore, IdempotencyRelease)
+        ):
+            return self._idempotency(command)
         if isinstance(command, Publish):
             return self._publish(command.channel, command.data, sharded=command.sharded)
-        if isinstance(command, RPush):
+        # Nothing waits in memory: a list or stream never has a queue to shed.
+        if isinstance(command, (RPush, RPushIfRoom)):
             return self._push(command.key, command.data)
         if isinstance(command, XAdd):
-            return self._add(command)
-        return (
-            1  # XACK, LREM: nothing is pending in memory, so there is nothing to settle
-        )
+            return self._add(command.stream, command.data, command.extra)
+        if isinstance(command, XAddIfRoom):
+            return self._add(command.stream, command.data)
+        # XACK, LREM: nothing is pending in memory, so there is nothing to
+        # settle; SET: kept replies are for callers on Redis.
+        return 1
+
+    def _idempotency(
+        self, command: IdempotencyClaim | IdempotencyStore | IdempotencyRelease
+    ) -> object:
+        """The idempotency scripts' answers, on records kept in memory; nothing expires."""
+        with self._lock:
+            record = self._records.get(command.record)
+            if isinstance(command, IdempotencyClaim):
+                if record is None:
+                    self._records[command.record] = {"owner": command.owner}
+                    return [b"run"]
+                if "data" in record:
+                    return [b"done", record["data"], record["headers"].encode()]
+                return [b"running", 1]
+            if record is None or record.get("owner") != command.owner:
+                return 0
+            if isinstance(command, IdempotencyStore):
+                record.update(data=command.data, headers=command.headers)
+                return 1
+            if "data" not in record:
+                del self._records[command.record]
+                return 1
+            return 0
 
     def _publish(self, channel: str, data: bytes, *, sharded: bool = False) -> int:
         # Sharded channels are a namespace of their own.
@@ -235,6 +282,8 @@ class MemoryConnection:
             if c.source.sharded == sharded and _subscribed(c, channel)
         ]
         listener = self._listener
+        if listener is not None and not sharded and channel == CANCEL_CHANNEL:
+            listener.heard_cancel(data)
         to_listener = (
             not sharded and listener is not None and channel.startswith(listener.prefix)
         )
@@ -266,8 +315,9 @@ class MemoryConnection:
             )
         return length
 
-    def _add(self, command: XAdd) -> bytes:
-        stream = command.stream
+    def _add(
+        self, stream: str, data: bytes, extra: tuple[tuple[str, str], ...] = ()
+    ) -> bytes:
         with self._lock:
             now, (last, sequence) = (
                 int(time.time() * 1000),
@@ -276,8 +326,8 @@ class MemoryConnection:
             entry = (now, 0) if now > last else (last, sequence + 1)
             self._last_ids[stream] = entry
         entry_id = f"{entry[0]}-{entry[1]}".encode()
-        fields = {STREAM_DATA_FIELD: command.data}
-        fields.update((name.encode(), value.encode()) for name, value in command.extra)
+        fields = {STREAM_DATA_FIELD: data}
+        fields.update((name.encode(), value.encode()) for name, value in extra)
         groups: set[str] = set()
         for consumer in self._streams:
             source = consumer.subscriber.source

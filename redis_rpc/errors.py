@@ -10,6 +10,7 @@ The hierarchy, kept current::
     ├── RedisCommandError(RedisRPCError)                  Redis refused a command; .reason says why, __cause__ is redis-py's error
     ├── RequestTimeoutError(RedisRPCError, TimeoutError)  no reply in time
     ├── NoSubscriberError(RedisRPCError)                  a request PUBLISHed to nobody
+    ├── OverloadedError(RedisRPCError)                    a queue too long, or no time left: shed at once
     ├── RemoteError(RedisRPCError)                        the handler failed; carries its error as strings
     ├── MessageDecodeError(RedisRPCError, ValueError)     bytes we cannot parse
     ├── MessageTooLargeError(RedisRPCError, ValueError)   a frame over max_message_size
@@ -45,6 +46,7 @@ __all__ = [
     "MessageDecodeError",
     "MessageTooLargeError",
     "NoSubscriberError",
+    "OverloadedError",
     "Redirect",
     "RedisCommandError",
     "RedisConnectionError",
@@ -267,6 +269,35 @@ class NoSubscriberError(RedisRPCError):
     def __init__(self, message: str, *, destination: str) -> None:
         super().__init__(message)
         self.destination = destination
+
+
+class OverloadedError(RedisRPCError):
+    """A request or message was refused at once rather than left to wait in vain: load shedding.
+
+    Raised by ``request()`` and ``publish()`` when the list or stream holds
+    its ``max_queued`` waiting requests already (nothing was sent), and by
+    ``request()`` when the server found that the caller would stop waiting
+    before the handler's typical run time was over (the handler did not
+    run).
+
+    Attributes:
+        destination: Where it was sent, such as ``"list:orders"``.
+        queued: How many were waiting when it was refused, if known.
+        retry_after: Seconds after which a retry may succeed, a hint.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str,
+        queued: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.destination = destination
+        self.queued = queued
+        self.retry_after = retry_after
 
 
 class RemoteError(RedisRPCError):

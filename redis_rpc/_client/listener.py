@@ -8,6 +8,12 @@ connection and no subscription is opened per request. The listener reads
 replies in bulk: one wake-up takes everything one read of the socket held
 and completes all those requests, taking the lock twice per batch.
 
+A lost subscription does not fail the requests waiting on it: each asks
+its server (``KEEP``) to keep its reply under a key until its deadline as
+well as publish it, and once subscribed again the listener fetches the
+replies of its pending requests that it has not received. A request fails
+on its own deadline, or when the broker closes.
+
 Whoever can publish to a reply channel can answer the request, so the key
 is 128 random bits, not a counter: seeing one request does not tell anyone
 where the next ones are answered. A request also carries a random nonce
@@ -18,15 +24,17 @@ nonce is taken (see ``_signing``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis_rpc._backoff import Backoff
+from redis_rpc._io.commands import Get
 from redis_rpc._latch import Latch
+from redis_rpc._wire.cancel import CANCEL_CHANNEL
+from redis_rpc._wire.message import REPLY_PREFIX, kept_key
 from redis_rpc._wire.signing import check_reply
 from redis_rpc.errors import (
     BrokerClosedError,
@@ -37,16 +45,26 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
+    from redis_rpc._io.commands import Command
     from redis_rpc._io.interfaces import Subscription
 
 
-class Subscriptions(Protocol):
-    """Where the listener gets its Pub/Sub connections: a ``Backend``."""
+class Replies(Protocol):
+    """Where the listener gets its Pub/Sub connections and its kept replies: a ``Backend``."""
 
     def subscription(self, shard: str | None = None) -> Subscription:
         """A new Pub/Sub connection, to a sharded channel's master if *shard*."""
+
+    def execute_many(
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        deadline: float | None = None,
+    ) -> list[Any]:
+        """Run several commands in one write; return the answers."""
 
 
 logger = logging.getLogger(__name__)
@@ -92,20 +110,24 @@ class Sent:
     the request's future, and is kept in ``error`` so that the caller can
     tell it from the reply's own failures. Success needs no word: the
     reply says it. With *unheard*, a ``PUBLISH`` that reached nobody fails
-    the future with ``unheard()``: no reply can come.
+    the future with ``unheard()``: no reply can come. With *overloaded*, a
+    push that a full list or stream refused (Redis answered minus the
+    number waiting) fails it with ``overloaded(waiting)``.
     """
 
-    __slots__ = ("_channel", "_listener", "_unheard", "error")
+    __slots__ = ("_channel", "_listener", "_overloaded", "_unheard", "error")
 
     def __init__(
         self,
         listener: ReplyListener,
         channel: str,
         unheard: Callable[[], RedisRPCError] | None = None,
+        overloaded: Callable[[int], RedisRPCError] | None = None,
     ) -> None:
         self._listener = listener
         self._channel = channel
         self._unheard = unheard
+        self._overloaded = overloaded
         self.error: RedisRPCError | None = None
 
     def set_result(self, value: list[object]) -> None:
@@ -114,22 +136,27 @@ class Sent:
                 self.set_error(reply)
             elif reply == 0 and self._unheard is not None:
                 self.set_error(self._unheard())
+            elif isinstance(reply, int) and reply < 0 and self._overloaded is not None:
+                self.set_error(self._overloaded(-reply))
 
     def set_error(self, error: RedisRPCError) -> None:
         self.error = error
         self._listener.fail(self._channel, error)
 
 
-class _Waiter:
-    """One pending request, as the listener knows it; touched only under the listener's lock or on its thread."""
+class Pending:
+    """One pending request, as the listener knows it: its reply channel, nonce and future."""
 
-    __slots__ = ("correlation_id", "future", "nonce", "warned")
+    __slots__ = ("channel", "correlation_id", "future", "nonce", "recovered", "warned")
 
-    def __init__(self, nonce: str, correlation_id: str) -> None:
+    def __init__(self, channel: str, nonce: str, correlation_id: str) -> None:
+        self.channel = channel
         self.future: Latch[bytes] = Latch()
         self.nonce = nonce
         self.correlation_id = correlation_id
         self.warned = False  # a refused reply has been logged already
+        # The reply came from its kept key, after the subscription was lost.
+        self.recovered = False
 
 
 class ReplyListener:
@@ -143,17 +170,20 @@ class ReplyListener:
 
     def __init__(
         self,
-        connection: Subscriptions | None,
+        connection: Replies | None,
         *,
         cluster: bool,
         poll_interval: float,
         signing_key: bytes | None = None,
+        on_cancel: Callable[[bytes], None] | None = None,
     ) -> None:
         """*connection* gives the subscriptions; None for one that only ``accept_in_memory()``.
 
-        *cluster*: whether *connection* is a Redis Cluster's.
+        *cluster*: whether *connection* is a Redis Cluster's. *on_cancel*
+        hears the cancel notices (``_wire.cancel``), which the listener
+        subscribes to as well, for the broker's handlers.
         """
-        self.prefix = f"redis_rpc.reply.{uuid.uuid4().hex}."
+        self.prefix = f"{REPLY_PREFIX}{uuid.uuid4().hex}."
         # In a cluster, our servers reply here with SPUBLISH (see REPLY_SHARD),
         # and the listener reads it from its slot's master, with the pattern.
         self.shard = ("{" + self.prefix + "}") if cluster else None
@@ -164,22 +194,35 @@ class ReplyListener:
         self._connection = connection
         self._poll_interval = poll_interval
         self._signing_key = signing_key
+        self._on_cancel = on_cancel
         # Guards _accepting and _down, and adding to _pending. Taking from
         # _pending needs no lock: whoever pops a waiter completes it.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # _accepting or _down changed
-        self._pending: dict[bytes, _Waiter] = {}
-        # True while subscribed: a request registered then is failed if the
-        # subscription drops, never left waiting for a reply that cannot come.
+        self._pending: dict[bytes, Pending] = {}
+        # True while subscribed: new requests are taken only then.
         self._accepting = False
         # Why the last attempt to subscribe failed, until one succeeds.
         self._down: Exception | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        # Replies taken from their kept keys after a lost subscription, in all.
+        self.recovered = 0
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def keeps(self) -> bool:
+        """Whether requests should ask for their replies to be kept: this listener fetches them after a loss.
+
+        In a cluster, only while the listener's shard is subscribed: the
+        kept replies live on its slot, whose master may be gone.
+        """
+        return self._connection is not None and (
+            self.shard is None or self.reply_shard is not None
+        )
 
     @property
     def error(self) -> Exception | None:
@@ -224,14 +267,11 @@ class ReplyListener:
             "Cannot send a request: the reply subscription to Redis is down", cause
         )
 
-    def register(self, correlation_id: str = "") -> tuple[str, str, Latch[bytes]]:
-        """Reserve a reply channel and a nonce; the future gets the raw reply payload.
+    def register(self, correlation_id: str = "") -> Pending:
+        """Reserve a reply channel and a nonce; its future gets the raw reply payload.
 
         Only a reply that passes ``check_reply()`` for the nonce completes
         the future. *correlation_id* only names the request in log lines.
-
-        Returns:
-            The reply channel, the nonce to send in the request, and the future.
 
         Raises:
             BrokerClosedError: The listener has been stopped.
@@ -239,14 +279,11 @@ class ReplyListener:
         """
         # 128 bits each, from the OS's CSPRNG.
         secret = _secrets.hex(64)
-        channel, waiter = (
-            f"{self.prefix}{secret[:32]}",
-            _Waiter(secret[32:], correlation_id),
-        )
+        waiter = Pending(f"{self.prefix}{secret[:32]}", secret[32:], correlation_id)
         with self._lock:
             if self._accepting:
-                self._pending[channel.encode()] = waiter
-                return channel, waiter.nonce, waiter.future
+                self._pending[waiter.channel.encode()] = waiter
+                return waiter
             if self._stopping.is_set():
                 msg = "Cannot request: the broker has been closed."
                 raise BrokerClosedError(msg)
@@ -268,44 +305,38 @@ class ReplyListener:
     def stop(self, timeout: float) -> bool:
         """Stop the thread and fail every pending request; True if it ended in time."""
         self._stopping.set()
-        self._set_accepting(
-            False,
-            lambda: BrokerClosedError(
-                "The broker was closed while waiting for a reply."
-            ),
-        )
+        self._set_accepting(False)
+        for channel in list(self._pending):
+            waiter = self._pending.pop(channel, None)
+            if waiter is not None:  # one each: callers re-raise it concurrently
+                waiter.future.set_error(
+                    BrokerClosedError(
+                        "The broker was closed while waiting for a reply."
+                    )
+                )
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _set_accepting(
-        self,
-        accepting: bool,
-        error: Callable[[], Exception] = BrokerClosedError,
-        down: Exception | None = None,
-    ) -> None:
-        """Open or close registration; closing fails every pending request with a new *error()*.
+    def _set_accepting(self, accepting: bool, down: Exception | None = None) -> None:
+        """Open or close registration; *down* says why the subscription is down, for callers arriving meanwhile.
 
-        *down* says why the subscription is down, for callers arriving meanwhile.
+        Closing it leaves the pending requests waiting: their replies are
+        fetched once subscribed again.
         """
         with self._lock:
             # Checked under the lock, so that stop() closing registration always wins.
             accepting = accepting and not self._stopping.is_set()
             self._accepting, self._down = accepting, down
-            # Nothing is added from here on while not accepting.
-            channels = list(self._pending)
             self._changed.notify_all()
         if accepting:
             self.ready.set()
         else:
             self.ready.clear()
-        for channel in channels:
-            waiter = self._pending.pop(channel, None)
-            if waiter is not None:  # one each: callers re-raise it concurrently
-                waiter.future.set_error(error())
 
     def _run(self) -> None:
         backoff = Backoff()
+        lost = False  # replies may have been published while unsubscribed
         while not self._stopping.is_set():
             # After a failure, every other attempt goes without the shard, on
             # any node: should its slot have no master for a while, classic
@@ -324,7 +355,14 @@ class ReplyListener:
                         sharded=True,
                         timeout=10 * self._poll_interval,
                     )
+                if self._on_cancel is not None:
+                    subscription.subscribe(
+                        CANCEL_CHANNEL, pattern=False, timeout=10 * self._poll_interval
+                    )
                 self.reply_shard = shard
+                if lost:  # subscribed: whatever was missed is kept by now
+                    self._recover()
+                    lost = False
                 if backoff.failures:
                     logger.warning("Reply listener is subscribed again")
                 self._set_accepting(True)
@@ -335,18 +373,48 @@ class ReplyListener:
                     logger.warning(
                         "Reply listener lost Redis, retrying with backoff: %s", exc
                     )
-                # Replies sent while we are away are lost: tell their callers now.
-                self._set_accepting(
-                    False,
-                    functools.partial(
-                        _down_error, "Lost the reply subscription while waiting", exc
-                    ),
-                    exc,
-                )
+                lost = True
+                self._set_accepting(False, exc)
                 self._stopping.wait(backoff.delay())
                 backoff = backoff.after_failure()
             finally:
                 subscription.close()
+
+    def _recover(self) -> None:
+        """Take the replies of the pending requests from their kept keys, where they are.
+
+        Should Redis not answer (in a cluster, the master of the listener's
+        slot may be gone), the requests wait for their deadlines.
+        """
+        assert self._connection is not None  # only a started listener recovers
+        waiting = [
+            (channel, kept_key(channel.decode())) for channel in list(self._pending)
+        ]
+        keyed = [(channel, key) for channel, key in waiting if key is not None]
+        if not keyed:
+            return
+        try:
+            found = self._connection.execute_many([Get(key) for _, key in keyed])
+        except RedisRPCError as exc:  # the requests wait for their deadlines
+            logger.warning(
+                "Reply listener could not fetch the kept replies of %d pending request(s): %s",
+                len(keyed),
+                exc,
+            )
+            return
+        recovered = 0
+        for (channel, _), payload in zip(keyed, found, strict=True):
+            if isinstance(payload, bytes) and self.deliver(
+                channel, payload, recovered=True
+            ):
+                recovered += 1
+        self.recovered += recovered
+        logger.info(
+            "Reply listener recovered %d of %d pending repl%s after a lost subscription",
+            recovered,
+            len(keyed),
+            "y" if len(keyed) == 1 else "ies",
+        )
 
     def accept_in_memory(self) -> None:
         """Take requests without subscribing: ``TestRedisBroker`` hands the replies to ``deliver()``.
@@ -355,8 +423,10 @@ class ReplyListener:
         """
         self._set_accepting(True)
 
-    def deliver(self, channel: bytes, payload: bytes) -> None:
-        """Complete the request waiting on *channel* with *payload*, if it is acceptable."""
+    def deliver(
+        self, channel: bytes, payload: bytes, *, recovered: bool = False
+    ) -> bool:
+        """Complete the request waiting on *channel* with *payload*, if it is acceptable; whether it was."""
         pending = self._pending
         waiter = pending.get(channel)
         if waiter is None:
@@ -365,19 +435,37 @@ class ReplyListener:
         elif self._acceptable(waiter, payload) and (
             pending.pop(channel, None) is waiter
         ):
+            waiter.recovered = recovered
             waiter.future.set_result(payload)
+            return True
+        return False
 
     def _listen(self, subscription: Subscription) -> None:
         # One wake-up hands over everything one read of the socket held.
         deliver = self.deliver
         shard = None if self.shard is None else self.shard.encode()
+        cancels = CANCEL_CHANNEL.encode()
         while not self._stopping.is_set():
-            for _, channel, payload in subscription.get_messages(self._poll_interval):
+            for pattern, channel, payload in subscription.get_messages(
+                self._poll_interval
+            ):
                 if channel == shard:  # b"<reply channel> <frame>"
                     channel, _, payload = payload.partition(b" ")
+                elif pattern is None and channel == cancels:
+                    self.heard_cancel(payload)
+                    continue
                 deliver(channel, payload)
 
-    def _acceptable(self, waiter: _Waiter, payload: bytes) -> bool:
+    def heard_cancel(self, payload: bytes) -> None:
+        """Hand a cancel notice to the broker's handlers; never raises."""
+        if self._on_cancel is None:
+            return
+        try:
+            self._on_cancel(payload)
+        except Exception:  # the listener must outlive a bug there
+            logger.exception("Could not take a cancel notice")
+
+    def _acceptable(self, waiter: Pending, payload: bytes) -> bool:
         """Whether *payload* is a reply *waiter* may take; a refused one is logged once per request."""
         # Checked outside the lock: a MAC over a large body takes a while.
         try:

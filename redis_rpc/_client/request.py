@@ -12,6 +12,7 @@ past the deadline of that handler's own caller (``nested_timeout()``).
 
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Any
@@ -27,23 +28,29 @@ from redis_rpc._hooks import (
     outcome_of,
 )
 from redis_rpc._io.commands import Publish, send_command
+from redis_rpc._wire.cancel import CANCEL_CHANNEL, notice
 from redis_rpc._wire.glob import matches
 from redis_rpc._wire.message import (
     ACCEPT_ERRORS,
     DEADLINE,
+    IDEMPOTENCY_KEY,
+    KEEP,
     NONCE,
+    OVERLOADED,
     REPLY_SHARD,
     REPLY_TO,
     RedisMessage,
     check_size,
     frame_parts,
     new_correlation_id,
+    retry_after,
 )
 from redis_rpc._wire.schemas import PubSub, subscription
 from redis_rpc._wire.signing import signed_frame
 from redis_rpc.errors import (
     BrokerStateError,
     NoSubscriberError,
+    OverloadedError,
     RedisConnectionError,
     RemoteError,
     RequestTimeoutError,
@@ -95,6 +102,16 @@ class Caller:
         return {
             key: counter.snapshot() for key, counter in list(self._destinations.items())
         }
+
+    def cancel(self, connection: Connection, reply_to: str) -> None:
+        """Tell the servers that the request answered on *reply_to* is given up (see ``_wire.cancel``).
+
+        Sent without waiting; a failure is logged.
+        """
+        connection.post(
+            [Publish(CANCEL_CHANNEL, notice(reply_to, self._signing_key))],
+            what="a cancel notice",
+        )
 
     def _counter(self, target: Destination) -> DestinationCounter:
         key = str(target)
@@ -235,9 +252,23 @@ class Caller:
         )
         check_size(frame, self._max_message_size, "The message")
         result = connection.execute(
-            send_command(target, frame, maxlen), deadline=deadline
+            send_command(target, frame, maxlen, shed=True), deadline=deadline
         )
-        return result.decode() if isinstance(result, bytes) else int(result)
+        if isinstance(result, bytes):
+            return result.decode()
+        if result < 0:  # a full list or stream refused it: see max_queued
+            raise self._overloaded(target, -int(result))
+        return int(result)
+
+    def _overloaded(self, target: Destination, waiting: int) -> OverloadedError:
+        """The error for a push that *target*'s ``max_queued`` refused, with *waiting* queued."""
+        counted = self._counter(target).snapshot()
+        # How long a request to it took here, on average: a fair time to come back.
+        mean = counted.request_seconds / counted.requests if counted.requests else 1.0
+        msg = f"{target} holds {waiting} waiting messages, its max_queued or more, so nothing was sent; retry later, or elsewhere."
+        return OverloadedError(
+            msg, destination=str(target), queued=waiting, retry_after=max(mean, 0.05)
+        )
 
     def _request(
         self,
@@ -273,9 +304,12 @@ class Caller:
         if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
             raise timed_out(msg)
-        reply_to, ours[NONCE], future = listener.register(correlation_id)
+        pending = listener.register(correlation_id)
+        reply_to, ours[NONCE], future = pending.channel, pending.nonce, pending.future
         if listener.reply_shard is not None:
             ours[REPLY_SHARD] = listener.reply_shard
+        if listener.keeps:  # our listener fetches it after a lost subscription
+            ours[KEEP] = "1"
         try:
             frame = signed_frame(
                 *frame_parts(
@@ -288,7 +322,7 @@ class Caller:
                 self._signing_key,
             )
             check_size(frame, self._max_message_size, "The request")
-            command = send_command(target, frame)
+            command = send_command(target, frame, shed=True)
 
             def unheard() -> NoSubscriberError:
                 msg = f"Nobody subscribes to {target}, so the request was not delivered; start a consumer (or pass fail_fast=False to wait anyway)."
@@ -301,7 +335,12 @@ class Caller:
                 and isinstance(command, Publish)
                 and (command.sharded or not connection.cluster)
             )
-            sent = Sent(listener, reply_to, unheard if counted else None)
+            sent = Sent(
+                listener,
+                reply_to,
+                unheard if counted else None,
+                functools.partial(self._overloaded, target),
+            )
             try:
                 try:  # a failure to send fails the future, and is in sent.error
                     connection.send(command, deadline=deadline, outcome=sent)
@@ -325,9 +364,17 @@ class Caller:
             raise timed_out(msg) from None
         finally:
             listener.discard(reply_to)
+        if pending.recovered:
+            self._counter(target).recovered()
         check_size(payload, self._max_message_size, "The reply")
         reply = RedisMessage.from_payload(payload, self._converter)
         error = reply.error_details()
+        if error is not None and error["type_name"] == OVERLOADED:  # shed by the server
+            raise OverloadedError(
+                error["remote_message"],
+                destination=str(target),
+                retry_after=retry_after(reply),
+            )
         if error is not None:
             raise RemoteError(
                 **error, destination=str(target), correlation_id=correlation_id
@@ -384,3 +431,23 @@ def _reaches(source: PubSub, channel: str) -> bool:
     if source.pattern:
         return matches(template.subscription, channel)
     return channel == template.subscription
+
+
+# The longest idempotency key: it is part of a Redis key name.
+MAX_IDEMPOTENCY_KEY = 1_000
+
+
+def with_idempotency_key(
+    headers: Mapping[str, str] | None, key: str | None
+) -> Mapping[str, str] | None:
+    """*headers* with the idempotency *key*, if any (see ``_server.idempotency``).
+
+    Raises:
+        SetupError: *key* is empty, too long, or not a str.
+    """
+    if key is None:
+        return headers
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        msg = f"idempotency_key must be a non-empty str of at most {MAX_IDEMPOTENCY_KEY} characters, not {key!r:.60}."
+        raise SetupError(msg)
+    return {**headers, IDEMPOTENCY_KEY: key} if headers else {IDEMPOTENCY_KEY: key}

@@ -74,7 +74,9 @@ AVOID = 5.0
 # How long to wait before sending again a command that got TRYAGAIN or CLUSTERDOWN.
 RETRY_DELAY = 0.05
 # Commands whose first argument is the key (or the channel) that routes them.
-_KEYED = frozenset({b"PUBLISH", b"SPUBLISH", b"RPUSH", b"XADD", b"XACK", b"LREM"})
+_KEYED = frozenset(
+    {b"PUBLISH", b"SPUBLISH", b"RPUSH", b"XADD", b"XACK", b"LREM", b"SET", b"GET"}
+)
 
 
 def _key(command: Args) -> bytes | str | None:
@@ -82,7 +84,7 @@ def _key(command: Args) -> bytes | str | None:
     name = command[0]
     if name in _KEYED or name in (b"BLPOP", b"BLMOVE"):
         key = command[1]
-    elif name == b"BLMPOP":  # BLMPOP timeout 1 key ...
+    elif name in (b"BLMPOP", b"EVAL"):  # BLMPOP timeout 1 key, EVAL script 1 key
         key = command[3]
     elif name == b"XREADGROUP":
         key = command[list(command).index(b"STREAMS") + 1]

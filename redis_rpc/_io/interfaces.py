@@ -55,8 +55,8 @@ class Owed(Protocol):
     def answered(self, commands: list[Args], replies: list[object]) -> None:
         """Redis answered the *commands* taken, with *replies*."""
 
-    def failed(self, error: RedisRPCError) -> None:
-        """The read failed: the commands taken may or may not have run."""
+    def failed(self, commands: list[Args], error: RedisRPCError) -> None:
+        """The read that carried *commands* failed: they may or may not have run."""
 
 
 @attrs.frozen

@@ -164,7 +164,7 @@ class RedisReader:
         except RedisRPCError as exc:
             self.close()
             if owed_args:
-                owed.failed(exc)
+                owed.failed(owed_args, exc)
             raise
         owed.answered(owed_args, replies)
         return checked(reply, self._address)

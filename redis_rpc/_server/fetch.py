@@ -63,8 +63,6 @@ PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
 # them run on the consumer thread itself, batch by batch, with no hand-off
 # to a worker (which costs more than such a handler).
 _INLINE_BELOW = 0.001
-# Weight of the newest handler time in the running average.
-_TYPICAL_WEIGHT = 0.05
 
 
 class Watching(Protocol):
@@ -177,7 +175,7 @@ class FetchingConsumer:
         self._watch = watch if self._pool is not None else None
         if self._watch is not None:
             self._watch.add(self)
-        # Guards _fetcher, _spare, inline_since and _typical; never held for I/O.
+        # Guards _fetcher, _spare and inline_since; never held for I/O.
         self._role_lock = threading.Lock()
         # The one thread that fetches, and reads through _reader; relieve()
         # replaces it, with a successor named after it (name#2, name#3, ...).
@@ -187,8 +185,6 @@ class FetchingConsumer:
         self._spare: collections.deque[Delivery] = collections.deque()
         # When the inline handler now running started; 0.0 when none is.
         self.inline_since = 0.0
-        # A running average of the handlers' wall time, in seconds.
-        self._typical = 0.0
         # State of the fetching thread alone.
         self._is_open = False
         self._backoff = Backoff()
@@ -401,8 +397,7 @@ class FetchingConsumer:
         return self._handle_spare()
 
     def _quick(self) -> bool:
-        with self._role_lock:
-            return self._typical < _INLINE_BELOW
+        return self.processor.counter.typical < _INLINE_BELOW
 
     def _handle_spare(self) -> bool:
         """Handle the batch on this thread, in order, until done; False once relieved.
@@ -441,12 +436,8 @@ class FetchingConsumer:
 
     def _handle(self, delivery: Delivery) -> None:
         """Process one message and send what it produced. Never raises."""
-        started = time.monotonic()
         try:
             done = self.processor.run(delivery)
-            elapsed = time.monotonic() - started
-            with self._role_lock:
-                self._typical += (elapsed - self._typical) * _TYPICAL_WEIGHT
             if done.commands:  # nobody waits: a failure is logged
                 self._owed.send(done.commands, atomic=done.atomic)
         except RedisRPCError as exc:  # Redis went away: the consume loop says so too

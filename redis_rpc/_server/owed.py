@@ -10,6 +10,7 @@ nothing waits behind a blocking read.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
     from redis_rpc._io.commands import Args, Command
     from redis_rpc._io.interfaces import Backend
+
+logger = logging.getLogger(__name__)
 
 
 class Owed:
@@ -69,15 +72,26 @@ class Owed:
 
     def flush(self) -> None:
         """Send what is collected through the pipe, and collect no more until ``reopen()``."""
-        commands = self.take()
-        if commands:
-            try:
-                self._connection.post_args(commands, what=self._what)
-            except RedisRPCError as exc:
-                self.failed(exc)
+        self._post(self.take())
 
     def answered(self, commands: list[Args], replies: list[object]) -> None:
         self._connection.settle(commands, replies, self._what)
 
-    def failed(self, error: RedisRPCError) -> None:
-        Posted(self._what).set_error(error)
+    def failed(self, commands: list[Args], error: RedisRPCError) -> None:
+        """The read that carried *commands* failed: send them again, through the pipe.
+
+        The read's connection was most likely dead before they were written
+        (Redis restarted while a handler ran): the pipe checks its own and
+        reaches Redis again. Should Redis have run them before the
+        connection failed, they run twice, which replies, acks and kept
+        replies bear: they are sent at least once.
+        """
+        logger.info("Sending %s again, through the pipe: %s", self._what, error)
+        self._post(commands)
+
+    def _post(self, commands: list[Args]) -> None:
+        if commands:
+            try:
+                self._connection.post_args(commands, what=self._what)
+            except RedisRPCError as exc:
+                Posted(self._what).set_error(exc)

@@ -26,8 +26,10 @@ import attrs
 
 from redis_rpc import _context
 from redis_rpc._hooks import Event, SubscriberCounter, around
-from redis_rpc._io.commands import Publish, RPush, XAdd, send_command
+from redis_rpc._io.commands import Publish, RPush, Set, XAdd, send_command
+from redis_rpc._server import idempotency
 from redis_rpc._wire.message import (
+    CORRELATION_ID,
     NONCE,
     RedisMessage,
     RedisResponse,
@@ -35,15 +37,24 @@ from redis_rpc._wire.message import (
     check_size,
     error_frame_parts,
     frame_parts,
+    kept_key,
 )
 from redis_rpc._wire.signing import check_request, signed_frame
-from redis_rpc.errors import MessageDecodeError, MessageTooLargeError, ValidationError
+from redis_rpc.errors import (
+    MessageDecodeError,
+    MessageTooLargeError,
+    OverloadedError,
+    RedisRPCError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.commands import Command
+    from redis_rpc._io.interfaces import Connection
+    from redis_rpc._server.cancel import Cancellations
     from redis_rpc._server.handler import Handler
     from redis_rpc._wire.schemas import Destination
 
@@ -51,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 # What hooks add to a reply when there are none, or when none added anything.
 _NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
+# The longest a reply is kept for its caller, in seconds: the caller's
+# deadline, unless it waits longer or for ever.
+KEEP_MAX = 3600.0
 
 
 @attrs.frozen
@@ -76,6 +90,8 @@ class Policy:
     hooks: tuple[Hook, ...] = attrs.field(default=(), kw_only=True)
     # Whether replies may go to a caller's sharded reply channel (a cluster).
     cluster: bool = attrs.field(default=False, kw_only=True)
+    # Seconds the reply of a keyed message is kept, for its duplicates.
+    idempotency_ttl: float = attrs.field(default=86_400.0, kw_only=True)
 
 
 @attrs.frozen
@@ -132,7 +148,11 @@ class Processed:
             and its acknowledgement).
         outcome: For the counters: ``"handled"``, ``"failed"``,
             ``"rejected"`` (unreadable or invalid), ``"refused"`` (bad
-            signature) or ``"expired"`` (its caller had stopped waiting).
+            signature), ``"expired"`` (its caller had stopped waiting),
+            ``"cancelled"`` (its caller cancelled it), ``"shed"`` (its
+            caller would stop waiting before the handler typically ends) or
+            ``"replayed"`` (a duplicate of a keyed message, answered with
+            the stored reply).
         dead: Whether it moved to a dead-letter list or stream.
         seconds: Spent in the handler.
     """
@@ -152,6 +172,11 @@ class Processor:
         policy: The broker's limits, signing key, hooks and topology.
         settlement: What the transport does with a failed message.
         name: Names the subscriber in log lines, as its thread is named.
+        cancellations: The requests whose callers cancelled them: a handler
+            of one is told (``RedisMessage.cancelled``), and one not
+            started yet is skipped.
+        connection: Claims the idempotency keys of keyed messages; without
+            one, a key is not heeded.
     """
 
     def __init__(
@@ -161,11 +186,15 @@ class Processor:
         settlement: Settlement | None = None,
         *,
         name: str,
+        cancellations: Cancellations | None = None,
+        connection: Connection | None = None,
     ) -> None:
         self.subscriber = subscriber
         self.name = name
         self._policy = policy
         self._settlement = settlement or AckOnly()
+        self._cancellations = cancellations
+        self._connection = connection
         self.counter = SubscriberCounter()  # read by broker.stats()
         # What each thread running a handler is busy with, by thread id,
         # for the warning about handlers that overrun close(). Each thread
@@ -236,12 +265,116 @@ class Processor:
                 time.time() - message.deadline,
             )
             return Processed(settle, outcome="expired")
+        if (shed := self._shed(message)) is not None:
+            logger.info(
+                "%s shed %s (correlation_id=%r): %s",
+                self.name,
+                delivery.where or "a request",
+                message.correlation_id,
+                shed,
+            )
+            return Processed(self._error_reply(message, shed) + settle, outcome="shed")
         try:
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
             return self._set_aside(delivery, exc, self._error_reply(message, exc))
-        return self._call(delivery, message, args, kwargs, settle)
+        cancellations, reply_to = self._cancellations, message.reply_to
+        if cancellations is None or not reply_to:
+            return self._keyed(delivery, message, args, kwargs, settle)
+        if not cancellations.start(reply_to, message.cancelled):
+            logger.info(
+                "%s skipped %s (correlation_id=%r): its caller cancelled it",
+                self.name,
+                delivery.where or "a request",
+                message.correlation_id,
+            )
+            return Processed(settle, outcome="cancelled")
+        try:
+            return self._keyed(delivery, message, args, kwargs, settle)
+        finally:
+            cancellations.finish(reply_to)
+
+    def _keyed(
+        self,
+        delivery: Delivery,
+        message: RedisMessage,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        settle: list[Command],
+    ) -> Processed:
+        """Run the handler at most once per idempotency key (see ``_server.idempotency``)."""
+        connection = self._connection
+        if not message.idempotency_key or connection is None:
+            return self._call(delivery, message, args, kwargs, settle)
+        try:
+            claim = idempotency.claim(
+                connection,
+                str(self.subscriber.source),
+                message,
+                ttl=self._policy.idempotency_ttl,
+            )
+        except RedisRPCError as exc:  # left unsettled: delivered again, if it can be
+            logger.warning(
+                "%s could not claim idempotency key %r of %s: %s",
+                self.name,
+                message.idempotency_key[:100],
+                delivery.where or "a message",
+                exc,
+            )
+            return Processed([], outcome="failed")
+        if claim is None:
+            logger.warning(
+                "%s skipped %s (correlation_id=%r): its caller stopped waiting while another handler had its idempotency key",
+                self.name,
+                delivery.where or "a request",
+                message.correlation_id,
+            )
+            return Processed(settle, outcome="expired")
+        if not claim.run:  # a duplicate: the stored reply, under its own correlation id
+            replied = bool(message.reply_to) and not self.subscriber.no_reply
+            reply = (
+                self._answer(
+                    message,
+                    claim.data,
+                    {**claim.headers, CORRELATION_ID: message.correlation_id},
+                )
+                if replied
+                else []
+            )
+            return Processed(reply + settle, outcome="replayed")
+        done = self._call(delivery, message, args, kwargs, settle, claim=claim)
+        if done.outcome != "handled":  # stores nothing: a retry runs again
+            try:
+                connection.post(
+                    [claim.release()], what=f"the idempotency record of {self.name}"
+                )
+            except RedisRPCError as exc:
+                logger.warning(
+                    "%s could not free its idempotency record: %s", self.name, exc
+                )
+        return done
+
+    def _shed(self, message: RedisMessage) -> OverloadedError | None:
+        """Why to refuse *message* at once: its caller would stop waiting before the handler typically ends.
+
+        Only for a subscriber that sheds load (``max_queued``), and only
+        once the handler's typical run time is known.
+        """
+        source = self.subscriber.source
+        typical = self.counter.typical
+        if (
+            getattr(source, "max_queued", None) is None
+            or not message.accepts_errors  # FastStream callers are never refused
+            or message.deadline is None
+            or not typical
+        ):
+            return None
+        left = message.deadline - time.time()
+        if left >= typical:
+            return None
+        msg = f"{source} sheds the request: its caller stops waiting in {max(left, 0.0):.3f} s, and its handler typically takes {typical:.3f} s."
+        return OverloadedError(msg, destination=str(source), retry_after=typical)
 
     def _call(
         self,
@@ -250,8 +383,13 @@ class Processor:
         args: list[Any],
         kwargs: dict[str, Any],
         settle: list[Command],
+        *,
+        claim: idempotency.Claim | None = None,
     ) -> Processed:
-        """Call the handler inside the hooks, and build what it produced."""
+        """Call the handler inside the hooks, and build what it produced.
+
+        With a *claim*, the reply is stored in its record, ahead of the reply.
+        """
         handler = self.subscriber.handler
         _context.handling(message)  # for request() from inside the handler
         self._busy[threading.get_ident()] = (
@@ -278,6 +416,8 @@ class Processor:
                 result = handler.func(*args, **kwargs)
             seconds = time.monotonic() - began
             commands = self._outgoing(message, result, reply_headers) + settle
+            if claim is not None:
+                self._store(message, claim, result, reply_headers)
             return Processed(commands, outcome="handled", seconds=seconds)
         except BaseException as exc:  # even SystemExit must not end the thread
             if seconds is None:  # the handler raised, not _outgoing()
@@ -297,6 +437,41 @@ class Processor:
                 return Processed([], outcome="failed", seconds=seconds)
             done = self._set_aside(delivery, exc, [])
             return attrs.evolve(done, outcome="failed", seconds=seconds)
+
+    def _store(
+        self,
+        message: RedisMessage,
+        claim: idempotency.Claim,
+        result: Any,
+        extra_headers: Mapping[str, str],
+    ) -> None:
+        """Store the reply in the claimed record before anything is sent, waiting for Redis.
+
+        A server that dies once it stored, before it acknowledged the
+        message, leaves a duplicate delivery the stored reply, and no
+        second run.
+        """
+        response = result if isinstance(result, Response) else Response(result)
+        data, headers = self._result_parts(message, response, extra_headers)
+        assert self._connection is not None  # a claim was made through it
+        try:
+            stored = self._connection.execute(
+                claim.store(data, headers, self._policy.idempotency_ttl)
+            )
+        except RedisRPCError as exc:
+            logger.warning(
+                "%s could not store the reply of idempotency key %r, so a duplicate would run the handler again: %s",
+                self.name,
+                message.idempotency_key[:100],
+                exc,
+            )
+            return
+        if not stored:
+            logger.warning(
+                "%s ran past the claim of idempotency key %r: another server may have run the handler too",
+                self.name,
+                message.idempotency_key[:100],
+            )
 
     def _set_aside(
         self, delivery: Delivery, error: BaseException, reply: list[Command]
@@ -345,7 +520,7 @@ class Processor:
             except (TypeError, ValueError):  # a header the frame format cannot hold
                 continue
             if limit is None or len(frame) <= limit:
-                return [self._reply(message, frame)]
+                return self._reply(message, frame)
         logger.warning(
             "%s could not fit an error reply to %r within max_message_size",
             self.name,
@@ -375,33 +550,55 @@ class Processor:
             commands += (
                 send_command(dest, event, maxlen) for dest in self.subscriber.publishers
             )
-        if reply:  # echoes the request's nonce, and is signed over it
-            data, headers = self._result_parts(message, response, extra_headers)
-            if message.nonce:
-                headers[NONCE] = message.nonce
-            # Without a nonce nobody waits in request(): the result of a
-            # publish(reply_to=...) is an event for that channel's subscribers.
-            frame = signed_frame(
-                data,
-                headers,
-                key,
-                # Without a key, a user header named like the signature stays.
-                reply_to_nonce=(message.nonce or None) if key is not None else None,
+        if reply:
+            commands += self._answer(
+                message, *self._result_parts(message, response, extra_headers)
             )
-            check_size(frame, self._policy.max_message_size, "The handler's result")
-            commands.append(self._reply(message, frame))
         return commands
 
-    def _reply(self, message: RedisMessage, frame: bytes) -> Publish:
-        """The command that sends *frame* back to *message*'s caller.
+    def _answer(
+        self, message: RedisMessage, data: bytes, headers: dict[str, str]
+    ) -> list[Command]:
+        """The commands that send the reply *data* with *headers* (taken over) to *message*'s caller.
+
+        The reply echoes the request's nonce, and is signed over it.
+        """
+        key = self._policy.signing_key
+        if message.nonce:
+            headers[NONCE] = message.nonce
+        # Without a nonce nobody waits in request(): the result of a
+        # publish(reply_to=...) is an event for that channel's subscribers.
+        frame = signed_frame(
+            data,
+            headers,
+            key,
+            # Without a key, a user header named like the signature stays.
+            reply_to_nonce=(message.nonce or None) if key is not None else None,
+        )
+        check_size(frame, self._policy.max_message_size, "The handler's result")
+        return self._reply(message, frame)
+
+    def _reply(self, message: RedisMessage, frame: bytes) -> list[Command]:
+        """The commands that send *frame* back to *message*'s caller.
 
         In a cluster, a redis_rpc caller's sharded reply channel gets it,
-        prefixed by the reply channel, which says who waits for it.
+        prefixed by the reply channel, which says who waits for it. A
+        caller that asked for it (``keep``) also finds it under its kept
+        key until its deadline, written first: a reply that its lost
+        subscription missed is there by the time it could look.
         """
         if message.reply_shard and self._policy.cluster:
             data = message.reply_to.encode() + b" " + frame
-            return Publish(message.reply_shard, data, sharded=True)
-        return Publish(message.reply_to, frame)
+            publish = Publish(message.reply_shard, data, sharded=True)
+        else:
+            publish = Publish(message.reply_to, frame)
+        key = kept_key(message.reply_to) if message.keep else None
+        if key is None:
+            return [publish]
+        left = KEEP_MAX if message.deadline is None else message.deadline - time.time()
+        if left <= 0:  # its caller has stopped waiting
+            return [publish]
+        return [Set(key, frame, max(1, round(min(left, KEEP_MAX) * 1000))), publish]
 
     def _result_parts(
         self,

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Sequence
 
-    from redis_rpc._io.interfaces import Backend
+    from redis_rpc._io.interfaces import Backend, Connection
+    from redis_rpc._server.cancel import Cancellations
     from redis_rpc._server.fetch import Consumer
     from redis_rpc._server.process import Policy, Subscriber
     from redis_rpc.errors import RedisRPCError
@@ -68,6 +69,9 @@ class Serving:
         policy: The broker's limits, key, hooks and topology.
         poll_interval: How long each blocking read waits before checking
             whether to stop.
+        cancellations: The requests their callers cancelled, for the processors.
+        connection: What the processors claim idempotency keys through:
+            *backend* by default, ``TestRedisBroker``'s in memory.
     """
 
     def __init__(
@@ -77,8 +81,11 @@ class Serving:
         policy: Policy,
         *,
         poll_interval: float,
+        cancellations: Cancellations | None = None,
+        connection: Connection | None = None,
     ) -> None:
         self._poll_interval = poll_interval
+        connection = backend if connection is None else connection
         self.heartbeat = Heartbeat(backend.admin)
         self.watch = Watch()
         channels = [sub for sub in subscribers if isinstance(sub.source, PubSub)]
@@ -97,7 +104,13 @@ class Serving:
             source = subscriber.source
             if isinstance(source, PubSub):
                 assert self.hub is not None  # there is a channel subscriber
-                processor = Processor(subscriber, policy, name=name)
+                processor = Processor(
+                    subscriber,
+                    policy,
+                    name=name,
+                    cancellations=cancellations,
+                    connection=connection,
+                )
                 self.consumers.append(
                     ChannelConsumer(
                         processor, backend, poll_interval=poll_interval, hub=self.hub
@@ -110,7 +123,14 @@ class Serving:
             else:
                 assert isinstance(source, StreamSub)  # the last transport
                 fetched = StreamSource(source, backend, self.heartbeat, name=name)
-            processor = Processor(subscriber, policy, fetched, name=name)
+            processor = Processor(
+                subscriber,
+                policy,
+                fetched,
+                name=name,
+                cancellations=cancellations,
+                connection=connection,
+            )
             self.consumers.append(
                 FetchingConsumer(
                     processor,

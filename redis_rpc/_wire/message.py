@@ -6,6 +6,9 @@ import itertools
 import json
 import math
 import os
+import re
+import threading
+import time
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +16,7 @@ import attrs
 import cattrs
 
 from redis_rpc._wire import codec, convert
-from redis_rpc.errors import MessageTooLargeError, ValidationError
+from redis_rpc.errors import MessageTooLargeError, OverloadedError, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -37,6 +40,13 @@ SIGNATURE = "x-redis-rpc-signature"
 # redis_rpc server sends the reply there with SPUBLISH, so that it reaches
 # one shard instead of every node; FastStream servers reply on reply_to.
 REPLY_SHARD = "x-redis-rpc-reply-shard"
+# On a request: the caller fetches its reply from a key should its reply
+# subscription drop meanwhile ("1"): our servers then keep the reply under
+# kept_key(reply_to) until the caller's deadline (see _client.listener).
+KEEP = "x-redis-rpc-keep"
+# On a request or event: the handler runs at most once for this key and
+# destination within the server's idempotency_ttl; see _server.idempotency.
+IDEMPOTENCY_KEY = "x-redis-rpc-idempotency-key"
 _PROTOCOL_HEADERS = frozenset(
     (
         CORRELATION_ID,
@@ -48,8 +58,81 @@ _PROTOCOL_HEADERS = frozenset(
         NONCE,
         SIGNATURE,
         REPLY_SHARD,
+        KEEP,
+        IDEMPOTENCY_KEY,
     )
 )
+
+# Where our callers ask for replies: REPLY_PREFIX, a listener's 32 hex
+# digits and a dot, then 32 hex digits of the request's own.
+REPLY_PREFIX = "redis_rpc.reply."
+_KEPT = re.compile(r"(redis_rpc\.reply\.[0-9a-f]{32}\.)([0-9a-f]{32})")
+
+
+def kept_key(reply_to: str) -> str | None:
+    """The key that keeps the reply to *reply_to*, or None when it is not one of our callers' channels.
+
+    On the slot of the caller's listener in a Redis Cluster (its prefix is
+    the hash tag), and in our namespace alone: a request cannot have a
+    server write to a key of its choosing.
+    """
+    found = _KEPT.fullmatch(reply_to)
+    if found is None:
+        return None
+    return "{" + found.group(1) + "}" + found.group(2)
+
+
+class Cancellation:
+    """Whether the caller of a request has given up on it: ``RedisMessage.cancelled``.
+
+    Set once the caller's deadline has passed, or once it cancelled the
+    request (``Future.cancel()`` on ``broker.submit()``, or closing the
+    iterator of ``broker.stream()``). A long handler may look now and then,
+    and stop early. Safe to use from any thread.
+    """
+
+    __slots__ = ("_deadline", "_event")
+
+    # Guards creating an event: most messages are never waited on.
+    _creating = threading.Lock()
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self._deadline = deadline  # time.time() after which the caller has left
+        self._event: threading.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Cancellation {'set' if self.is_set() else 'clear'}>"
+
+    def is_set(self) -> bool:
+        """Whether the caller has given up."""
+        event = self._event
+        if event is not None and event.is_set():
+            return True
+        return self._deadline is not None and time.time() >= self._deadline
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to *timeout* seconds (``None``: until it happens) for the caller to give up; whether it has."""
+        if self._deadline is not None:
+            left = self._deadline - time.time()
+            timeout = left if timeout is None else min(timeout, left)
+        if timeout is not None and timeout <= 0:
+            return self.is_set()
+        self._own_event().wait(timeout)
+        return self.is_set()
+
+    def set(self) -> None:
+        """The caller cancelled: tell whoever looks, or waits."""
+        self._own_event().set()
+
+    def _own_event(self) -> threading.Event:
+        event = self._event
+        if event is None:
+            with self._creating:
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+        return event
+
 
 # Used only by messages built outside a broker; never mutated.
 _DEFAULT_CONVERTER = convert.make_converter()
@@ -80,6 +163,12 @@ class RedisMessage:
             template, taken from the channel the message arrived on:
             ``{"level": "info"}`` for ``logs.info`` and ``logs.{level}``.
             Empty for any other subscriber, or a channel that does not fit.
+        idempotency_key: The key the sender gave (``request(...,
+            idempotency_key=...)``): the handler runs at most once for it,
+            and a duplicate gets the stored reply. ``""`` for none.
+        cancelled: Set once the caller has given up on the request: its
+            deadline passed, or it cancelled (see ``Cancellation``). A
+            handler that takes a ``RedisMessage`` may check it to stop early.
     """
 
     body: bytes
@@ -99,6 +188,14 @@ class RedisMessage:
     path: Mapping[str, str] = _NO_PATH
     # The caller's sharded reply channel, in a Redis Cluster; see REPLY_SHARD.
     reply_shard: str = attrs.field(default="", repr=False)
+    # Whether the caller fetches its reply from kept_key(reply_to) if need be; see KEEP.
+    keep: bool = attrs.field(default=False, repr=False)
+    idempotency_key: str = ""
+    cancelled: Cancellation = attrs.field(eq=False, repr=False)
+
+    @cancelled.default
+    def _deadline_passes(self) -> Cancellation:
+        return Cancellation(self.deadline)
 
     @classmethod
     def from_payload(
@@ -154,6 +251,8 @@ class RedisMessage:
         error = pop(ERROR, None)
         nonce = pop(NONCE, None)
         reply_shard = pop(REPLY_SHARD, None)
+        keep = pop(KEEP, None)
+        idempotency_key = pop(IDEMPOTENCY_KEY, None)
         pop(SIGNATURE, None)
         return cls(
             body=body,
@@ -168,6 +267,8 @@ class RedisMessage:
             nonce=str(nonce or ""),
             path=_NO_PATH if path is None else path,
             reply_shard=str(reply_shard or ""),
+            keep=keep == "1",
+            idempotency_key=str(idempotency_key or ""),
         )
 
     def decode(
@@ -217,6 +318,11 @@ class RedisMessage:
             "traceback": None if traceback is None else str(traceback),
         }
 
+
+# The type an error reply names when a server shed the request (see
+# OverloadedError): qualified, so that no handler's exception can be taken
+# for it.
+OVERLOADED = "redis_rpc.OverloadedError"
 
 # Error replies stay small: a runaway message or traceback is cut.
 _MESSAGE_CHARS, _TRACEBACK_CHARS, _BRIEF_CHARS, _MAX_ERRORS = 2_000, 20_000, 200, 50
@@ -379,6 +485,18 @@ def build_error_frame(
     )
 
 
+def retry_after(reply: RedisMessage) -> float | None:
+    """The ``retry_after`` hint of an error reply that shed a request, if it holds a sensible one."""
+    try:
+        details = json.loads(reply.body)
+    except (ValueError, RecursionError):
+        return None
+    hint = details.get("retry_after") if isinstance(details, dict) else None
+    if isinstance(hint, bool) or not isinstance(hint, (int, float)):
+        return None
+    return float(hint) if math.isfinite(hint) and hint >= 0 else None
+
+
 def error_frame_parts(
     error: BaseException,
     *,
@@ -393,7 +511,9 @@ def error_frame_parts(
     ones are cut; *brief* cuts the message short and leaves the rest out,
     for a reply that must fit a small ``max_message_size``.
     """
-    type_name = type(error).__name__
+    type_name = (
+        OVERLOADED if isinstance(error, OverloadedError) else type(error).__name__
+    )
     message = describe(error)
     errors = (
         [_text(e) for e in error.errors] if isinstance(error, ValidationError) else []
@@ -401,12 +521,14 @@ def error_frame_parts(
     if brief:
         message, errors, traceback = _cut(message, _BRIEF_CHARS), [], None
         correlation_id = _cut(correlation_id, _BRIEF_CHARS)
-    details = {
+    details: dict[str, Any] = {
         "type": type_name,
         "message": _cut(message, _MESSAGE_CHARS),
         "errors": errors[:_MAX_ERRORS],
         "traceback": None if traceback is None else traceback[-_TRACEBACK_CHARS:],
     }
+    if isinstance(error, OverloadedError) and error.retry_after is not None:
+        details["retry_after"] = error.retry_after
     data, content_type = codec.encode_body(details)
     return data, {
         CORRELATION_ID: correlation_id,

@@ -121,6 +121,13 @@ class ListSub:
             in order: they are lost if the process dies before handling
             them, and other consumers of the list cannot take them
             meanwhile. Not with ``reliable``, which moves one item at a time.
+        max_queued: Load shedding: while the list holds this many items or
+            more, a redis_rpc caller's ``request()`` or ``publish()`` to it
+            fails at once with ``OverloadedError`` instead of queueing (the
+            check and the push are one atomic step), and a server refuses
+            at once a request whose caller would stop waiting before its
+            handler's typical run time is over. ``None`` (the default)
+            sheds nothing. FastStream callers are never refused.
     """
 
     list: str = attrs.field(validator=_not_empty)
@@ -128,6 +135,9 @@ class ListSub:
     recover_after: float = attrs.field(default=30.0, kw_only=True, validator=_positive)
     dead_letter: str = attrs.field(kw_only=True, validator=_not_empty)
     prefetch: int = attrs.field(default=1, kw_only=True, validator=_positive)
+    max_queued: int | None = attrs.field(
+        default=None, kw_only=True, validator=_positive_or_none
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.reliable and self.prefetch > 1:
@@ -182,6 +192,14 @@ class StreamSub:
             before it counts as dead: then a live consumer of the group
             claims its pending entries, whatever *claim_idle_time* says,
             and deletes it from the group once it has none left.
+        max_queued: Load shedding: while this many entries or more of the
+            stream wait for *group* (its lag, Redis 7.0 or newer), a
+            redis_rpc caller's ``request()`` or ``publish()`` fails at once
+            with ``OverloadedError`` instead of adding one (the check and
+            the ``XADD`` are one atomic step), and a server refuses at once
+            a request whose caller would stop waiting before its handler's
+            typical run time is over. ``None`` (the default) sheds nothing.
+            FastStream callers are never refused.
     """
 
     stream: str = attrs.field(validator=_not_empty)
@@ -201,6 +219,9 @@ class StreamSub:
         default=60.0, kw_only=True, validator=_non_negative_or_none
     )
     recover_after: float = attrs.field(default=5.0, kw_only=True, validator=_positive)
+    max_queued: int | None = attrs.field(
+        default=None, kw_only=True, validator=_positive_or_none
+    )
 
     @dead_letter.default
     def _dead_letter_default(self) -> str:

@@ -11,6 +11,7 @@ import collections
 import threading
 from typing import TYPE_CHECKING, Any
 
+from redis_rpc._io.commands import Get, Set
 from redis_rpc.errors import RedisConnectionError
 
 if TYPE_CHECKING:
@@ -197,6 +198,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.sent: list[Command] = []  # every command, in order
+        self.keys: dict[str, bytes] = {}  # what SET wrote, for GET
         self.posted: list[tuple[list[Command], str]] = []  # (commands, what)
         self.admin: Admin = FakeAdmin()
         self.lists: dict[str, collections.deque[bytes]] = collections.defaultdict(
@@ -238,6 +240,10 @@ class FakeBackend:
 
     def execute(self, command: Command, *, deadline: float | None = None) -> Any:
         self.sent.append(command)
+        if isinstance(command, Set):
+            self.keys[command.key] = command.data
+        elif isinstance(command, Get):
+            return self.keys.get(command.key)
         return 1
 
     def execute_many(

@@ -15,7 +15,7 @@ from redis_rpc._server.handler import Handler
 from redis_rpc._server.heartbeat import Heartbeat
 from redis_rpc._server.lists import ListSource
 from redis_rpc._server.process import Policy, Processor, Subscriber
-from redis_rpc._wire.message import ACCEPT_ERRORS, RedisMessage, build_frame
+from redis_rpc._wire.message import ACCEPT_ERRORS, RedisMessage, build_frame, kept_key
 from redis_rpc._wire.schemas import ListSub
 from redis_rpc.errors import RedisConnectionError
 from tests.unit.fakes import FakeBackend
@@ -125,23 +125,49 @@ def test_never_takes_more_than_its_free_workers(running):
     assert _until(lambda: not backend.lists["jobs"])
 
 
-def test_reply_listener_completes_a_request_and_fails_it_when_the_subscription_drops():
-    """The listener hands a reply to the request waiting on its channel, and fails pending requests when Redis goes away."""
+def test_reply_listener_completes_a_request_waiting_on_its_channel():
+    """The listener hands a reply to the request waiting on its channel."""
     backend = FakeBackend()
     listener = ReplyListener(backend, cluster=False, poll_interval=POLL)
     listener.start()
     try:
         assert listener.wait_ready(WAIT)
-        channel, nonce, latch = listener.register("c1")
+        pending = listener.register("c1")
         reply = build_frame(
-            "hi", correlation_id="c1", headers={"x-redis-rpc-nonce": nonce}
+            "hi", correlation_id="c1", headers={"x-redis-rpc-nonce": pending.nonce}
         )
-        backend.publish(channel.encode(), reply, pattern=listener.prefix.encode())
-        assert RedisMessage.from_payload(latch.result(WAIT)).decode() == "hi"
-        _, _, waiting = listener.register("c2")
+        backend.publish(
+            pending.channel.encode(), reply, pattern=listener.prefix.encode()
+        )
+        assert RedisMessage.from_payload(pending.future.result(WAIT)).decode() == "hi"
+        assert not pending.recovered
+    finally:
+        assert listener.stop(WAIT)
+
+
+def test_a_reply_published_while_the_subscription_is_lost_is_recovered():
+    """A request outlives its lost reply subscription: once subscribed again, the listener takes its reply from the kept key."""
+    backend = FakeBackend()
+    listener = ReplyListener(backend, cluster=False, poll_interval=POLL)
+    listener.start()
+    try:
+        assert listener.wait_ready(WAIT)
+        pending = listener.register("c2")
         backend.set_down(True)
-        with pytest.raises(RedisConnectionError, match="Lost the reply subscription"):
-            waiting.result(WAIT)
+        assert _until(lambda: not listener.ready.is_set())
+        with pytest.raises(RedisConnectionError, match="down"):
+            listener.register("late")  # new requests fail at once meanwhile
+        # The server answers meanwhile: published to nobody, kept under its key.
+        key = kept_key(pending.channel)
+        assert key is not None
+        backend.keys[key] = build_frame(
+            "kept", correlation_id="c2", headers={"x-redis-rpc-nonce": pending.nonce}
+        )
+        backend.set_down(False)
+        payload = pending.future.result(WAIT)
+        assert RedisMessage.from_payload(payload).decode() == "kept"
+        assert pending.recovered
+        assert listener.recovered == 1
     finally:
         assert listener.stop(WAIT)
 

@@ -374,6 +374,9 @@ class TestPickling:
                 "No reply.", destination="list:orders", correlation_id="c", timeout=1.5
             ),
             redis_rpc.errors.NoSubscriberError("Nobody.", destination="channel:x"),
+            redis_rpc.errors.OverloadedError(
+                "Full.", destination="list:jobs", queued=10, retry_after=0.5
+            ),
             redis_rpc.RemoteError(
                 type_name="KeyError",
                 remote_message="'sku'",
@@ -409,6 +412,7 @@ class TestPickling:
             "RedisCommandError",
             "RequestTimeoutError",
             "NoSubscriberError",
+            "OverloadedError",
             "RemoteError",
             "MessageDecodeError",
             "MessageTooLargeError",
