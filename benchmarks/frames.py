@@ -40,7 +40,8 @@ from redis_rpc._client.listener import ReplyListener
 from redis_rpc._hooks import DestinationCounter, SubscriberCounter
 from redis_rpc._io.commands import send_command
 from redis_rpc._server.handler import Handler
-from redis_rpc._server.process import Delivery, Policy, Processor, Subscriber
+from redis_rpc._server.model import Delivery, Policy, Subscriber
+from redis_rpc._server.process import Processor
 from redis_rpc._wire import signing
 from redis_rpc._wire.convert import make_converter
 from redis_rpc._wire.message import (
@@ -232,7 +233,9 @@ def server_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
             payload, handler.converter, max_size=MAX_SIZE
         ),
         "handler.arguments": lambda: handler.arguments(message),
-        "_outgoing (reply frame, command)": lambda: processor._outgoing(message, BODY),
+        "outgoing (reply frame, command)": lambda: processor._replies.outgoing(
+            message, BODY
+        ),
     }
     if key is not None:
         steps["check_request"] = lambda: signing.check_request(payload, key)

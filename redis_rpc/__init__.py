@@ -11,6 +11,7 @@ from logging import Logger
 
 from redis_rpc._broker import RedisBroker, RedisClusterBroker
 from redis_rpc._cli.app import App
+from redis_rpc._client.compose import ReplyStream
 from redis_rpc._hooks import DestinationStats, Event, Health, Stats, SubscriberStats
 from redis_rpc._wire.convert import make_converter
 from redis_rpc._wire.message import RedisMessage, RedisResponse, Response
@@ -36,6 +37,7 @@ __all__ = [
     "RedisMessage",
     "RedisResponse",
     "RemoteError",
+    "ReplyStream",
     "Response",
     "Stats",
     "StreamSub",

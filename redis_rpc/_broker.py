@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import attrs
 
 from redis_rpc import _context, _fork
+from redis_rpc._client.compose import Composer, ReplyStream
+from redis_rpc._client.deadlines import Deadlines
 from redis_rpc._client.listener import ReplyListener
 from redis_rpc._client.request import Caller, with_idempotency_key
 from redis_rpc._hooks import Health, Stats, SubscriberStats
@@ -28,7 +30,7 @@ from redis_rpc._io.server import RedisBackend
 from redis_rpc._server.cancel import Cancellations
 from redis_rpc._server.fetch import reader_exit_bound
 from redis_rpc._server.handler import Handler
-from redis_rpc._server.process import Policy, Subscriber
+from redis_rpc._server.model import Policy, Subscriber
 from redis_rpc._server.serving import Serving, start_error, wait_until_up
 from redis_rpc._wire.cancel import read_notice
 from redis_rpc._wire.convert import make_converter
@@ -49,6 +51,7 @@ from redis_rpc.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from concurrent.futures import Future
     from types import TracebackType
 
     import cattrs
@@ -201,6 +204,9 @@ class RedisBroker:
             start_timeout=start_timeout,
             hooks=hooks,
         )
+        # Fails submitted requests at their deadlines: one thread, started by the first.
+        self._deadlines = Deadlines()
+        self._composer = Composer(self._caller, self._deadlines)
         # Guards _state, _subscribers, _publishers, _connection, _listener and _serving.
         self._lock = threading.Lock()
         self._state = State.NEW
@@ -451,6 +457,8 @@ class RedisBroker:
             )
         if listener is not None and not listener.stop(exit_bound):
             logger.warning("The reply listener did not stop in time")
+        if not self._deadlines.stop(exit_bound):
+            logger.warning("The deadlines thread did not stop in time")
         self._connection.close()
         with self._lock:
             self._state = State.CLOSED
@@ -613,6 +621,130 @@ class RedisBroker:
             serving.processors if serving is not None else (),
         )
 
+    def submit(
+        self,
+        body: Any = None,
+        channel: str | PubSub | None = None,
+        *,
+        list: str | ListSub | None = None,
+        stream: str | StreamSub | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = 30.0,
+        fail_fast: bool = True,
+        idempotency_key: str | None = None,
+    ) -> Future[RedisMessage]:
+        """Send a request as ``request()`` does, and return at once a ``Future`` of its reply.
+
+        No thread waits for it: the reply listener completes the future, and
+        the broker's deadlines thread fails it with ``RequestTimeoutError``
+        once *timeout* has passed. ``future.result()`` returns the reply or
+        raises what ``request()`` would; ``concurrent.futures.wait()`` and
+        ``as_completed()`` take these futures. ``future.cancel()`` before
+        the reply stops waiting for it and tells the handler, whose
+        ``message.cancelled`` becomes true. Arguments as for ``request()``.
+
+        Raises:
+            As ``request()``, for what is known before the request is on
+            its way (a closed broker, a bad argument, a frame too large);
+            the rest is raised by ``future.result()``.
+        """
+        self._check_open("submit")
+        serving = self._serving
+        return self._composer.submit(
+            self._connection,
+            self._reply_listener,
+            body,
+            destination(channel, list, stream),
+            with_idempotency_key(headers, idempotency_key),
+            correlation_id,
+            timeout,
+            fail_fast,
+            serving.processors if serving is not None else (),
+        )
+
+    def gather(
+        self,
+        body: Any = None,
+        channel: str | PubSub | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> list[RedisMessage]:
+        """Publish a request to a channel and return the reply of every subscriber that answered.
+
+        Redis says how many subscribers received the request; ``gather()``
+        returns as soon as that many have replied, or at *timeout* with
+        the replies that came, in the order they came (none if nobody
+        listens). An error reply is returned as a message too: its
+        ``remote_error`` is the ``RemoteError`` it reports. Redis counts
+        connections: a broker's handlers on one channel share one, so
+        two of them in the same broker count once, and the second reply
+        may come after ``gather()`` returned. On a Redis Cluster,
+        where Redis counts one node's subscribers only, it always waits
+        for *timeout*.
+
+        Raises:
+            SetupError: *channel* is not a channel, or *timeout* is not positive.
+            RedisConnectionError: Redis could not be reached to publish.
+            BrokerClosedError: The broker was closed before or while waiting.
+        """
+        self._check_open("gather")
+        serving = self._serving
+        return self._composer.gather(
+            self._connection,
+            self._reply_listener,
+            body,
+            channel
+            if isinstance(channel, (ListSub, StreamSub))
+            else destination(channel, None, None),
+            headers,
+            correlation_id,
+            timeout,
+            serving.processors if serving is not None else (),
+        )
+
+    def stream(
+        self,
+        body: Any = None,
+        channel: str | PubSub | None = None,
+        *,
+        list: str | ListSub | None = None,
+        stream: str | StreamSub | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = 30.0,
+        fail_fast: bool = True,
+    ) -> ReplyStream:
+        """Send a request to a generator handler and yield its items, one reply each, as they come.
+
+        *timeout* bounds the wait for each item, not the whole stream. An
+        exception the handler raises after some items is raised by the
+        iterator after them, as ``RemoteError``; a handler that is not a
+        generator yields its one reply, so does a FastStream service.
+        Leaving the loop early (``break``, or closing the iterator) tells
+        the handler, whose ``message.cancelled`` becomes true and which
+        then stops between items.
+
+        Raises:
+            As ``request()``; ``RequestTimeoutError`` when an item does not
+            come within *timeout*.
+        """
+        self._check_open("stream")
+        serving = self._serving
+        return self._composer.stream(
+            self._connection,
+            self._reply_listener,
+            body,
+            destination(channel, list, stream),
+            headers,
+            correlation_id,
+            timeout,
+            fail_fast,
+            serving.processors if serving is not None else (),
+        )
+
     # -- observing -----------------------------------------------------------
 
     def stats(self) -> Stats:
@@ -717,6 +849,8 @@ class RedisBroker:
         self._lock = threading.Lock()
         self._process.renew()
         self._listener, self._serving = None, None
+        self._deadlines = Deadlines()
+        self._composer = Composer(self._caller, self._deadlines)
         self._connection.after_fork()
         closed = self._state in (State.CLOSING, State.CLOSED)
         self._started_before_fork |= self._state in (State.STARTING, State.RUNNING)

@@ -53,7 +53,7 @@ from redis_rpc._io.commands import (
 from redis_rpc._server.channels import ChannelConsumer
 from redis_rpc._server.fetch import FetchingConsumer, reader_exit_bound
 from redis_rpc._server.handler import Handler
-from redis_rpc._server.process import Delivery
+from redis_rpc._server.model import Delivery
 from redis_rpc._server.streams import entry_delivery
 from redis_rpc._wire.cancel import CANCEL_CHANNEL
 from redis_rpc._wire.glob import matches
@@ -69,7 +69,8 @@ if TYPE_CHECKING:
     from redis_rpc._io.commands import Command
     from redis_rpc._io.interfaces import Outcome
     from redis_rpc._server.fetch import Consumer
-    from redis_rpc._server.process import Processor, Subscriber
+    from redis_rpc._server.model import Subscriber
+    from redis_rpc._server.process import Processor
     from redis_rpc._server.serving import Serving
 
 logger = logging.getLogger(__name__)

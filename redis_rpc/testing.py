@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from redis_rpc._broker import RedisBroker
-    from redis_rpc._server.process import Subscriber
+    from redis_rpc._server.model import Subscriber
 
 __all__ = ["RedisServer", "TestRedisBroker"]
 

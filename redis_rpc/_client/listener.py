@@ -115,7 +115,14 @@ class Sent:
     number waiting) fails it with ``overloaded(waiting)``.
     """
 
-    __slots__ = ("_channel", "_listener", "_overloaded", "_unheard", "error")
+    __slots__ = (
+        "_channel",
+        "_listener",
+        "_on_count",
+        "_overloaded",
+        "_unheard",
+        "error",
+    )
 
     def __init__(
         self,
@@ -123,11 +130,15 @@ class Sent:
         channel: str,
         unheard: Callable[[], RedisRPCError] | None = None,
         overloaded: Callable[[int], RedisRPCError] | None = None,
+        *,
+        on_count: Callable[[int], None] | None = None,
     ) -> None:
+        """*on_count* hears how many subscribers a ``PUBLISH`` reached."""
         self._listener = listener
         self._channel = channel
         self._unheard = unheard
         self._overloaded = overloaded
+        self._on_count = on_count
         self.error: RedisRPCError | None = None
 
     def set_result(self, value: list[object]) -> None:
@@ -136,6 +147,8 @@ class Sent:
                 self.set_error(reply)
             elif reply == 0 and self._unheard is not None:
                 self.set_error(self._unheard())
+            elif isinstance(reply, int) and reply >= 0 and self._on_count is not None:
+                self._on_count(reply)
             elif isinstance(reply, int) and reply < 0 and self._overloaded is not None:
                 self.set_error(self._overloaded(-reply))
 
@@ -144,14 +157,44 @@ class Sent:
         self._listener.fail(self._channel, error)
 
 
+class Sink(Protocol):
+    """Where the reply of a request goes: a ``Latch``, or what completes a ``Future``."""
+
+    def set_result(self, value: bytes) -> None:
+        """The reply's payload; called once."""
+
+    def set_error(self, error: BaseException) -> None:
+        """Why no reply will come; called once."""
+
+
 class Pending:
-    """One pending request, as the listener knows it: its reply channel, nonce and future."""
+    """One pending request, as the listener knows it: its reply channel, nonce, and where its reply goes.
 
-    __slots__ = ("channel", "correlation_id", "future", "nonce", "recovered", "warned")
+    *collect*, when given, takes every acceptable reply instead of *future*
+    taking the first, and says when the last has come.
+    """
 
-    def __init__(self, channel: str, nonce: str, correlation_id: str) -> None:
+    __slots__ = (
+        "channel",
+        "collect",
+        "correlation_id",
+        "future",
+        "nonce",
+        "recovered",
+        "warned",
+    )
+
+    def __init__(
+        self,
+        channel: str,
+        nonce: str,
+        correlation_id: str,
+        sink: Sink | None = None,
+        collect: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self.channel = channel
-        self.future: Latch[bytes] = Latch()
+        self.future: Sink = Latch() if sink is None else sink
+        self.collect = collect
         self.nonce = nonce
         self.correlation_id = correlation_id
         self.warned = False  # a refused reply has been logged already
@@ -267,11 +310,18 @@ class ReplyListener:
             "Cannot send a request: the reply subscription to Redis is down", cause
         )
 
-    def register(self, correlation_id: str = "") -> Pending:
-        """Reserve a reply channel and a nonce; its future gets the raw reply payload.
+    def register(
+        self,
+        correlation_id: str = "",
+        *,
+        sink: Sink | None = None,
+        collect: Callable[[bytes], bool] | None = None,
+    ) -> Pending:
+        """Reserve a reply channel and a nonce; *sink* (a new ``Latch`` by default) gets the raw reply payload.
 
         Only a reply that passes ``check_reply()`` for the nonce completes
-        the future. *correlation_id* only names the request in log lines.
+        the sink, or goes to *collect* (see ``Pending``). *correlation_id*
+        only names the request in log lines.
 
         Raises:
             BrokerClosedError: The listener has been stopped.
@@ -279,7 +329,9 @@ class ReplyListener:
         """
         # 128 bits each, from the OS's CSPRNG.
         secret = _secrets.hex(64)
-        waiter = Pending(f"{self.prefix}{secret[:32]}", secret[32:], correlation_id)
+        waiter = Pending(
+            f"{self.prefix}{secret[:32]}", secret[32:], correlation_id, sink, collect
+        )
         with self._lock:
             if self._accepting:
                 self._pending[waiter.channel.encode()] = waiter
@@ -431,10 +483,14 @@ class ReplyListener:
         waiter = pending.get(channel)
         if waiter is None:
             logger.debug("Dropped a reply on %r: its request is gone", channel)
+        elif not self._acceptable(waiter, payload):
+            pass
+        elif waiter.collect is not None:  # one of several replies
+            if waiter.collect(payload):
+                pending.pop(channel, None)
+            return True
         # discard() may take it meanwhile: then nobody waits for this reply.
-        elif self._acceptable(waiter, payload) and (
-            pending.pop(channel, None) is waiter
-        ):
+        elif pending.pop(channel, None) is waiter:
             waiter.recovered = recovered
             waiter.future.set_result(payload)
             return True

@@ -28,6 +28,7 @@ from redis_rpc._hooks import (
     outcome_of,
 )
 from redis_rpc._io.commands import Publish, send_command
+from redis_rpc._latch import Latch
 from redis_rpc._wire.cancel import CANCEL_CHANNEL, notice
 from redis_rpc._wire.glob import matches
 from redis_rpc._wire.message import (
@@ -52,6 +53,7 @@ from redis_rpc.errors import (
     NoSubscriberError,
     OverloadedError,
     RedisConnectionError,
+    RedisRPCError,
     RemoteError,
     RequestTimeoutError,
     SetupError,
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 
     import cattrs
 
-    from redis_rpc._client.listener import ReplyListener
+    from redis_rpc._client.listener import Pending, ReplyListener, Sink
     from redis_rpc._hooks import DestinationStats, Hook
     from redis_rpc._io.interfaces import Connection
     from redis_rpc._wire.schemas import Destination
@@ -102,6 +104,20 @@ class Caller:
         return {
             key: counter.snapshot() for key, counter in list(self._destinations.items())
         }
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        return self._hooks
+
+    def count(self, target: Destination, outcome: str, seconds: float) -> None:
+        """Count one request to *target* that ended with *outcome* after *seconds*."""
+        self._counter(target).requested(outcome, seconds)
+
+    def count_error(
+        self, target: Destination, error: BaseException, seconds: float
+    ) -> None:
+        """Count one request to *target* that failed with *error* after *seconds*."""
+        self._counter(target).requested(outcome_of(error), seconds)
 
     def cancel(self, connection: Connection, reply_to: str) -> None:
         """Tell the servers that the request answered on *reply_to* is given up (see ``_wire.cancel``).
@@ -282,40 +298,85 @@ class Caller:
         fail_fast: bool,
         own: Collection[object],
     ) -> RedisMessage:
+        latch: Latch[bytes] = Latch()
+        call = self.begin(
+            connection,
+            listener_of,
+            body,
+            target,
+            headers,
+            correlation_id,
+            timeout,
+            fail_fast,
+            own,
+            sink=latch,
+        )
+        try:
+            payload = latch.result(call.left())
+        except FutureTimeoutError:
+            raise call.no_reply() from None
+        except RedisConnectionError as exc:
+            raise call.not_taken(exc)  # noqa: B904 - chained to its own cause
+        finally:
+            call.listener.discard(call.reply_to)
+        return self.answer(call, payload)
+
+    def begin(
+        self,
+        connection: Connection,
+        listener_of: Callable[[], ReplyListener],
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        timeout: float | None,
+        fail_fast: bool,
+        own: Collection[object],
+        *,
+        sink: Sink,
+        collect: Callable[[bytes], bool] | None = None,
+        keep: bool = True,
+        ask: Mapping[str, str] | None = None,
+        on_count: Callable[[int], None] | None = None,
+    ) -> Call:
+        """Send a request to *target*, its reply to go to *sink*; return it on its way.
+
+        *collect* takes every acceptable reply instead, saying when the
+        last has come (``gather()``, ``stream()``); *keep* asks the server
+        to keep a single reply for a lost subscription; *ask* adds headers
+        of ours; *on_count* hears how many subscribers Redis says a channel
+        request reached. A failure to send fails *sink*, and raises when
+        known at once.
+
+        Raises:
+            As ``RedisBroker.request()``, when known before the reply is awaited.
+        """
         timeout = nested_timeout(target, timeout, own)
         if headers and REPLY_TO in headers:
             msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
             raise SetupError(msg)
         correlation_id = correlation_id or new_correlation_id()
         deadline = None if timeout is None else time.monotonic() + timeout
-        ours = {ACCEPT_ERRORS: "1"}
+        ours = {ACCEPT_ERRORS: "1", **(ask or {})}
         if timeout is not None:  # the server's clock: Unix time, to the millisecond
             ours[DEADLINE] = f"{time.time() + timeout:.3f}"
         listener = listener_of()
-
-        def timed_out(msg: str) -> RequestTimeoutError:
-            return RequestTimeoutError(
-                msg,
-                destination=str(target),
-                correlation_id=correlation_id,
-                timeout=timeout or 0.0,
-            )
-
+        call = Call(target, correlation_id, timeout, deadline, listener)
         if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
-            raise timed_out(msg)
-        pending = listener.register(correlation_id)
-        reply_to, ours[NONCE], future = pending.channel, pending.nonce, pending.future
+            raise call.timed_out(msg)
+        pending = listener.register(correlation_id, sink=sink, collect=collect)
+        call.pending, ours[NONCE] = pending, pending.nonce
         if listener.reply_shard is not None:
             ours[REPLY_SHARD] = listener.reply_shard
-        if listener.keeps:  # our listener fetches it after a lost subscription
+        if keep and listener.keeps:  # our listener fetches it after a lost subscription
             ours[KEEP] = "1"
         try:
             frame = signed_frame(
                 *frame_parts(
                     body,
                     correlation_id=correlation_id,
-                    reply_to=reply_to,
+                    reply_to=pending.channel,
                     headers={**headers, **ours} if headers else ours,
                     converter=self._converter,
                 ),
@@ -330,56 +391,125 @@ class Caller:
 
             # On a channel, Redis' answer says whether anybody got it.
             # In a cluster, Redis counts the subscribers of one node only.
-            counted = (
-                fail_fast
-                and isinstance(command, Publish)
-                and (command.sharded or not connection.cluster)
+            counted = isinstance(command, Publish) and (
+                command.sharded or not connection.cluster
             )
-            sent = Sent(
+            call.sent = Sent(
                 listener,
-                reply_to,
-                unheard if counted else None,
+                pending.channel,
+                unheard if fail_fast and counted else None,
                 functools.partial(self._overloaded, target),
+                on_count=on_count if counted else None,
             )
-            try:
-                try:  # a failure to send fails the future, and is in sent.error
-                    connection.send(command, deadline=deadline, outcome=sent)
-                except RedisConnectionError as exc:
-                    sent.error = exc
-                    raise
-                payload = future.result(
-                    None if deadline is None else max(0.0, deadline - time.monotonic())
-                )
+            try:  # a failure to send fails the sink, and is in sent.error
+                connection.send(command, deadline=deadline, outcome=call.sent)
             except RedisConnectionError as exc:
-                # Only a failure to send; a lost reply subscription stays as it is.
-                if deadline is None or exc.reason != "timeout" or exc is not sent.error:
-                    raise
-                outcome = (
-                    "may have been delivered" if exc.maybe_applied else "was not sent"
-                )
-                msg = f"Redis did not take the request to {target} within {timeout} s, so it {outcome} (correlation_id={correlation_id!r}); Redis may be stalled or overloaded."
-                raise timed_out(msg) from exc
-        except FutureTimeoutError:
-            msg = f"No reply from {target} within {timeout} s (correlation_id={correlation_id!r}); is a consumer running?"
-            raise timed_out(msg) from None
-        finally:
-            listener.discard(reply_to)
-        if pending.recovered:
-            self._counter(target).recovered()
-        check_size(payload, self._max_message_size, "The reply")
-        reply = RedisMessage.from_payload(payload, self._converter)
-        error = reply.error_details()
-        if error is not None and error["type_name"] == OVERLOADED:  # shed by the server
+                call.sent.error = exc
+                raise call.not_taken(exc)  # noqa: B904 - chained to its own cause
+        except BaseException:
+            listener.discard(pending.channel)
+            raise
+        return call
+
+    def answer(self, call: Call, payload: bytes) -> RedisMessage:
+        """The reply *payload* of *call*, or the error it reports.
+
+        Raises:
+            RemoteError: The handler raised, or the request did not fit.
+            OverloadedError: The server shed the request.
+            MessageTooLargeError: The reply is over ``max_message_size``.
+            MessageDecodeError: The reply is not a readable frame.
+        """
+        if call.pending is not None and call.pending.recovered:
+            self._counter(call.target).recovered()
+        reply = self.reply(payload)
+        details = reply.error_details()
+        if details is None:
+            return reply
+        if details["type_name"] == OVERLOADED:  # shed by the server
             raise OverloadedError(
-                error["remote_message"],
-                destination=str(target),
+                details["remote_message"],
+                destination=str(call.target),
                 retry_after=retry_after(reply),
             )
-        if error is not None:
-            raise RemoteError(
-                **error, destination=str(target), correlation_id=correlation_id
-            )
-        return reply
+        raise RemoteError(
+            **details, destination=str(call.target), correlation_id=call.correlation_id
+        )
+
+    def reply(self, payload: bytes) -> RedisMessage:
+        """*payload* read as a reply; an error reply is returned, not raised.
+
+        Raises:
+            MessageTooLargeError: The reply is over ``max_message_size``.
+            MessageDecodeError: The reply is not a readable frame.
+        """
+        check_size(payload, self._max_message_size, "The reply")
+        return RedisMessage.from_payload(payload, self._converter)
+
+
+class Call:
+    """One request on its way: where it went, until when its caller waits, where its reply comes."""
+
+    __slots__ = (
+        "correlation_id",
+        "deadline",
+        "listener",
+        "pending",
+        "sent",
+        "target",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        target: Destination,
+        correlation_id: str,
+        timeout: float | None,
+        deadline: float | None,
+        listener: ReplyListener,
+    ) -> None:
+        self.target = target
+        self.correlation_id = correlation_id
+        self.timeout = timeout
+        self.deadline = deadline  # time.monotonic()
+        self.listener = listener
+        self.pending: Pending | None = None
+        self.sent: Sent | None = None
+
+    @property
+    def reply_to(self) -> str:
+        return "" if self.pending is None else self.pending.channel
+
+    def left(self) -> float | None:
+        """Seconds until the caller stops waiting; ``None`` for ever."""
+        return (
+            None
+            if self.deadline is None
+            else max(0.0, self.deadline - time.monotonic())
+        )
+
+    def timed_out(self, msg: str) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            msg,
+            destination=str(self.target),
+            correlation_id=self.correlation_id,
+            timeout=self.timeout or 0.0,
+        )
+
+    def no_reply(self) -> RequestTimeoutError:
+        msg = f"No reply from {self.target} within {self.timeout} s (correlation_id={self.correlation_id!r}); is a consumer running?"
+        return self.timed_out(msg)
+
+    def not_taken(self, error: RedisConnectionError) -> RedisRPCError:
+        """*error*, or for a request Redis did not take in time, a timeout that says so."""
+        sent = None if self.sent is None else self.sent.error
+        if self.deadline is None or error.reason != "timeout" or error is not sent:
+            return error
+        outcome = "may have been delivered" if error.maybe_applied else "was not sent"
+        msg = f"Redis did not take the request to {self.target} within {self.timeout} s, so it {outcome} (correlation_id={self.correlation_id!r}); Redis may be stalled or overloaded."
+        timed_out = self.timed_out(msg)
+        timed_out.__cause__ = error
+        return timed_out
 
 
 def nested_timeout(

@@ -42,7 +42,7 @@ from redis_rpc._server.fetch import (
     reader_exit_bound,
     run_logged,
 )
-from redis_rpc._server.process import Delivery
+from redis_rpc._server.model import Delivery
 from redis_rpc._server.workers import WorkerPool
 from redis_rpc._wire.schemas import PubSub, subscription
 from redis_rpc.errors import RedisRPCError

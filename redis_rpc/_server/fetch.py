@@ -37,8 +37,8 @@ import attrs
 
 from redis_rpc._backoff import Backoff
 from redis_rpc._io.commands import Publish
+from redis_rpc._server.model import Settlement
 from redis_rpc._server.owed import Owed
-from redis_rpc._server.process import Settlement
 from redis_rpc._server.workers import WorkerPool
 from redis_rpc.errors import RedisRPCError
 
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
     from redis_rpc._io.commands import Command
     from redis_rpc._io.interfaces import Backend, Reader
-    from redis_rpc._server.process import Delivery, Processor, Subscriber
+    from redis_rpc._server.model import Delivery, Subscriber
+    from redis_rpc._server.process import Processor
     from redis_rpc._wire.schemas import ListSub, StreamSub
 
 logger = logging.getLogger(__name__)

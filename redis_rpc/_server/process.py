@@ -15,31 +15,26 @@ is its ``Settlement``'s to say.
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 import threading
 import time
-import traceback
-import types
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from redis_rpc import _context
 from redis_rpc._hooks import Event, SubscriberCounter, around
-from redis_rpc._io.commands import Publish, RPush, Set, XAdd, send_command
+from redis_rpc._io.commands import RPush, XAdd
 from redis_rpc._server import idempotency
+from redis_rpc._server.model import AckOnly, Processed
+from redis_rpc._server.replies import Replier, Streamed
 from redis_rpc._wire.message import (
     CORRELATION_ID,
-    NONCE,
     RedisMessage,
-    RedisResponse,
     Response,
-    check_size,
-    error_frame_parts,
-    frame_parts,
-    kept_key,
 )
-from redis_rpc._wire.signing import check_request, signed_frame
+from redis_rpc._wire.signing import check_request
 from redis_rpc.errors import (
     MessageDecodeError,
     MessageTooLargeError,
@@ -49,119 +44,14 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
-    from redis_rpc._hooks import Hook
     from redis_rpc._io.commands import Command
     from redis_rpc._io.interfaces import Connection
     from redis_rpc._server.cancel import Cancellations
-    from redis_rpc._server.handler import Handler
-    from redis_rpc._wire.schemas import Destination
+    from redis_rpc._server.model import Delivery, Policy, Settlement, Subscriber
 
 logger = logging.getLogger(__name__)
-
-# What hooks add to a reply when there are none, or when none added anything.
-_NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
-# The longest a reply is kept for its caller, in seconds: the caller's
-# deadline, unless it waits longer or for ever.
-KEEP_MAX = 3600.0
-
-
-@attrs.frozen
-class Subscriber:
-    """A handler registered for one source, as declared by ``@broker.subscriber``."""
-
-    source: Destination
-    handler: Handler
-    no_reply: bool
-    max_workers: int
-    publishers: tuple[Destination, ...] = ()
-
-
-@attrs.frozen
-class Policy:
-    """What the broker decides for all its subscribers."""
-
-    max_message_size: int | None = None
-    send_tracebacks: bool = False
-    # Incoming requests and events must be signed with it, and all we send is.
-    signing_key: bytes | None = attrs.field(default=None, kw_only=True, repr=False)
-    # Run around every handler call; see _hooks.
-    hooks: tuple[Hook, ...] = attrs.field(default=(), kw_only=True)
-    # Whether replies may go to a caller's sharded reply channel (a cluster).
-    cluster: bool = attrs.field(default=False, kw_only=True)
-    # Seconds the reply of a keyed message is kept, for its duplicates.
-    idempotency_ttl: float = attrs.field(default=86_400.0, kw_only=True)
-
-
-@attrs.frozen
-class Delivery:
-    """One message taken out of Redis, and how to acknowledge it, if at all.
-
-    Attributes:
-        payload: The message as stored.
-        ack: The command that settles it once it is done with, if any.
-        where: Where to find it again in a log line, such as ``"entry 1-0"``.
-        deliveries: How many times it has been handed to a consumer, this one included.
-        path: The values of the channel template's placeholders, if any
-            (see ``RedisMessage.path``).
-        slot: Whether it holds one of its consumer's worker slots; one read
-            ahead of the free workers (``ListSub(prefetch=...)``) takes one
-            before it starts.
-    """
-
-    payload: bytes
-    ack: Command | None = None
-    where: str = ""
-    deliveries: int = 1
-    path: Mapping[str, str] | None = None
-    slot: bool = True
-
-
-class Settlement(Protocol):
-    """What a transport does with a message that failed; lists and streams differ."""
-
-    def can_retry(self, delivery: Delivery) -> bool:
-        """Whether leaving *delivery* unsettled gets it delivered again."""
-
-    def dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
-        """The commands that set aside a message that will never succeed."""
-
-
-class AckOnly:
-    """The settlement of a transport that keeps nothing to retry: a failed message is only acknowledged."""
-
-    def can_retry(self, delivery: Delivery) -> bool:
-        return False
-
-    def dead_letter(self, delivery: Delivery, error: BaseException) -> list[Command]:
-        return [] if delivery.ack is None else [delivery.ack]
-
-
-@attrs.frozen
-class Processed:
-    """What ``Processor.run()`` decided for one message.
-
-    Attributes:
-        commands: What to send, in order.
-        atomic: Whether they must run as one transaction (a dead letter
-            and its acknowledgement).
-        outcome: For the counters: ``"handled"``, ``"failed"``,
-            ``"rejected"`` (unreadable or invalid), ``"refused"`` (bad
-            signature), ``"expired"`` (its caller had stopped waiting),
-            ``"cancelled"`` (its caller cancelled it), ``"shed"`` (its
-            caller would stop waiting before the handler typically ends) or
-            ``"replayed"`` (a duplicate of a keyed message, answered with
-            the stored reply).
-        dead: Whether it moved to a dead-letter list or stream.
-        seconds: Spent in the handler.
-    """
-
-    commands: list[Command]
-    atomic: bool = False
-    outcome: str = "rejected"
-    dead: bool = False
-    seconds: float = 0.0
 
 
 class Processor:
@@ -195,6 +85,7 @@ class Processor:
         self._settlement = settlement or AckOnly()
         self._cancellations = cancellations
         self._connection = connection
+        self._replies = Replier(subscriber, policy, name=name)
         self.counter = SubscriberCounter()  # read by broker.stats()
         # What each thread running a handler is busy with, by thread id,
         # for the warning about handlers that overrun close(). Each thread
@@ -239,7 +130,9 @@ class Processor:
             message = RedisMessage.from_frame_headers(delivery.payload)
             self._log_rejected(delivery, message, exc)
             # With a key, an unverified reply_to gets nothing: it may not be the sender's.
-            reply = [] if self._policy.signing_key else self._error_reply(message, exc)
+            reply = (
+                [] if self._policy.signing_key else self._replies.error(message, exc)
+            )
             return self._set_aside(delivery, exc, reply)
         except Exception as exc:  # noqa: BLE001 - unreadable, so no reply_to to answer on
             self._log_rejected(delivery, None, exc)
@@ -273,12 +166,14 @@ class Processor:
                 message.correlation_id,
                 shed,
             )
-            return Processed(self._error_reply(message, shed) + settle, outcome="shed")
+            return Processed(
+                self._replies.error(message, shed) + settle, outcome="shed"
+            )
         try:
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
-            return self._set_aside(delivery, exc, self._error_reply(message, exc))
+            return self._set_aside(delivery, exc, self._replies.error(message, exc))
         cancellations, reply_to = self._cancellations, message.reply_to
         if cancellations is None or not reply_to:
             return self._keyed(delivery, message, args, kwargs, settle)
@@ -305,7 +200,8 @@ class Processor:
     ) -> Processed:
         """Run the handler at most once per idempotency key (see ``_server.idempotency``)."""
         connection = self._connection
-        if not message.idempotency_key or connection is None:
+        # A streamed reply cannot be stored whole: its key is not heeded.
+        if not message.idempotency_key or message.streams or connection is None:
             return self._call(delivery, message, args, kwargs, settle)
         try:
             claim = idempotency.claim(
@@ -334,7 +230,7 @@ class Processor:
         if not claim.run:  # a duplicate: the stored reply, under its own correlation id
             replied = bool(message.reply_to) and not self.subscriber.no_reply
             reply = (
-                self._answer(
+                self._replies.answer(
                     message,
                     claim.data,
                     {**claim.headers, CORRELATION_ID: message.correlation_id},
@@ -399,6 +295,14 @@ class Processor:
         began = time.monotonic()
         seconds: float | None = None  # in the handler; None while it runs
         reply_headers: dict[str, str] = {}
+        streamed = [0]  # items of a generator handler sent one reply each so far
+
+        def run() -> Any:
+            result = handler.func(*args, **kwargs)
+            if isinstance(result, collections.abc.Iterator):  # a generator handler
+                return self._items(message, result, reply_headers, streamed)
+            return result
+
         try:
             if self._policy.hooks:
                 event = Event(
@@ -409,13 +313,11 @@ class Processor:
                     message,
                     reply_headers=reply_headers,
                 )
-                result = around(
-                    self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
-                )
+                result = around(self._policy.hooks, event, run)
             else:
-                result = handler.func(*args, **kwargs)
+                result = run()
             seconds = time.monotonic() - began
-            commands = self._outgoing(message, result, reply_headers) + settle
+            commands = self._replies.outgoing(message, result, reply_headers) + settle
             if claim is not None:
                 self._store(message, claim, result, reply_headers)
             return Processed(commands, outcome="handled", seconds=seconds)
@@ -430,13 +332,52 @@ class Processor:
                 message.correlation_id,
                 delivery.deliveries,
             )
-            reply = self._error_reply(message, exc)
+            reply = self._replies.error(
+                message, exc, end=streamed[0] if message.streams else None
+            )
             if reply:  # the caller has its answer: retrying would help nobody
                 return Processed(reply + settle, outcome="failed", seconds=seconds)
             if self._settlement.can_retry(delivery):  # left unsettled, to come again
                 return Processed([], outcome="failed", seconds=seconds)
             done = self._set_aside(delivery, exc, [])
             return attrs.evolve(done, outcome="failed", seconds=seconds)
+
+    def _items(
+        self,
+        message: RedisMessage,
+        items: Iterator[Any],
+        extra_headers: Mapping[str, str],
+        streamed: list[int],
+    ) -> Any:
+        """A generator handler's items: one reply each, sent as they come, to a caller that streams.
+
+        Any other caller (``request()``, a FastStream caller, a
+        ``publish()``) gets one reply, the list of every item. Between
+        items, a stream whose caller gave up is cut short, and the
+        generator closed. *streamed* counts the items sent.
+        """
+        connection = self._connection
+        if not (
+            message.streams
+            and message.reply_to
+            and not self.subscriber.no_reply
+            and connection is not None
+        ):
+            return list(items)
+        try:
+            for item in items:
+                if message.cancelled.is_set():
+                    break
+                connection.post(
+                    self._replies.chunk(message, streamed[0], item, extra_headers),
+                    what=f"a streamed reply of {self.name}",
+                )
+                streamed[0] += 1
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        return Streamed(streamed[0])
 
     def _store(
         self,
@@ -452,7 +393,7 @@ class Processor:
         second run.
         """
         response = result if isinstance(result, Response) else Response(result)
-        data, headers = self._result_parts(message, response, extra_headers)
+        data, headers = self._replies.result_parts(message, response, extra_headers)
         assert self._connection is not None  # a claim was made through it
         try:
             stored = self._connection.execute(
@@ -492,125 +433,4 @@ class Processor:
             len(delivery.payload),
             delivery.payload[:32],
             error,
-        )
-
-    def _error_reply(
-        self, message: RedisMessage, error: BaseException
-    ) -> list[Command]:
-        """An error reply, if the caller understands one; FastStream callers get none."""
-        if (
-            not (message.reply_to and message.accepts_errors)
-            or self.subscriber.no_reply
-        ):
-            return []
-        limit = self._policy.max_message_size
-        tb = traceback.format_exc() if self._policy.send_tracebacks else None
-        for brief in (False, True):  # say less rather than nothing, but never too much
-            try:
-                frame = signed_frame(
-                    *error_frame_parts(
-                        error,
-                        correlation_id=message.correlation_id,
-                        traceback=None if brief else tb,
-                        brief=brief,
-                    ),
-                    self._policy.signing_key,
-                    reply_to_nonce=message.nonce or None,
-                )
-            except (TypeError, ValueError):  # a header the frame format cannot hold
-                continue
-            if limit is None or len(frame) <= limit:
-                return self._reply(message, frame)
-        logger.warning(
-            "%s could not fit an error reply to %r within max_message_size",
-            self.name,
-            message.correlation_id[:100],
-        )
-        return []
-
-    def _outgoing(
-        self,
-        message: RedisMessage,
-        result: Any,
-        extra_headers: Mapping[str, str] = _NO_HEADERS,
-    ) -> list[Command]:
-        """The reply and the results for publishers; *extra_headers* are the hooks'."""
-        reply = bool(message.reply_to) and not self.subscriber.no_reply
-        if not (reply or self.subscriber.publishers):
-            return []
-        response = result if isinstance(result, Response) else Response(result)
-        maxlen = response.maxlen if isinstance(response, RedisResponse) else None
-        key = self._policy.signing_key
-        commands: list[Command] = []
-        if self.subscriber.publishers:  # new events: no nonce, signed as events
-            event = signed_frame(
-                *self._result_parts(message, response, extra_headers), key
-            )
-            check_size(event, self._policy.max_message_size, "The handler's result")
-            commands += (
-                send_command(dest, event, maxlen) for dest in self.subscriber.publishers
-            )
-        if reply:
-            commands += self._answer(
-                message, *self._result_parts(message, response, extra_headers)
-            )
-        return commands
-
-    def _answer(
-        self, message: RedisMessage, data: bytes, headers: dict[str, str]
-    ) -> list[Command]:
-        """The commands that send the reply *data* with *headers* (taken over) to *message*'s caller.
-
-        The reply echoes the request's nonce, and is signed over it.
-        """
-        key = self._policy.signing_key
-        if message.nonce:
-            headers[NONCE] = message.nonce
-        # Without a nonce nobody waits in request(): the result of a
-        # publish(reply_to=...) is an event for that channel's subscribers.
-        frame = signed_frame(
-            data,
-            headers,
-            key,
-            # Without a key, a user header named like the signature stays.
-            reply_to_nonce=(message.nonce or None) if key is not None else None,
-        )
-        check_size(frame, self._policy.max_message_size, "The handler's result")
-        return self._reply(message, frame)
-
-    def _reply(self, message: RedisMessage, frame: bytes) -> list[Command]:
-        """The commands that send *frame* back to *message*'s caller.
-
-        In a cluster, a redis_rpc caller's sharded reply channel gets it,
-        prefixed by the reply channel, which says who waits for it. A
-        caller that asked for it (``keep``) also finds it under its kept
-        key until its deadline, written first: a reply that its lost
-        subscription missed is there by the time it could look.
-        """
-        if message.reply_shard and self._policy.cluster:
-            data = message.reply_to.encode() + b" " + frame
-            publish = Publish(message.reply_shard, data, sharded=True)
-        else:
-            publish = Publish(message.reply_to, frame)
-        key = kept_key(message.reply_to) if message.keep else None
-        if key is None:
-            return [publish]
-        left = KEEP_MAX if message.deadline is None else message.deadline - time.time()
-        if left <= 0:  # its caller has stopped waiting
-            return [publish]
-        return [Set(key, frame, max(1, round(min(left, KEEP_MAX) * 1000))), publish]
-
-    def _result_parts(
-        self,
-        message: RedisMessage,
-        response: Response,
-        extra_headers: Mapping[str, str],
-    ) -> tuple[bytes, dict[str, str]]:
-        return frame_parts(
-            response.body,
-            correlation_id=response.correlation_id or message.correlation_id,
-            headers={**extra_headers, **response.headers}
-            if extra_headers
-            else response.headers,
-            converter=self.subscriber.handler.converter,
         )

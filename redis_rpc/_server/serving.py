@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from redis_rpc._io.interfaces import Backend, Connection
     from redis_rpc._server.cancel import Cancellations
     from redis_rpc._server.fetch import Consumer
-    from redis_rpc._server.process import Policy, Subscriber
+    from redis_rpc._server.model import Policy, Subscriber
     from redis_rpc.errors import RedisRPCError
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from redis_rpc._io.commands import STREAM_DATA_FIELD, XAck, XAdd
 from redis_rpc._io.interfaces import Beat
 from redis_rpc._server.fetch import dead_letter_key
-from redis_rpc._server.process import Delivery
+from redis_rpc._server.model import Delivery
 from redis_rpc._wire.message import describe
 from redis_rpc.errors import RedisCommandError
 

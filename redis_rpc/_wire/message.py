@@ -16,7 +16,12 @@ import attrs
 import cattrs
 
 from redis_rpc._wire import codec, convert
-from redis_rpc.errors import MessageTooLargeError, OverloadedError, ValidationError
+from redis_rpc.errors import (
+    MessageTooLargeError,
+    OverloadedError,
+    RemoteError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,6 +52,13 @@ KEEP = "x-redis-rpc-keep"
 # On a request or event: the handler runs at most once for this key and
 # destination within the server's idempotency_ttl; see _server.idempotency.
 IDEMPOTENCY_KEY = "x-redis-rpc-idempotency-key"
+# On a request: the caller takes a generator handler's items one reply each
+# ("1", see broker.stream()). On such a reply: the item's number, from 0;
+# on the reply that ends the stream (or the error reply that cuts it short):
+# how many items came before it.
+STREAM = "x-redis-rpc-stream"
+CHUNK = "x-redis-rpc-chunk"
+END = "x-redis-rpc-end"
 _PROTOCOL_HEADERS = frozenset(
     (
         CORRELATION_ID,
@@ -60,6 +72,9 @@ _PROTOCOL_HEADERS = frozenset(
         REPLY_SHARD,
         KEEP,
         IDEMPOTENCY_KEY,
+        STREAM,
+        CHUNK,
+        END,
     )
 )
 
@@ -191,6 +206,8 @@ class RedisMessage:
     # Whether the caller fetches its reply from kept_key(reply_to) if need be; see KEEP.
     keep: bool = attrs.field(default=False, repr=False)
     idempotency_key: str = ""
+    # Whether the caller takes the items of a generator handler one reply each; see STREAM.
+    streams: bool = attrs.field(default=False, repr=False)
     cancelled: Cancellation = attrs.field(eq=False, repr=False)
 
     @cancelled.default
@@ -253,6 +270,9 @@ class RedisMessage:
         reply_shard = pop(REPLY_SHARD, None)
         keep = pop(KEEP, None)
         idempotency_key = pop(IDEMPOTENCY_KEY, None)
+        streams = pop(STREAM, None)
+        pop(CHUNK, None)  # a streamed reply's place: stream() has put it in order
+        pop(END, None)
         pop(SIGNATURE, None)
         return cls(
             body=body,
@@ -269,6 +289,7 @@ class RedisMessage:
             reply_shard=str(reply_shard or ""),
             keep=keep == "1",
             idempotency_key=str(idempotency_key or ""),
+            streams=streams == "1",
         )
 
     def decode(
@@ -295,6 +316,18 @@ class RedisMessage:
         if not self.body and self.content_type is None:
             value = None
         return convert.structure(converter or self._converter, value, into)
+
+    @property
+    def remote_error(self) -> RemoteError | None:
+        """For an error reply, the failure it reports, as the ``RemoteError`` that ``request()`` raises; ``None`` otherwise.
+
+        ``broker.gather()`` returns error replies among the others: this
+        tells them apart.
+        """
+        details = self.error_details()
+        if details is None:
+            return None
+        return RemoteError(**details, correlation_id=self.correlation_id)
 
     def error_details(self) -> dict[str, Any] | None:
         """What an error reply reports, as ``RemoteError``'s keywords; ``None`` for a normal reply.

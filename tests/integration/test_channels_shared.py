@@ -10,6 +10,7 @@ import pytest
 
 from redis_rpc import RedisBroker
 from redis_rpc._io.subscription import RedisSubscription as Subscription
+from redis_rpc._latch import Latch
 from redis_rpc._wire.message import NONCE, build_frame
 from redis_rpc.errors import RedisCommandError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
@@ -158,7 +159,10 @@ def test_reply_listener_completes_many_waiters_per_wake_up(
     with broker:
         listener = broker._reply_listener()
         assert listener.wait_ready(SHORT_TIMEOUT)
-        waiting = [listener.register(str(n)) for n in range(200)]
+        latches: list[Latch[bytes]] = [Latch() for _ in range(200)]
+        waiting = [
+            listener.register(str(n), sink=latch) for n, latch in enumerate(latches)
+        ]
         pipe = raw.pipeline(transaction=False)
         for n, pending in enumerate(waiting):
             pipe.publish(
@@ -166,7 +170,7 @@ def test_reply_listener_completes_many_waiters_per_wake_up(
                 build_frame(n, correlation_id=str(n), headers={NONCE: pending.nonce}),
             )
         pipe.execute()
-        payloads = [pending.future.result(SHORT_TIMEOUT) for pending in waiting]
+        payloads = [latch.result(SHORT_TIMEOUT) for latch in latches]
     assert payloads == [
         build_frame(n, correlation_id=str(n), headers={NONCE: pending.nonce})
         for n, pending in enumerate(waiting)

@@ -9,7 +9,8 @@ import pytest
 from redis_rpc._server import channels as _channel
 from redis_rpc._server.channels import ChannelConsumer, ChannelHub
 from redis_rpc._server.handler import Handler
-from redis_rpc._server.process import Policy, Processor, Subscriber
+from redis_rpc._server.model import Policy, Subscriber
+from redis_rpc._server.process import Processor
 from redis_rpc._wire.message import build_frame
 from redis_rpc._wire.schemas import PubSub
 from tests.unit.fakes import FakeBackend

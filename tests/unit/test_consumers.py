@@ -10,11 +10,13 @@ import pytest
 
 from redis_rpc._client.listener import ReplyListener
 from redis_rpc._io.commands import Publish
+from redis_rpc._latch import Latch
 from redis_rpc._server.fetch import FetchingConsumer
 from redis_rpc._server.handler import Handler
 from redis_rpc._server.heartbeat import Heartbeat
 from redis_rpc._server.lists import ListSource
-from redis_rpc._server.process import Policy, Processor, Subscriber
+from redis_rpc._server.model import Policy, Subscriber
+from redis_rpc._server.process import Processor
 from redis_rpc._wire.message import ACCEPT_ERRORS, RedisMessage, build_frame, kept_key
 from redis_rpc._wire.schemas import ListSub
 from redis_rpc.errors import RedisConnectionError
@@ -132,14 +134,15 @@ def test_reply_listener_completes_a_request_waiting_on_its_channel():
     listener.start()
     try:
         assert listener.wait_ready(WAIT)
-        pending = listener.register("c1")
+        latch: Latch[bytes] = Latch()
+        pending = listener.register("c1", sink=latch)
         reply = build_frame(
             "hi", correlation_id="c1", headers={"x-redis-rpc-nonce": pending.nonce}
         )
         backend.publish(
             pending.channel.encode(), reply, pattern=listener.prefix.encode()
         )
-        assert RedisMessage.from_payload(pending.future.result(WAIT)).decode() == "hi"
+        assert RedisMessage.from_payload(latch.result(WAIT)).decode() == "hi"
         assert not pending.recovered
     finally:
         assert listener.stop(WAIT)
@@ -152,7 +155,8 @@ def test_a_reply_published_while_the_subscription_is_lost_is_recovered():
     listener.start()
     try:
         assert listener.wait_ready(WAIT)
-        pending = listener.register("c2")
+        latch: Latch[bytes] = Latch()
+        pending = listener.register("c2", sink=latch)
         backend.set_down(True)
         assert _until(lambda: not listener.ready.is_set())
         with pytest.raises(RedisConnectionError, match="down"):
@@ -164,7 +168,7 @@ def test_a_reply_published_while_the_subscription_is_lost_is_recovered():
             "kept", correlation_id="c2", headers={"x-redis-rpc-nonce": pending.nonce}
         )
         backend.set_down(False)
-        payload = pending.future.result(WAIT)
+        payload = latch.result(WAIT)
         assert RedisMessage.from_payload(payload).decode() == "kept"
         assert pending.recovered
         assert listener.recovered == 1

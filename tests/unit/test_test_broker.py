@@ -593,3 +593,23 @@ def test_stats_count_what_the_handlers_did_in_memory():
         0,
     )
     assert stats.destinations["list:numbers"].requests == 2
+
+
+def test_submit_gather_and_stream_run_in_memory():
+    """Under TestRedisBroker, a future completes, gather() collects and stream() yields, with no thread."""
+    broker = RedisBroker("redis://127.0.0.1:1")
+
+    @broker.subscriber("shops")
+    def count(item: str) -> int:
+        return len(item)
+
+    @broker.subscriber(list="report")
+    def report(rows: int):
+        yield from range(rows)
+
+    threads = threading.active_count()
+    with TestRedisBroker(broker):
+        assert broker.submit("apple", "shops").result(0).decode() == 5
+        assert [r.decode() for r in broker.gather("pear", "shops", timeout=1)] == [4]
+        assert [r.decode() for r in broker.stream(3, list="report")] == [0, 1, 2]
+        assert threading.active_count() == threads
