@@ -379,7 +379,11 @@ class RedisBroker:
             error = start_error(late, self._start_timeout, self._backend.address)
             self.close()
             raise error
-        logger.info("Broker started with %d consumer(s)", len(self._serving.consumers))
+        logger.info(
+            "Broker started on Redis at %s, consuming %s",
+            self._backend.address,
+            _listed([str(c.subscriber.source) for c in self._serving.consumers]),
+        )
 
     def _new_serving(self, subscribers: Sequence[Subscriber]) -> Serving:
         """The consumers of *subscribers*, each with its ``@broker.publisher`` destinations."""
@@ -695,6 +699,14 @@ class RedisBroker:
             self,
             len(serving.consumers),
         )
+
+
+def _listed(names: Sequence[str], most: int = 20) -> str:
+    """*names* for a log line: the first *most*, then how many more."""
+    if not names:
+        return "nothing (no subscribers)"
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:

@@ -72,6 +72,13 @@ def test_start_fails_fast_with_each_parts_cause_on_wrong_password(
     assert f"redis_rpc:stream:{unique_name}" in message
     assert "credentials" in message
     assert isinstance(info.value.__cause__, RedisConnectionError)
+    # The cause first, said once, then the parts it kept down.
+    assert message.startswith(
+        f"Redis at 127.0.0.1:{redis_server.port} refused the credentials"
+    )
+    assert message.count("refused the credentials") == 1
+    assert "within" not in message
+    assert "wrong" not in message
 
 
 def test_start_refuses_a_user_without_xreadgroup(acl_user, unique_name):
