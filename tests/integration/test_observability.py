@@ -239,16 +239,12 @@ def test_start_up_line_names_the_address_and_each_destination(
     raw.execute_command("ACL", "SETUSER", user, "~*", "&*", "+@all")
     url = f"redis://{user}:not-shown@127.0.0.1:{redis_server.port}/0"
     broker = RedisBroker(url, poll_interval=POLL_INTERVAL)
-    for source in (
-        {"list": f"{unique_name}-l"},
-        {"stream": f"{unique_name}-s"},
-        {"channel": f"{unique_name}-c"},
-    ):
+    def handle(body: str) -> None:
+        return None
 
-        @broker.subscriber(**source)
-        def handle(body: str) -> None:
-            return None
-
+    broker.subscriber(list=f"{unique_name}-l")(handle)
+    broker.subscriber(stream=f"{unique_name}-s")(handle)
+    broker.subscriber(channel=f"{unique_name}-c")(handle)
     caplog.set_level(logging.INFO, logger="redis_rpc")
     try:
         broker.start()
