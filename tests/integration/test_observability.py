@@ -239,6 +239,7 @@ def test_start_up_line_names_the_address_and_each_destination(
     raw.execute_command("ACL", "SETUSER", user, "~*", "&*", "+@all")
     url = f"redis://{user}:not-shown@127.0.0.1:{redis_server.port}/0"
     broker = RedisBroker(url, poll_interval=POLL_INTERVAL)
+
     def handle(body: str) -> None:
         return None
 
