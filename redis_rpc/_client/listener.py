@@ -326,7 +326,7 @@ class ReplyListener:
                     )
                 self.reply_shard = shard
                 if backoff.failures:
-                    logger.warning("Reply listener is subscribed again")
+                    logger.info("Reply listener is subscribed again")
                 self._set_accepting(True)
                 backoff = Backoff()
                 self._listen(subscription)

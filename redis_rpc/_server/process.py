@@ -27,6 +27,7 @@ import attrs
 from redis_rpc import _context
 from redis_rpc._hooks import Event, SubscriberCounter, around
 from redis_rpc._io.commands import Publish, RPush, XAdd, send_command
+from redis_rpc._wire.codec import MAGIC
 from redis_rpc._wire.message import (
     NONCE,
     RedisMessage,
@@ -309,13 +310,20 @@ class Processor:
     def _log_rejected(
         self, delivery: Delivery, message: RedisMessage | None, error: Exception
     ) -> None:
+        # What it starts with, printable; a frame's own bytes say nothing to a reader.
+        if message is not None:
+            shown = message.body
+        elif delivery.payload.startswith(MAGIC):
+            shown = b""
+        else:
+            shown = delivery.payload
         logger.warning(
-            "%s rejected %s (correlation_id=%r, %d bytes, starting %r): %s",
+            "%s rejected %s (correlation_id=%r, %d bytes%s): %s",
             self.name,
             delivery.where or "a message",
-            "" if message is None else message.correlation_id,
+            "" if message is None else message.correlation_id[:100],
             len(delivery.payload),
-            delivery.payload[:32],
+            f", body {_excerpt(shown)}" if shown else "",
             error,
         )
 
@@ -417,3 +425,12 @@ class Processor:
             else response.headers,
             converter=self.subscriber.handler.converter,
         )
+
+
+def _excerpt(data: bytes, limit: int = 40) -> str:
+    """The start of *data* for a log line: quoted and escaped as by ``ascii()``, at most *limit* characters and ``...``."""
+    whole = data[: limit + 1].decode(errors="replace")
+    text = whole[:limit]
+    while len(ascii(text)) > limit:  # escapes lengthen it; a rejected message is rare
+        text = text[:-1]
+    return ascii(text) + ("..." if len(text) < len(whole) else "")

@@ -103,6 +103,22 @@ class TestReplies:
         assert caught.value.destination == "channel:total"
         assert caught.value.correlation_id == "c-1"
 
+    def test_rejected_body_is_logged_as_a_short_printable_excerpt(self, broker, caplog):
+        """A body that does not fit is logged with the start of the body, escaped and cut short, not with frame bytes."""
+
+        @broker.subscriber(list="numbers")
+        def double(n: int) -> int:
+            return 2 * n
+
+        body = "not a number, café " + "x" * 100
+        with TestRedisBroker(broker) as br, caplog.at_level(logging.WARNING):
+            br.publish(body, list="numbers")
+        (line,) = [
+            r.getMessage() for r in caplog.records if "rejected" in r.getMessage()
+        ]
+        assert "body 'not a number, caf\\xe9 xxxxxxxxxxxxxxxx'...):" in line
+        assert "BIN" not in line
+
     def test_handler_exception_is_remote_error(self, broker, caplog):
         """A handler that raises gives the caller RemoteError, and is logged as by the real broker."""
         _declare(broker)
