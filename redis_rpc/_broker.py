@@ -25,6 +25,7 @@ from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
 from redis_rpc._io.server import RedisBackend
+from redis_rpc._publisher import DEFAULT_PUBLISH_TIMEOUT, Publisher, unmocked
 from redis_rpc._server.fetch import reader_exit_bound
 from redis_rpc._server.handler import Handler
 from redis_rpc._server.process import Policy, Subscriber
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.interfaces import Backend, Connection
+    from redis_rpc._publisher import Recorder
     from redis_rpc._server.serving import Part
     from redis_rpc._wire.message import RedisMessage
     from redis_rpc._wire.schemas import Destination
@@ -64,9 +66,6 @@ F = TypeVar("F", bound="Callable[..., Any]")
 # Large enough for any sensible RPC payload, small enough that one bad
 # message cannot make a process swallow hundreds of megabytes.
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
-# As long as socket_timeout's default: what a publish() took at most before
-# it had a timeout of its own.
-DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 
 class State(enum.Enum):
@@ -191,7 +190,7 @@ class RedisBroker:
             start_timeout=start_timeout,
             hooks=hooks,
         )
-        # Guards _state, _subscribers, _publishers, _connection, _listener and _serving.
+        # Guards _state, _subscribers, _publishers, _connection, _listener, _serving and _recorder.
         self._lock = threading.Lock()
         self._state = State.NEW
         self._subscribers: list[Subscriber] = []
@@ -201,6 +200,8 @@ class RedisBroker:
         self._connection: Connection = self._backend
         self._listener: ReplyListener | None = None  # started by the first request()
         self._serving: Serving | None = None  # created by start()
+        # Records what the broker sends and wraps its subscribers, in a TestRedisBroker block.
+        self._recorder: Recorder | None = None
         self._closed = threading.Event()  # set once close() has finished
         # The connection and listener set aside while TestRedisBroker serves in memory.
         self._real: tuple[Connection, ReplyListener | None] = (self._backend, None)
@@ -286,6 +287,7 @@ class RedisBroker:
                     msg = f"Cannot add a subscriber to {source}: declare subscribers before start()."
                     raise SetupError(msg)
                 self._subscribers.append(subscriber)
+            unmocked(func)
             return func
 
         return register
@@ -317,14 +319,19 @@ class RedisBroker:
         *,
         list: str | ListSub | None = None,
         stream: str | StreamSub | None = None,
-    ) -> Callable[[F], F]:
-        """Also publish the decorated handler's results to one channel, list or stream.
+    ) -> Publisher:
+        """A publisher to one channel, list or stream, as FastStream's ``broker.publisher()``.
 
-        Stack it with ``@broker.subscriber``, in either order. A returned
-        ``RedisResponse(maxlen=n)`` trims a stream destination.
+        Decorate a handler with it, stacked with ``@broker.subscriber`` in
+        either order, to also publish the handler's results there; a
+        returned ``RedisResponse(maxlen=n)`` trims a stream destination.
+        ``publisher.publish(body, ...)`` publishes there as
+        ``broker.publish()`` does, and under ``TestRedisBroker``,
+        ``publisher.mock`` records each body the broker sends there.
 
         Raises:
-            SetupError: Not exactly one destination, or called after ``start()``.
+            SetupError: Not exactly one destination; or, when it decorates,
+                the broker was started already.
         """
         target = destination(channel, list, stream)
 
@@ -336,7 +343,12 @@ class RedisBroker:
                 self._publishers.setdefault(func, []).append(target)
             return func
 
-        return register
+        return Publisher(
+            target,
+            declare=register,
+            publish=self.publish,
+            recorder=lambda: self._recorder,
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -387,13 +399,15 @@ class RedisBroker:
 
     def _new_serving(self, subscribers: Sequence[Subscriber]) -> Serving:
         """The consumers of *subscribers*, each with its ``@broker.publisher`` destinations."""
+        recorder = self._recorder
+        declared = [
+            attrs.evolve(
+                sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
+            )
+            for sub in subscribers
+        ]
         return Serving(
-            [
-                attrs.evolve(
-                    sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
-                )
-                for sub in subscribers
-            ],
+            [recorder.wrap(sub) for sub in declared] if recorder else declared,
             self._backend,
             self._policy,
             poll_interval=self._poll_interval,

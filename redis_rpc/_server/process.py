@@ -41,7 +41,7 @@ from redis_rpc._wire.signing import check_request, signed_frame
 from redis_rpc.errors import MessageDecodeError, MessageTooLargeError, ValidationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.commands import Command
@@ -63,6 +63,8 @@ class Subscriber:
     no_reply: bool
     max_workers: int
     publishers: tuple[Destination, ...] = ()
+    # Sees each result built for a publisher: TestRedisBroker's publisher mocks.
+    observe: Callable[[Command], object] | None = None
 
 
 @attrs.frozen
@@ -380,9 +382,13 @@ class Processor:
                 *self._result_parts(message, response, extra_headers), key
             )
             check_size(event, self._policy.max_message_size, "The handler's result")
-            commands += (
+            sent = [
                 send_command(dest, event, maxlen) for dest in self.subscriber.publishers
-            )
+            ]
+            if self.subscriber.observe is not None:
+                for command in sent:
+                    self.subscriber.observe(command)
+            commands += sent
         if reply:  # echoes the request's nonce, and is signed over it
             data, headers = self._result_parts(message, response, extra_headers)
             if message.nonce:
