@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 import types
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
 
@@ -243,6 +243,8 @@ class Processor:
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
+            if self._policy.hooks:  # FastStream counts it as a process that failed
+                self._failed_process(message, exc)
             return self._set_aside(delivery, exc, self._error_reply(message, exc))
         return self._call(delivery, message, args, kwargs, settle)
 
@@ -264,24 +266,22 @@ class Processor:
         began = time.monotonic()
         seconds: float | None = None  # in the handler; None while it runs
         reply_headers: dict[str, str] = {}
+
+        def call() -> list[Command]:
+            nonlocal seconds
+            result = handler.func(*args, **kwargs)
+            seconds = time.monotonic() - began
+            return self._outgoing(message, result, reply_headers)
+
         try:
             if self._policy.hooks:
-                event = Event(
-                    "process",
-                    str(self.subscriber.source),
-                    dict(message.headers),
-                    message.correlation_id,
-                    message,
-                    reply_headers=reply_headers,
-                )
-                result = around(
-                    self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
-                )
+                # The reply is built inside the hooks, so that its span is the handler's child.
+                event = self._event(message, reply_headers)
+                commands = around(self._policy.hooks, event, call)
             else:
-                result = handler.func(*args, **kwargs)
-            seconds = time.monotonic() - began
-            commands = self._outgoing(message, result, reply_headers) + settle
-            return Processed(commands, outcome="handled", seconds=seconds)
+                commands = call()
+            assert seconds is not None  # set once the handler returned
+            return Processed(commands + settle, outcome="handled", seconds=seconds)
         except BaseException as exc:  # even SystemExit must not end the thread
             if seconds is None:  # the handler raised, not _outgoing()
                 seconds = time.monotonic() - began
@@ -308,6 +308,29 @@ class Processor:
         dead_letter = self._settlement.dead_letter(delivery, error)
         dead = any(isinstance(c, (RPush, XAdd)) for c in dead_letter)
         return Processed(reply + dead_letter, atomic=True, dead=dead)
+
+    def _event(self, message: RedisMessage, reply_headers: dict[str, str]) -> Event:
+        """The hooks' event for processing *message*."""
+        return Event(
+            "process",
+            str(self.subscriber.source),
+            dict(message.headers),
+            message.correlation_id,
+            message,
+            reply_headers=reply_headers,
+        )
+
+    def _failed_process(self, message: RedisMessage, error: Exception) -> None:
+        """Have the hooks see a process of *message* that failed with *error* before the handler."""
+
+        def fail() -> NoReturn:
+            raise error
+
+        try:
+            around(self._policy.hooks, self._event(message, {}), fail)
+        except Exception as exc:  # error itself, or a hook's own failure
+            if exc is not error:
+                logger.exception("%s: a hook failed", self.name)
 
     def _log_rejected(
         self, delivery: Delivery, message: RedisMessage | None, error: Exception
@@ -389,22 +412,46 @@ class Processor:
                 for command in sent:
                     self.subscriber.observe(command)
             commands += sent
-        if reply:  # echoes the request's nonce, and is signed over it
-            data, headers = self._result_parts(message, response, extra_headers)
-            if message.nonce:
-                headers[NONCE] = message.nonce
-            # Without a nonce nobody waits in request(): the result of a
-            # publish(reply_to=...) is an event for that channel's subscribers.
-            frame = signed_frame(
-                data,
-                headers,
-                key,
-                # Without a key, a user header named like the signature stays.
-                reply_to_nonce=(message.nonce or None) if key is not None else None,
+        if reply and self._policy.hooks:  # a span for sending it, as FastStream makes
+            sending = Event(
+                "reply",
+                f"channel:{message.reply_to}",
+                dict(extra_headers),
+                response.correlation_id or message.correlation_id,
             )
-            check_size(frame, self._policy.max_message_size, "The handler's result")
-            commands.append(self._reply(message, frame))
+            commands.append(
+                around(
+                    self._policy.hooks,
+                    sending,
+                    lambda: self._reply_to(message, response, sending.headers),
+                )
+            )
+        elif reply:
+            commands.append(self._reply_to(message, response, extra_headers))
         return commands
+
+    def _reply_to(
+        self,
+        message: RedisMessage,
+        response: Response,
+        extra_headers: Mapping[str, str],
+    ) -> Publish:
+        """The reply to *message*: it echoes the request's nonce, and is signed over it."""
+        data, headers = self._result_parts(message, response, extra_headers)
+        if message.nonce:
+            headers[NONCE] = message.nonce
+        key = self._policy.signing_key
+        # Without a nonce nobody waits in request(): the result of a
+        # publish(reply_to=...) is an event for that channel's subscribers.
+        frame = signed_frame(
+            data,
+            headers,
+            key,
+            # Without a key, a user header named like the signature stays.
+            reply_to_nonce=(message.nonce or None) if key is not None else None,
+        )
+        check_size(frame, self._policy.max_message_size, "The handler's result")
+        return self._reply(message, frame)
 
     def _reply(self, message: RedisMessage, frame: bytes) -> Publish:
         """The command that sends *frame* back to *message*'s caller.

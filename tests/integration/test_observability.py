@@ -137,7 +137,7 @@ def test_process_hook_adds_headers_to_the_reply(make_broker, unique_name):
     def hook(event: Event):
         if event.kind == "process":
             event.reply_headers.update({TRACE: "from-process", "x-both": "hook"})
-        else:
+        elif event.kind == "request":
             seen.append(event.correlation_id)
         yield
 
