@@ -200,8 +200,7 @@ class RedisBroker:
         self._connection: Connection = self._backend
         self._listener: ReplyListener | None = None  # started by the first request()
         self._serving: Serving | None = None  # created by start()
-        # Records what the broker sends and wraps its subscribers, in a TestRedisBroker block.
-        self._recorder: Recorder | None = None
+        self._recorder: Recorder | None = None  # a TestRedisBroker's, during its block
         self._closed = threading.Event()  # set once close() has finished
         # The connection and listener set aside while TestRedisBroker serves in memory.
         self._real: tuple[Connection, ReplyListener | None] = (self._backend, None)
@@ -320,18 +319,13 @@ class RedisBroker:
         list: str | ListSub | None = None,
         stream: str | StreamSub | None = None,
     ) -> Publisher:
-        """A publisher to one channel, list or stream, as FastStream's ``broker.publisher()``.
+        """A publisher to one channel, list or stream, as FastStream's: decorate handlers with it.
 
-        Decorate a handler with it, stacked with ``@broker.subscriber`` in
-        either order, to also publish the handler's results there; a
-        returned ``RedisResponse(maxlen=n)`` trims a stream destination.
-        ``publisher.publish(body, ...)`` publishes there as
-        ``broker.publish()`` does, and under ``TestRedisBroker``,
-        ``publisher.mock`` records each body the broker sends there.
+        Stacked with ``@broker.subscriber`` in either order, it also sends the results there
+        (``RedisResponse(maxlen=n)`` trims a stream); see ``publish()`` and ``mock`` on it.
 
         Raises:
-            SetupError: Not exactly one destination; or, when it decorates,
-                the broker was started already.
+            SetupError: Not exactly one destination, or it decorates after ``start()``.
         """
         target = destination(channel, list, stream)
 
@@ -343,12 +337,7 @@ class RedisBroker:
                 self._publishers.setdefault(func, []).append(target)
             return func
 
-        return Publisher(
-            target,
-            declare=register,
-            publish=self.publish,
-            recorder=lambda: self._recorder,
-        )
+        return Publisher(target, register, self.publish, lambda: self._recorder)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -391,23 +380,18 @@ class RedisBroker:
             error = start_error(late, self._start_timeout, self._backend.address)
             self.close()
             raise error
-        logger.info(
-            "Broker started on Redis at %s, consuming %s",
-            self._backend.address,
-            _listed([str(c.subscriber.source) for c in self._serving.consumers]),
-        )
+        where, what = self._backend.address, self._serving.destinations()
+        logger.info("Broker started on Redis at %s, consuming %s", where, what)
 
     def _new_serving(self, subscribers: Sequence[Subscriber]) -> Serving:
         """The consumers of *subscribers*, each with its ``@broker.publisher`` destinations."""
-        recorder = self._recorder
-        declared = [
-            attrs.evolve(
-                sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
-            )
-            for sub in subscribers
-        ]
         return Serving(
-            [recorder.wrap(sub) for sub in declared] if recorder else declared,
+            [
+                attrs.evolve(
+                    sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
+                )
+                for sub in subscribers
+            ],
             self._backend,
             self._policy,
             poll_interval=self._poll_interval,
@@ -713,14 +697,6 @@ class RedisBroker:
             self,
             len(serving.consumers),
         )
-
-
-def _listed(names: Sequence[str], most: int = 20) -> str:
-    """*names* for a log line: the first *most*, then how many more."""
-    if not names:
-        return "nothing (no subscribers)"
-    shown = ", ".join(names[:most])
-    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:

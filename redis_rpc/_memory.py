@@ -107,7 +107,9 @@ def _enter(
         broker._real = broker._connection, broker._listener
         broker._connection = Tapped(connection, recorder)
         broker._listener, broker._recorder = listener, recorder
-        broker._serving = broker._new_serving(broker._subscribers)
+        broker._serving = broker._new_serving(
+            [recorder.wrap(sub) for sub in broker._subscribers]
+        )
         broker._state = State.RUNNING
         return broker._serving
 

@@ -56,7 +56,6 @@ class Publisher:
     def __init__(
         self,
         destination: Destination,
-        *,
         declare: Callable[[Callable[..., Any]], object],
         publish: Callable[..., int | str],
         recorder: Callable[[], Recorder | None],

@@ -235,11 +235,19 @@ def _serve_for_real(broker: RedisBroker, recorder: TestRedisBroker) -> None:
         check_new(broker)
         broker._connection = Tapped(broker._connection, recorder)
         broker._recorder = recorder
+        # Only for start(), which serves them wrapped; the declarations come back after.
+        declared, broker._subscribers = (
+            broker._subscribers,
+            [recorder.wrap(sub) for sub in broker._subscribers],
+        )
     try:
         broker.start()
     except BaseException:
         _leave_real(broker)
         raise
+    finally:
+        with broker._lock:
+            broker._subscribers = declared
 
 
 def _leave_real(broker: RedisBroker) -> None:

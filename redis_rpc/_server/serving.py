@@ -125,6 +125,14 @@ class Serving:
     def processors(self) -> list[Processor]:
         return [consumer.processor for consumer in self.consumers]
 
+    def destinations(self, most: int = 20) -> str:
+        """What is consumed, for a log line: the first *most* sources, then how many more."""
+        names = [str(consumer.subscriber.source) for consumer in self.consumers]
+        if not names:
+            return "nothing (no subscribers)"
+        shown = ", ".join(names[:most])
+        return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
     def start(self) -> list[Part]:
         """Start every consumer and the hub; return what must come up before serving."""
         for consumer in self.consumers:
