@@ -25,6 +25,7 @@ from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
 from redis_rpc._io.server import RedisBackend
+from redis_rpc._publisher import DEFAULT_PUBLISH_TIMEOUT, Publisher, unmocked
 from redis_rpc._server.cancel import Cancellations
 from redis_rpc._server.fetch import reader_exit_bound
 from redis_rpc._server.handler import Handler
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.interfaces import Backend, Connection
+    from redis_rpc._publisher import Recorder
     from redis_rpc._server.serving import Part
     from redis_rpc._wire.message import RedisMessage
     from redis_rpc._wire.schemas import Destination
@@ -66,9 +68,6 @@ F = TypeVar("F", bound="Callable[..., Any]")
 # Large enough for any sensible RPC payload, small enough that one bad
 # message cannot make a process swallow hundreds of megabytes.
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
-# As long as socket_timeout's default: what a publish() took at most before
-# it had a timeout of its own.
-DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 
 class State(enum.Enum):
@@ -201,7 +200,7 @@ class RedisBroker:
             start_timeout=start_timeout,
             hooks=hooks,
         )
-        # Guards _state, _subscribers, _publishers, _connection, _listener and _serving.
+        # Guards _state, _subscribers, _publishers, _connection, _listener, _serving and _recorder.
         self._lock = threading.Lock()
         self._state = State.NEW
         self._subscribers: list[Subscriber] = []
@@ -211,6 +210,7 @@ class RedisBroker:
         self._connection: Connection = self._backend
         self._listener: ReplyListener | None = None  # started by the first request()
         self._serving: Serving | None = None  # created by start()
+        self._recorder: Recorder | None = None  # a TestRedisBroker's, during its block
         self._closed = threading.Event()  # set once close() has finished
         # The requests their callers cancelled, for this broker's handlers.
         self._cancellations = Cancellations()
@@ -298,6 +298,7 @@ class RedisBroker:
                     msg = f"Cannot add a subscriber to {source}: declare subscribers before start()."
                     raise SetupError(msg)
                 self._subscribers.append(subscriber)
+            unmocked(func)
             return func
 
         return register
@@ -329,14 +330,14 @@ class RedisBroker:
         *,
         list: str | ListSub | None = None,
         stream: str | StreamSub | None = None,
-    ) -> Callable[[F], F]:
-        """Also publish the decorated handler's results to one channel, list or stream.
+    ) -> Publisher:
+        """A publisher to one channel, list or stream, as FastStream's: decorate handlers with it.
 
-        Stack it with ``@broker.subscriber``, in either order. A returned
-        ``RedisResponse(maxlen=n)`` trims a stream destination.
+        Stacked with ``@broker.subscriber`` in either order, it also sends the results there
+        (``RedisResponse(maxlen=n)`` trims a stream); see ``publish()`` and ``mock`` on it.
 
         Raises:
-            SetupError: Not exactly one destination, or called after ``start()``.
+            SetupError: Not exactly one destination, or it decorates after ``start()``.
         """
         target = destination(channel, list, stream)
 
@@ -348,7 +349,7 @@ class RedisBroker:
                 self._publishers.setdefault(func, []).append(target)
             return func
 
-        return register
+        return Publisher(target, register, self.publish, lambda: self._recorder)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -391,7 +392,8 @@ class RedisBroker:
             error = start_error(late, self._start_timeout, self._backend.address)
             self.close()
             raise error
-        logger.info("Broker started with %d consumer(s)", len(self._serving.consumers))
+        where, what = self._backend.address, self._serving.destinations()
+        logger.info("Broker started on Redis at %s, consuming %s", where, what)
 
     def _new_serving(
         self, subscribers: Sequence[Subscriber], connection: Connection | None = None

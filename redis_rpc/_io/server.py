@@ -15,7 +15,7 @@ from redis_rpc._io.errors import checked, map_errors, results
 from redis_rpc._io.link import RedisLink
 from redis_rpc._io.pipe import Pipe, Posted
 from redis_rpc._io.reader import RedisReader
-from redis_rpc._io.subscription import SUBSCRIPTION_OPTIONS, RedisSubscription
+from redis_rpc._io.subscription import RedisSubscription, subscription_options
 from redis_rpc.errors import SetupError
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ class RedisBackend:
         """
         pool = self._client.connection_pool
         connection = pool.connection_class(
-            **{**pool.connection_kwargs, **SUBSCRIPTION_OPTIONS}
+            **subscription_options(pool.connection_kwargs)
         )
         return RedisSubscription(
             connection,

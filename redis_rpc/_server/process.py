@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 import types
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
 
@@ -28,6 +28,7 @@ from redis_rpc import _context
 from redis_rpc._hooks import Event, SubscriberCounter, around
 from redis_rpc._io.commands import Publish, RPush, Set, XAdd, send_command
 from redis_rpc._server import idempotency
+from redis_rpc._wire.codec import MAGIC
 from redis_rpc._wire.message import (
     CORRELATION_ID,
     NONCE,
@@ -49,7 +50,7 @@ from redis_rpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.commands import Command
@@ -76,6 +77,8 @@ class Subscriber:
     no_reply: bool
     max_workers: int
     publishers: tuple[Destination, ...] = ()
+    # Sees each result built for a publisher: TestRedisBroker's publisher mocks.
+    observe: Callable[[Command], object] | None = None
 
 
 @attrs.frozen
@@ -278,6 +281,8 @@ class Processor:
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
+            if self._policy.hooks:  # FastStream counts it as a process that failed
+                self._failed_process(message, exc)
             return self._set_aside(delivery, exc, self._error_reply(message, exc))
         cancellations, reply_to = self._cancellations, message.reply_to
         if cancellations is None or not reply_to:
@@ -399,26 +404,25 @@ class Processor:
         began = time.monotonic()
         seconds: float | None = None  # in the handler; None while it runs
         reply_headers: dict[str, str] = {}
+        result: Any = None  # the handler's, once it returned
+
+        def call() -> list[Command]:
+            nonlocal seconds, result
+            result = handler.func(*args, **kwargs)
+            seconds = time.monotonic() - began
+            return self._outgoing(message, result, reply_headers)
+
         try:
             if self._policy.hooks:
-                event = Event(
-                    "process",
-                    str(self.subscriber.source),
-                    dict(message.headers),
-                    message.correlation_id,
-                    message,
-                    reply_headers=reply_headers,
-                )
-                result = around(
-                    self._policy.hooks, event, lambda: handler.func(*args, **kwargs)
-                )
+                # The reply is built inside the hooks, so that its span is the handler's child.
+                event = self._event(message, reply_headers)
+                commands = around(self._policy.hooks, event, call)
             else:
-                result = handler.func(*args, **kwargs)
-            seconds = time.monotonic() - began
-            commands = self._outgoing(message, result, reply_headers) + settle
-            if claim is not None:
+                commands = call()
+            assert seconds is not None  # set once the handler returned
+            if claim is not None:  # stored before any of the commands is sent
                 self._store(message, claim, result, reply_headers)
-            return Processed(commands, outcome="handled", seconds=seconds)
+            return Processed(commands + settle, outcome="handled", seconds=seconds)
         except BaseException as exc:  # even SystemExit must not end the thread
             if seconds is None:  # the handler raised, not _outgoing()
                 seconds = time.monotonic() - began
@@ -481,16 +485,46 @@ class Processor:
         dead = any(isinstance(c, (RPush, XAdd)) for c in dead_letter)
         return Processed(reply + dead_letter, atomic=True, dead=dead)
 
+    def _event(self, message: RedisMessage, reply_headers: dict[str, str]) -> Event:
+        """The hooks' event for processing *message*."""
+        return Event(
+            "process",
+            str(self.subscriber.source),
+            dict(message.headers),
+            message.correlation_id,
+            message,
+            reply_headers=reply_headers,
+        )
+
+    def _failed_process(self, message: RedisMessage, error: Exception) -> None:
+        """Have the hooks see a process of *message* that failed with *error* before the handler."""
+
+        def fail() -> NoReturn:
+            raise error
+
+        try:
+            around(self._policy.hooks, self._event(message, {}), fail)
+        except Exception as exc:  # error itself, or a hook's own failure
+            if exc is not error:
+                logger.exception("%s: a hook failed", self.name)
+
     def _log_rejected(
         self, delivery: Delivery, message: RedisMessage | None, error: Exception
     ) -> None:
+        # What it starts with, printable; a frame's own bytes say nothing to a reader.
+        if message is not None:
+            shown = message.body
+        elif delivery.payload.startswith(MAGIC):
+            shown = b""
+        else:
+            shown = delivery.payload
         logger.warning(
-            "%s rejected %s (correlation_id=%r, %d bytes, starting %r): %s",
+            "%s rejected %s (correlation_id=%r, %d bytes%s): %s",
             self.name,
             delivery.where or "a message",
-            "" if message is None else message.correlation_id,
+            "" if message is None else message.correlation_id[:100],
             len(delivery.payload),
-            delivery.payload[:32],
+            f", body {_excerpt(shown)}" if shown else "",
             error,
         )
 
@@ -547,14 +581,39 @@ class Processor:
                 *self._result_parts(message, response, extra_headers), key
             )
             check_size(event, self._policy.max_message_size, "The handler's result")
-            commands += (
+            sent = [
                 send_command(dest, event, maxlen) for dest in self.subscriber.publishers
+            ]
+            if self.subscriber.observe is not None:
+                for command in sent:
+                    self.subscriber.observe(command)
+            commands += sent
+        if reply and self._policy.hooks:  # a span for sending it, as FastStream makes
+            sending = Event(
+                "reply",
+                f"channel:{message.reply_to}",
+                dict(extra_headers),
+                response.correlation_id or message.correlation_id,
             )
-        if reply:
-            commands += self._answer(
-                message, *self._result_parts(message, response, extra_headers)
+            commands += around(
+                self._policy.hooks,
+                sending,
+                lambda: self._reply_to(message, response, sending.headers),
             )
+        elif reply:
+            commands += self._reply_to(message, response, extra_headers)
         return commands
+
+    def _reply_to(
+        self,
+        message: RedisMessage,
+        response: Response,
+        extra_headers: Mapping[str, str],
+    ) -> list[Command]:
+        """The commands that send *response* back to *message*'s caller; *extra_headers* are the hooks'."""
+        return self._answer(
+            message, *self._result_parts(message, response, extra_headers)
+        )
 
     def _answer(
         self, message: RedisMessage, data: bytes, headers: dict[str, str]
@@ -614,3 +673,12 @@ class Processor:
             else response.headers,
             converter=self.subscriber.handler.converter,
         )
+
+
+def _excerpt(data: bytes, limit: int = 40) -> str:
+    """The start of *data* for a log line: quoted and escaped as by ``ascii()``, at most *limit* characters and ``...``."""
+    whole = data[: limit + 1].decode(errors="replace")
+    text = whole[:limit]
+    while len(ascii(text)) > limit:  # escapes lengthen it; a rejected message is rare
+        text = text[:-1]
+    return ascii(text) + ("..." if len(text) < len(whole) else "")
