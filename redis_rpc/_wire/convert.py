@@ -273,21 +273,34 @@ class _StrictCollections:
         return structure_collection
 
 
-def _required_keys(target: Any) -> tuple[Any, dict[str, tuple[Any, bool]]] | None:
+def typed_dict_keys(target: Any) -> dict[str, tuple[Any, bool]] | None:
+    """Each key of the TypedDict *target*: its type, and whether it is required; ``None`` for no TypedDict.
+
+    By its resolved annotations, which may disagree with the class's own
+    ``__required_keys__`` (see ``_read_typed_dict()``).
+    """
+    found = _read_typed_dict(target)
+    return None if found is None else found[1]
+
+
+def _read_typed_dict(
+    target: Any,
+) -> tuple[Any, dict[str, tuple[Any, bool]], bool] | None:
     """Each key of the TypedDict *target*, with its type and whether it is required, by its resolved annotations.
 
     Also the module (typing or typing_extensions) whose ``Required`` and
-    ``NotRequired`` the annotations use. ``None`` when *target* is no
-    TypedDict, or its class already agrees: under ``from __future__ import
+    ``NotRequired`` the annotations use, and whether the class's own
+    ``__required_keys__`` disagree: under ``from __future__ import
     annotations`` a ``NotRequired[str]`` is a string to the class, which
     then counts the key as required (Python before 3.14, and
-    ``typing_extensions``).
+    ``typing_extensions``). ``None`` when *target* is no TypedDict (a
+    generic one is left to cattrs).
     """
     if not (
         isinstance(target, type)
         and issubclass(target, dict)
         and hasattr(target, "__required_keys__")
-        and not getattr(target, "__parameters__", ())  # a generic one: left to cattrs
+        and not getattr(target, "__parameters__", ())
     ):
         return None
     try:
@@ -303,7 +316,7 @@ def _required_keys(target: Any) -> tuple[Any, dict[str, tuple[Any, bool]]] | Non
             misread |= said is not required
             required, hint, markers = said, typing.get_args(hint)[0], module
         keys[key] = (hint, required)
-    return (markers, keys) if misread else None
+    return markers, keys, misread
 
 
 # The markers of a TypedDict key, by name, in typing and typing_extensions alike.
@@ -321,18 +334,19 @@ def _marker(origin: Any) -> tuple[bool | None, Any]:
 
 
 def _misread_typeddict(target: Any) -> bool:
-    return _required_keys(target) is not None
+    found = _read_typed_dict(target)
+    return found is not None and found[2]
 
 
 def _corrected_typeddict(
     target: Any, converter: cattrs.Converter
 ) -> Callable[[Any, Any], Any]:
     """cattrs' hook for a copy of the TypedDict *target* whose keys are required as annotated."""
-    found = _required_keys(target)
+    found = _read_typed_dict(target)
     assert found is not None  # _misread_typeddict() said so
     # The module whose markers the annotations use has a TypedDict that
     # understands them: typing from 3.11 on, typing_extensions always.
-    module, keys = found
+    module, keys, _ = found
     fields = {
         key: (module.Required if required else module.NotRequired)[hint]
         for key, (hint, required) in keys.items()

@@ -121,9 +121,14 @@ def _dump_model(value: Any) -> Any:
     return value.model_dump(mode="json", by_alias=True)
 
 
-def json_schema(target: Any, *, mode: str) -> dict[str, Any]:
-    """Pydantic's JSON Schema of *target*, for validation (``"validation"``) or what it dumps (``"serialization"``)."""
-    schema: dict[str, Any] = _pydantic().TypeAdapter(target).json_schema(mode=mode)
+def json_schema(target: Any, *, mode: str, ref_template: str) -> dict[str, Any]:
+    """Pydantic's JSON Schema of *target*: what it validates (*mode* ``"validation"``) or dumps (``"serialization"``).
+
+    The types it names are in ``$defs``, referenced through *ref_template*,
+    such as ``"#/components/schemas/{model}"``.
+    """
+    adapter = _pydantic().TypeAdapter(target)
+    schema: dict[str, Any] = adapter.json_schema(mode=mode, ref_template=ref_template)
     return schema
 
 
