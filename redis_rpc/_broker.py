@@ -625,6 +625,20 @@ class RedisBroker:
 
     # -- internals -----------------------------------------------------------
 
+    def _declared(self) -> tuple[str, tuple[Subscriber, ...]]:
+        """Where Redis is (never the URL) and the subscribers declared, each with its publishers.
+
+        For describing the service without starting it (``redis-rpc docs gen``).
+        """
+        with self._lock:
+            subscribers = tuple(
+                attrs.evolve(
+                    sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
+                )
+                for sub in self._subscribers
+            )
+        return self._backend.address, subscribers
+
     def _check_open(self, action: str) -> None:
         if self._state in (State.CLOSING, State.CLOSED):
             msg = f"Cannot {action}: the broker has been closed."

@@ -66,10 +66,14 @@ class Handler:
         self._logger = logger
         self.converter = converter or convert.make_converter()
         self._body_type: Any = None  # what a TYPED_BODY is structured into
+        # What describes the handler (redis-rpc docs gen): the body parameter's
+        # annotation and the return annotation, Any where there is none.
+        self.body_hint: Any = Any
         self._template = template
         self._args: list[_Arg | _PathArg] = []  # positional-only parameters, in order
         self._kwargs: dict[str, _Arg | _PathArg] = {}
         hints = _type_hints(func)
+        self.result_hint: Any = hints.get("return", Any)
         body_taken = False
         for index, param in enumerate(inspect.signature(func).parameters.values()):
             hint = hints.get(param.name)
@@ -118,6 +122,7 @@ class Handler:
         return args, kwargs
 
     def _body_arg(self, name: str, hint: Any) -> _Arg:
+        self.body_hint = Any if hint is None else hint
         if hint is None or not convert.needs_structuring(_plain(hint)):
             return _Arg.BODY
         if _plain(hint) is bytes:
