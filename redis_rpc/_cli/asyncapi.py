@@ -155,7 +155,7 @@ class _Builder:
             operation["reply"] = self._reply(key, handler.result_hint)
         self.operations[f"{key}Subscribe"] = operation
         for target in subscriber.publishers:
-            self._publisher(target, name, handler.result_hint)
+            self._publisher(target, handler.result_hint)
 
     def _reply(self, key: str, result: Any) -> dict[str, Any]:
         """The reply of the operation on channel *key*: the result, or the error reply."""
@@ -181,8 +181,10 @@ class _Builder:
             ],
         }
 
-    def _publisher(self, target: Destination, name: str, result: Any) -> None:
-        key = self._free(f"{target.name}:{name}:Publisher")
+    def _publisher(self, target: Destination, result: Any) -> None:
+        key = self._free(
+            f"{target.name}:Publisher"
+        )  # FastStream's key; numbered if shared
         message = self._message(f"{key}:Message", result, "serialization")
         self.channels[key] = self._channel(
             target, {"Message": message}, subscriber=False

@@ -207,7 +207,7 @@ class TestDocument:
                 "groupName": "billing",
                 "bindingVersion": "custom",
             },
-            "receipts:Place:Publisher": {
+            "receipts:Publisher": {
                 "channel": "receipts",
                 "method": "rpush",
                 "bindingVersion": "custom",
@@ -223,7 +223,7 @@ class TestDocument:
                 "bindingVersion": "custom",
             },
         }
-        assert doc["operations"]["receipts:Place:Publisher"]["action"] == "send"
+        assert doc["operations"]["receipts:Publisher"]["action"] == "send"
         assert list(doc["channels"]["logs.{level}:Log"]["parameters"]) == ["level"]
 
     def test_a_handler_without_reply_has_none(self, doc):
@@ -252,6 +252,60 @@ class TestDocument:
         assert empty["channels"] == {}
         assert empty["components"]["messages"] == {}
         jsonschema.validate(empty, official_schema)
+
+
+class TestFastStreamShape:
+    def test_keys_and_bindings_match_faststreams_document(self, doc):
+        """The channels, operations and redis bindings are keyed and shaped as FastStream's generator makes them for the same app."""
+        from faststream import FastStream
+        from faststream.redis import RedisBroker as FastStreamBroker
+        from faststream.redis import StreamSub as FastStreamStream
+        from faststream.specification import AsyncAPI
+
+        fs = FastStreamBroker("redis://127.0.0.1:1/0")
+
+        @fs.subscriber("quotes")
+        async def quote(items: list[dict[str, Any]]) -> dict[str, Any]:
+            return {}
+
+        @fs.subscriber(list="parcels")
+        async def label(parcel: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+        @fs.subscriber(stream=FastStreamStream("orders", group="billing", consumer="c"))
+        @fs.publisher(list="receipts")
+        async def place(order: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+        @fs.subscriber("logs.{level}")
+        async def log(text: str) -> None:
+            pass
+
+        @fs.subscriber(list="blobs")
+        async def size(blob: bytes) -> int:
+            return 0
+
+        spec = AsyncAPI(schema_version="3.0.0")
+        theirs = (
+            FastStream(fs, specification=spec).schema.to_specification().to_jsonable()
+        )
+        ours = doc
+        assert set(theirs["channels"]) <= set(ours["channels"])
+        assert set(theirs["operations"]) <= set(ours["operations"])
+        for key, channel in theirs["channels"].items():
+            binding = dict(channel["bindings"]["redis"])
+            binding.pop("consumerName", None)  # ours draw one per process by default
+            assert ours["channels"][key]["address"] == channel["address"]
+            assert ours["channels"][key]["bindings"]["redis"] == binding
+            assert ours["channels"][key]["messages"] == channel["messages"]
+        for key, operation in theirs["operations"].items():
+            assert {
+                k: v for k, v in ours["operations"][key].items() if k != "reply"
+            } == operation
+        assert (
+            ours["servers"]["development"]["protocol"]
+            == theirs["servers"]["development"]["protocol"]
+        )
 
 
 class Shade(enum.Enum):
