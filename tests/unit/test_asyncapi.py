@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import enum
 import json
+import subprocess
 import sys
 import typing
 import urllib.parse
@@ -30,7 +31,8 @@ from redis_rpc._wire.typeschema import Schemas
 from redis_rpc.errors import ValidationError
 from tests.unit import asyncapi_app
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "asyncapi"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "asyncapi"
 TARGET = "tests.unit.asyncapi_app:app"
 CLOSED_URL = "redis://127.0.0.1:1/0"
 
@@ -459,6 +461,20 @@ class TestCommand:
         monkeypatch.setitem(sys.modules, "yaml", None)
         assert main(["docs", "gen", _service(project), "--yaml"]) == 2
         assert "pip install pyyaml" in capsys.readouterr().err
+
+    @pytest.mark.timeout(60)
+    def test_the_installed_command_writes_the_document(self):
+        """python -m redis_rpc docs gen prints the document of the test service, as the console script would."""
+        done = subprocess.run(
+            [sys.executable, "-m", "redis_rpc", "docs", "gen", TARGET, "--out", "-"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "orders:PlaceSubscribe" in json.loads(done.stdout)["operations"]
 
     def test_the_app_target_of_the_test_service(self, project, official_schema):
         """The test service's App target works as well as a broker target."""
