@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # The top-level packages whose Annotated metadata only pydantic understands:
 # cattrs would drop a Field(gt=0) or an annotated_types.Gt(0) silently.
 _CONSTRAINT_PACKAGES = frozenset(("pydantic", "pydantic_core", "annotated_types"))
+# The packages whose classes (AnyUrl, SecretStr, Color, ...) pydantic validates.
+_TYPE_PACKAGES = frozenset(("pydantic", "pydantic_core", "pydantic_extra_types"))
 # What json.loads() gives: such a value can be validated as the JSON it was.
 _JSON_VALUES = (dict, list, str, int, float, bool, type(None))
 
@@ -57,15 +59,18 @@ def _pydantic() -> Any:
 def is_pydantic_type(target: Any) -> bool:
     """Whether values of *target* are pydantic's to validate and dump."""
     pydantic = _pydantic()
-    if pydantic is None or not hasattr(pydantic, "TypeAdapter"):  # absent, or v1
-        return False
+    if pydantic is None or str(getattr(pydantic, "VERSION", "1")).startswith("1"):
+        return False  # absent, blocked, or pydantic 1, whose models we do not know
     origin = typing.get_origin(target)
     if origin is None and isinstance(target, type):
+        # Only what is imported: a class cannot derive from a module not loaded.
+        main = sys.modules.get("pydantic.main")
+        dataclasses = sys.modules.get("pydantic.dataclasses")
         module = getattr(target, "__module__", "") or ""
         return (
-            issubclass(target, pydantic.BaseModel)
-            or pydantic.dataclasses.is_pydantic_dataclass(target)
-            or module.partition(".")[0] in ("pydantic", "pydantic_core")
+            (main is not None and issubclass(target, main.BaseModel))
+            or (dataclasses is not None and dataclasses.is_pydantic_dataclass(target))
+            or module.partition(".")[0] in _TYPE_PACKAGES
         )
     if origin is typing.Annotated:
         return any(

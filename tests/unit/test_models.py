@@ -259,6 +259,25 @@ class TestPydantic:
             def place(thing: Annotated[Unknown, pydantic.Field(title="x")]) -> None:
                 pass
 
+    def test_pydantic_own_types_go_to_pydantic(self):
+        """A type pydantic defines, such as AnyUrl, is validated and dumped by pydantic."""
+        converter = make_converter()
+        url = structure(converter, "https://example.com/a", pydantic.AnyUrl)
+        assert isinstance(url, pydantic.AnyUrl)
+        assert unstructure(converter, url) == "https://example.com/a"
+        with pytest.raises(ValidationError):
+            structure(converter, "not a url", pydantic.AnyUrl)
+
+    def test_a_users_module_named_like_pydantic_stays_with_cattrs(self):
+        """A class of the user's own module pydantic_helpers is not taken for one of pydantic's."""
+
+        @attrs.frozen
+        class Helper:
+            name: str
+
+        Helper.__module__ = "pydantic_helpers"
+        assert structure(make_converter(), {"name": "h"}, Helper) == Helper("h")
+
     def test_global_converter_is_left_alone(self):
         """Using models through a broker registers nothing on cattrs' global converter."""
         check_structurable(make_converter(), Order)
