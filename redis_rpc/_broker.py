@@ -24,7 +24,7 @@ from redis_rpc._client.request import Caller, with_idempotency_key
 from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
-from redis_rpc._io.server import RedisBackend
+from redis_rpc._io.server import RedisBackend, check_target
 from redis_rpc._publisher import DEFAULT_PUBLISH_TIMEOUT, Publisher, unmocked
 from redis_rpc._server.cancel import Cancellations
 from redis_rpc._server.fetch import reader_exit_bound
@@ -174,7 +174,7 @@ class RedisBroker:
         self._converter = converter or make_converter()
         self._signing_key = coerce_key(signing_key)
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
-        _check_target(url, options, several=False)
+        check_target(url, options, several=False)
         self._backend: Backend = self._backend_class(
             url,
             socket_timeout=socket_timeout,
@@ -666,6 +666,20 @@ class RedisBroker:
 
     # -- internals -----------------------------------------------------------
 
+    def _declared(self) -> tuple[str, tuple[Subscriber, ...]]:
+        """Where Redis is (never the URL) and the subscribers declared, each with its publishers.
+
+        For describing the service without starting it (``redis-rpc docs gen``).
+        """
+        with self._lock:
+            subscribers = tuple(
+                attrs.evolve(
+                    sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
+                )
+                for sub in self._subscribers
+            )
+        return self._backend.address, subscribers
+
     def _check_open(self, action: str) -> None:
         if self._state in (State.CLOSING, State.CLOSED):
             msg = f"Cannot {action}: the broker has been closed."
@@ -745,24 +759,6 @@ class RedisBroker:
         )
 
 
-def _check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:
-    """Refuse a redis-py client or pool where a URL belongs, with what to pass instead.
-
-    Only a cluster takes *several* URLs.
-
-    Raises:
-        SetupError: *url* is not a URL, or *options* hold a connection pool.
-    """
-    advice = "redis_rpc opens its own connections from a URL: pass redis://host:port for one server, redis+sentinel://sentinel:26379/service for a Sentinel-managed one, or RedisClusterBroker('redis://node:7000') for a Redis Cluster"
-    if "connection_pool" in options:
-        msg = f"connection_pool is not an option here: {advice}."
-        raise SetupError(msg)
-    urls = [url] if isinstance(url, str) else url if several else None
-    if not (isinstance(urls, (list, tuple)) and all(isinstance(u, str) for u in urls)):
-        msg = f"Expected a Redis URL, not {type(url).__name__}: {advice}."
-        raise SetupError(msg)
-
-
 class RedisClusterBroker(RedisBroker):
     """A ``RedisBroker`` for a Redis Cluster: the same API, routed by hash slot.
 
@@ -792,5 +788,5 @@ class RedisClusterBroker(RedisBroker):
     def __init__(
         self, url: str | Sequence[str] = "redis://localhost:6379", **options: Any
     ) -> None:
-        _check_target(url, options, several=True)
+        check_target(url, options, several=True)
         super().__init__(url if isinstance(url, str) else ",".join(url), **options)
