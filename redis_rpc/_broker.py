@@ -26,7 +26,8 @@ from redis_rpc._client.request import Caller, with_idempotency_key
 from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
-from redis_rpc._io.server import RedisBackend
+from redis_rpc._io.server import RedisBackend, check_target
+from redis_rpc._publisher import DEFAULT_PUBLISH_TIMEOUT, Publisher, unmocked
 from redis_rpc._server.cancel import Cancellations
 from redis_rpc._server.fetch import reader_exit_bound
 from redis_rpc._server.handler import Handler
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.interfaces import Backend, Connection
+    from redis_rpc._publisher import Recorder
     from redis_rpc._server.serving import Part
     from redis_rpc._wire.message import RedisMessage
     from redis_rpc._wire.schemas import Destination
@@ -69,9 +71,6 @@ F = TypeVar("F", bound="Callable[..., Any]")
 # Large enough for any sensible RPC payload, small enough that one bad
 # message cannot make a process swallow hundreds of megabytes.
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
-# As long as socket_timeout's default: what a publish() took at most before
-# it had a timeout of its own.
-DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 
 class State(enum.Enum):
@@ -178,7 +177,7 @@ class RedisBroker:
         self._converter = converter or make_converter()
         self._signing_key = coerce_key(signing_key)
         self._handler_logger = logger or logging.getLogger("redis_rpc.handler")
-        _check_target(url, options, several=False)
+        check_target(url, options, several=False)
         self._backend: Backend = self._backend_class(
             url,
             socket_timeout=socket_timeout,
@@ -207,7 +206,7 @@ class RedisBroker:
         # Fails submitted requests at their deadlines: one thread, started by the first.
         self._deadlines = Deadlines()
         self._composer = Composer(self._caller, self._deadlines)
-        # Guards _state, _subscribers, _publishers, _connection, _listener and _serving.
+        # Guards _state, _subscribers, _publishers, _connection, _listener, _serving and _recorder.
         self._lock = threading.Lock()
         self._state = State.NEW
         self._subscribers: list[Subscriber] = []
@@ -217,6 +216,7 @@ class RedisBroker:
         self._connection: Connection = self._backend
         self._listener: ReplyListener | None = None  # started by the first request()
         self._serving: Serving | None = None  # created by start()
+        self._recorder: Recorder | None = None  # a TestRedisBroker's, during its block
         self._closed = threading.Event()  # set once close() has finished
         # The requests their callers cancelled, for this broker's handlers.
         self._cancellations = Cancellations()
@@ -304,6 +304,7 @@ class RedisBroker:
                     msg = f"Cannot add a subscriber to {source}: declare subscribers before start()."
                     raise SetupError(msg)
                 self._subscribers.append(subscriber)
+            unmocked(func)
             return func
 
         return register
@@ -335,14 +336,14 @@ class RedisBroker:
         *,
         list: str | ListSub | None = None,
         stream: str | StreamSub | None = None,
-    ) -> Callable[[F], F]:
-        """Also publish the decorated handler's results to one channel, list or stream.
+    ) -> Publisher:
+        """A publisher to one channel, list or stream, as FastStream's: decorate handlers with it.
 
-        Stack it with ``@broker.subscriber``, in either order. A returned
-        ``RedisResponse(maxlen=n)`` trims a stream destination.
+        Stacked with ``@broker.subscriber`` in either order, it also sends the results there
+        (``RedisResponse(maxlen=n)`` trims a stream); see ``publish()`` and ``mock`` on it.
 
         Raises:
-            SetupError: Not exactly one destination, or called after ``start()``.
+            SetupError: Not exactly one destination, or it decorates after ``start()``.
         """
         target = destination(channel, list, stream)
 
@@ -354,7 +355,7 @@ class RedisBroker:
                 self._publishers.setdefault(func, []).append(target)
             return func
 
-        return register
+        return Publisher(target, register, self.publish, lambda: self._recorder)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -397,7 +398,8 @@ class RedisBroker:
             error = start_error(late, self._start_timeout, self._backend.address)
             self.close()
             raise error
-        logger.info("Broker started with %d consumer(s)", len(self._serving.consumers))
+        where, what = self._backend.address, self._serving.destinations()
+        logger.info("Broker started on Redis at %s, consuming %s", where, what)
 
     def _new_serving(
         self, subscribers: Sequence[Subscriber], connection: Connection | None = None
@@ -796,6 +798,20 @@ class RedisBroker:
 
     # -- internals -----------------------------------------------------------
 
+    def _declared(self) -> tuple[str, tuple[Subscriber, ...]]:
+        """Where Redis is (never the URL) and the subscribers declared, each with its publishers.
+
+        For describing the service without starting it (``redis-rpc docs gen``).
+        """
+        with self._lock:
+            subscribers = tuple(
+                attrs.evolve(
+                    sub, publishers=tuple(self._publishers.get(sub.handler.func, ()))
+                )
+                for sub in self._subscribers
+            )
+        return self._backend.address, subscribers
+
     def _check_open(self, action: str) -> None:
         if self._state in (State.CLOSING, State.CLOSED):
             msg = f"Cannot {action}: the broker has been closed."
@@ -877,24 +893,6 @@ class RedisBroker:
         )
 
 
-def _check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:
-    """Refuse a redis-py client or pool where a URL belongs, with what to pass instead.
-
-    Only a cluster takes *several* URLs.
-
-    Raises:
-        SetupError: *url* is not a URL, or *options* hold a connection pool.
-    """
-    advice = "redis_rpc opens its own connections from a URL: pass redis://host:port for one server, redis+sentinel://sentinel:26379/service for a Sentinel-managed one, or RedisClusterBroker('redis://node:7000') for a Redis Cluster"
-    if "connection_pool" in options:
-        msg = f"connection_pool is not an option here: {advice}."
-        raise SetupError(msg)
-    urls = [url] if isinstance(url, str) else url if several else None
-    if not (isinstance(urls, (list, tuple)) and all(isinstance(u, str) for u in urls)):
-        msg = f"Expected a Redis URL, not {type(url).__name__}: {advice}."
-        raise SetupError(msg)
-
-
 class RedisClusterBroker(RedisBroker):
     """A ``RedisBroker`` for a Redis Cluster: the same API, routed by hash slot.
 
@@ -924,5 +922,5 @@ class RedisClusterBroker(RedisBroker):
     def __init__(
         self, url: str | Sequence[str] = "redis://localhost:6379", **options: Any
     ) -> None:
-        _check_target(url, options, several=True)
+        check_target(url, options, several=True)
         super().__init__(url if isinstance(url, str) else ",".join(url), **options)

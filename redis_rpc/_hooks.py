@@ -62,10 +62,13 @@ class Event:
     """One publish, request or process, as hooks see it.
 
     Attributes:
-        kind: ``"publish"``, ``"request"`` or ``"process"``.
+        kind: ``"publish"``, ``"request"``, ``"process"``, or ``"reply"``:
+            a handler's result being sent back to its caller, inside that
+            handler's process (FastStream's middlewares see it as a publish
+            of type ``REPLY``).
         destination: Where the message goes or came from, such as ``"list:orders"``.
-        headers: For a publish or a request, the headers about to be sent,
-            which a hook may add to; for a process, the message's headers.
+        headers: For a publish, a request or a reply, the headers about to be
+            sent, which a hook may add to; for a process, the message's headers.
         correlation_id: The message's; for a publish or a request, the one
             the broker picked when the caller gave none.
         message: For a process, the message handled; for a request, the reply once in.
@@ -73,7 +76,9 @@ class Event:
             A publish or request: ``"timeout"``, ``"remote_error"``,
             ``"no_subscriber"``, ``"connection_error"``,
             ``"command_error"`` or ``"error"``. A process: ``"error"``
-            (the handler raised).
+            (the handler raised, or the body did not fit its parameters,
+            as FastStream counts it). A reply: ``"error"`` (it could not be
+            built, as when it is too large).
         error: The exception, when there was one.
         duration: Seconds the operation took.
         reply_headers: For a process, headers to add to the handler's reply

@@ -62,14 +62,14 @@ from redis_rpc._wire.schemas import ListSub, StreamSub
 from redis_rpc.errors import BrokerStateError, MessageDecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
     from unittest.mock import MagicMock
 
     from redis_rpc._broker import RedisBroker
     from redis_rpc._io.commands import Command
-    from redis_rpc._io.interfaces import Outcome
+    from redis_rpc._io.interfaces import Connection, Outcome
+    from redis_rpc._publisher import Recorder
     from redis_rpc._server.fetch import Consumer
-    from redis_rpc._server.model import Subscriber
     from redis_rpc._server.process import Processor
     from redis_rpc._server.serving import Serving
 
@@ -80,10 +80,8 @@ logger = logging.getLogger(__name__)
 _PROCESSING = "redis_rpc:in-memory:processing"
 
 
-def serve_in_memory(
-    broker: RedisBroker, wrap: Callable[[Subscriber], Subscriber]
-) -> MemoryConnection:
-    """Have *broker* serve in memory until ``leave_memory()``, with what *wrap* makes of each subscriber.
+def serve_in_memory(broker: RedisBroker, recorder: Recorder) -> MemoryConnection:
+    """Have *broker* serve in memory until ``leave_memory()``, recording in *recorder*.
 
     Raises:
         BrokerStateError: The broker is not new.
@@ -97,7 +95,7 @@ def serve_in_memory(
         on_cancel=broker._heard_cancel,
     )
     listener.accept_in_memory()  # the thread is never started
-    serving = _enter(broker, connection, listener, wrap)
+    serving = _enter(broker, connection, listener, recorder)
     connection.attach(serving.consumers, listener)
     return connection
 
@@ -106,7 +104,7 @@ def _enter(
     broker: RedisBroker,
     connection: MemoryConnection,
     listener: ReplyListener,
-    wrap: Callable[[Subscriber], Subscriber],
+    recorder: Recorder,
 ) -> Serving:
     """Have *broker* send through *connection* and take replies from *listener*; return what serves.
 
@@ -118,16 +116,26 @@ def _enter(
         BrokerStateError: The broker is not ``NEW``.
     """
     with broker._lock:
-        if broker._state is not State.NEW:
-            msg = f"Cannot test a broker that is {broker._state.name}: hand TestRedisBroker a broker that was never started."
-            raise BrokerStateError(msg)
+        check_new(broker)
         broker._real = broker._connection, broker._listener
-        broker._connection, broker._listener = connection, listener
+        broker._connection = Tapped(connection, recorder)
+        broker._listener, broker._recorder = listener, recorder
         broker._serving = broker._new_serving(
-            [wrap(s) for s in broker._subscribers], connection
+            [recorder.wrap(sub) for sub in broker._subscribers], connection
         )
         broker._state = State.RUNNING
         return broker._serving
+
+
+def check_new(broker: RedisBroker) -> None:
+    """Refuse a broker that a test broker cannot take over; under its lock.
+
+    Raises:
+        BrokerStateError: The broker is not ``NEW``.
+    """
+    if broker._state is not State.NEW:
+        msg = f"Cannot test a broker that is {broker._state.name}: hand TestRedisBroker a broker that was never started."
+        raise BrokerStateError(msg)
 
 
 def leave_memory(broker: RedisBroker) -> None:
@@ -135,7 +143,7 @@ def leave_memory(broker: RedisBroker) -> None:
     with broker._lock:
         listener = broker._listener
         broker._connection, broker._listener = broker._real
-        broker._serving = None
+        broker._serving, broker._recorder = None, None
         closed = broker._state is not State.RUNNING
         if not closed:
             broker._state = State.NEW
@@ -148,6 +156,65 @@ def leave_memory(broker: RedisBroker) -> None:
         ):
             logger.warning("The reply listener did not stop in time")
         broker._connection.close()
+
+
+class Tapped:
+    """A ``Connection`` that shows *recorder* every message sent through it, then sends it on.
+
+    What ``publish()`` and ``request()`` send, under ``TestRedisBroker``: in
+    memory or on Redis (``with_real=True``). Implements ``_io.interfaces.Connection``.
+    """
+
+    def __init__(self, inner: Connection, recorder: Recorder) -> None:
+        self.inner = inner
+        self._recorder = recorder
+        self.address = inner.address
+        self.socket_timeout = inner.socket_timeout
+
+    @property
+    def cluster(self) -> bool:
+        return self.inner.cluster
+
+    @property
+    def used(self) -> bool:
+        return self.inner.used
+
+    def execute(self, command: Command, *, deadline: float | None = None) -> Any:
+        self._recorder.saw(command)
+        return self.inner.execute(command, deadline=deadline)
+
+    def execute_many(
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        deadline: float | None = None,
+    ) -> list[Any]:
+        for command in commands:
+            self._recorder.saw(command)
+        return self.inner.execute_many(commands, atomic=atomic, deadline=deadline)
+
+    def post(
+        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+    ) -> None:
+        for command in commands:
+            self._recorder.saw(command)
+        self.inner.post(commands, atomic=atomic, what=what)
+
+    def send(
+        self, command: Command, *, deadline: float | None, outcome: Outcome
+    ) -> None:
+        self._recorder.saw(command)
+        self.inner.send(command, deadline=deadline, outcome=outcome)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def after_fork(self) -> None:
+        self.inner.after_fork()
 
 
 class MemoryConnection:

@@ -16,8 +16,13 @@ redis_rpc and FastStream services, in both directions:
 - A handler: a ``"<destination> process"`` span of kind CONSUMER, the
   child of the context in the message's headers (a new trace without
   one), current while the handler runs, so that the handler's own
-  requests are its children. Its context goes out with the reply, so
-  that a FastStream caller's span for the reply joins the trace too.
+  requests are its children. Its ``messaging.message.id`` is the
+  message's ``message_id`` header (FastStream senders set one), or else
+  its correlation id.
+- Its reply: a ``"<reply channel> publish"`` span of kind PRODUCER, the
+  child of the handler's, as FastStream makes for its replies. Its
+  context goes out with the reply, so that a FastStream caller's span
+  for the reply joins the trace too.
 
 The headers are injected and extracted by OpenTelemetry's global
 propagator, W3C trace context and baggage unless the application set
@@ -27,6 +32,7 @@ another; FastStream reads and writes only the W3C headers.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import redis_rpc
@@ -72,7 +78,7 @@ class TelemetryHook:
     def __call__(self, event: Event) -> AbstractContextManager[object]:
         if event.kind == "process":
             return self._process(event)
-        return self._send(event)
+        return self._send(event)  # a publish, a request, or a handler's reply
 
     @contextlib.contextmanager
     def _send(self, event: Event) -> Iterator[None]:
@@ -108,8 +114,12 @@ class TelemetryHook:
         }
         if event.message is not None:
             attributes["messaging.message.payload_size_bytes"] = len(event.message.body)
-        if isinstance(message_id := event.headers.get("message_id"), str):
-            attributes["messaging.message.id"] = message_id
+        message_id = event.headers.get("message_id")
+        attributes["messaging.message.id"] = (
+            message_id
+            if isinstance(message_id, str) and message_id
+            else event.correlation_id or uuid.uuid4().hex  # FastStream makes one up
+        )
         # The sender's context becomes current, not only the span's parent, so
         # that its baggage reaches the handler and the handler's own requests.
         token = context.attach(propagate.extract(event.headers))

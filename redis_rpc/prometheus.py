@@ -109,12 +109,15 @@ class PrometheusHook:
 
     ``exception_type`` is the exception's class name, except that a request
     that timed out says ``TimeoutError``, as FastStream's does, rather than
-    ``RequestTimeoutError``. Where we differ: a process hook runs around the
-    handler, so messages that never reach one (unreadable, not fitting the
-    handler's types, expired or refused; FastStream counts the first two as
-    ``error``) are not counted here but in ``broker.stats()``; FastStream's
-    ``nacked``, ``rejected`` and ``skipped`` statuses never occur; and a
-    pattern subscriber is labelled with its pattern, not with each channel.
+    ``RequestTimeoutError``. A body that does not fit the handler's types,
+    or that its content type cannot decode, counts as FastStream counts it:
+    received, processed with ``status="error"``, and an exception of its
+    type (``ValidationError``, ``MessageDecodeError``). Where we differ:
+    messages that never reach the handler's parameters (a frame that cannot
+    be read, too large, expired or refused) are not counted here but in
+    ``broker.stats()``; FastStream's ``nacked``, ``rejected`` and
+    ``skipped`` statuses never occur; and a pattern subscriber is labelled
+    with its pattern, not with each channel.
 
     Args:
         registry: Where the metrics are registered; prometheus_client's
@@ -221,6 +224,8 @@ class PrometheusHook:
         """The context to run *event*'s publish, request or process in."""
         if event.kind == "process":
             return self._process(event)
+        if event.kind == "reply":  # FastStream does not count replies either
+            return contextlib.nullcontext()
         return self._publish(event)
 
     @contextlib.contextmanager

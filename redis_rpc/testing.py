@@ -7,21 +7,33 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 from unittest.mock import MagicMock
 
 import attrs
 
-from redis_rpc._memory import RecordingHandler, leave_memory, serve_in_memory
-from redis_rpc.errors import BrokerStateError
+from redis_rpc._io.commands import Publish, RPush, XAdd
+from redis_rpc._memory import (
+    RecordingHandler,
+    Tapped,
+    check_new,
+    leave_memory,
+    serve_in_memory,
+)
+from redis_rpc._wire.message import RedisMessage
+from redis_rpc._wire.schemas import ListSub, PubSub
+from redis_rpc.errors import BrokerStateError, MessageDecodeError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from redis_rpc._broker import RedisBroker
+    from redis_rpc._io.commands import Command
     from redis_rpc._server.model import Subscriber
+    from redis_rpc._wire.schemas import Destination
 
 __all__ = ["RedisServer", "TestRedisBroker"]
 
@@ -60,40 +72,59 @@ class TestRedisBroker:
     it is structured into the parameter's type, so invalid bodies are
     recorded too). ``mock(handler)`` returns the same object for code
     that is type-checked, and still after the block. Each block starts
-    with fresh mocks.
+    with fresh mocks. The ``mock`` of a publisher from
+    ``broker.publisher(...)`` records, the same way, each body the broker
+    sends to its destination: handlers' results routed to it, its own
+    ``publish()``, and ``broker.publish()`` or ``request()`` to it.
+    Outside a block, either ``mock`` raises ``BrokerStateError`` saying
+    that it is not under a test broker.
+
+    With ``with_real=True`` the same block runs against the Redis that
+    *broker* points at: entering starts *broker* and leaving closes it,
+    and the mocks record as in memory. Messages then take their real
+    path, so ``publish()`` returns before the handlers run: wait for
+    their mocks with a deadline, or use ``request()``.
 
     The broker must be new (never started); it may be used by one block at
-    a time. Inside the block, ``start()`` raises ``BrokerStateError`` (the
-    broker already counts as running) and ``close()`` closes the broker.
-    Safe to use from several threads inside the block, but handlers then
-    run concurrently whatever their ``max_workers``.
+    a time. Inside an in-memory block, ``start()`` raises
+    ``BrokerStateError`` (the broker already counts as running) and
+    ``close()`` closes the broker. Safe to use from several threads inside
+    the block, but in memory, handlers then run concurrently whatever their
+    ``max_workers``.
+
+    Args:
+        broker: The broker to test.
+        with_real: Serve on Redis instead of in memory.
 
     Raises:
         BrokerStateError: On entering, when *broker* was started, closed, or
             is already in a ``TestRedisBroker`` block.
+        RedisConnectionError: On entering with *with_real*, as ``start()``.
     """
 
     __test__ = False  # not a test class, whatever its name says to pytest
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: RedisBroker, *, with_real: bool = False) -> None:
         self.broker = broker
+        self.with_real = with_real
         self._mocks: list[tuple[Callable[..., Any], MagicMock]] = []
         # Functions given a mock attribute, and what that attribute was before.
         self._attached: list[tuple[Callable[..., Any], object]] = []
+        self._lock = threading.Lock()  # guards _sent: handlers may send from any thread
+        self._sent: dict[tuple[str, str, bool], MagicMock] = {}
 
     def __repr__(self) -> str:
-        return f"<TestRedisBroker {self.broker!r}>"
+        return (
+            f"<TestRedisBroker {self.broker!r}{' with_real' if self.with_real else ''}>"
+        )
 
     def __enter__(self) -> RedisBroker:
-        self._mocks, self._attached = [], []
-        serve_in_memory(self.broker, self._recording)
+        self._mocks, self._attached, self._sent = [], [], {}
+        if self.with_real:
+            _serve_for_real(self.broker, self)
+        else:
+            serve_in_memory(self.broker, self)
         return self.broker
-
-    def _recording(self, subscriber: Subscriber) -> Subscriber:
-        """*subscriber*, its handler recording each body in its mock first."""
-        handler = subscriber.handler
-        mock = self._find(handler.func) or self._new_mock(handler.func)
-        return attrs.evolve(subscriber, handler=RecordingHandler(handler, mock))
 
     def __exit__(
         self,
@@ -101,13 +132,62 @@ class TestRedisBroker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for func, before in self._attached:
-            if before is _MISSING:
-                del func.mock  # type: ignore[attr-defined]
+        try:
+            if self.with_real:
+                _leave_real(self.broker)
             else:
-                func.mock = before  # type: ignore[attr-defined]
-        self._attached = []
-        leave_memory(self.broker)
+                leave_memory(self.broker)
+        finally:
+            for func, before in self._attached:
+                if before is _MISSING:
+                    del func.mock  # type: ignore[attr-defined]
+                else:
+                    func.mock = before  # type: ignore[attr-defined]
+            self._attached = []
+
+    # -- what the broker calls while the block runs (_publisher.Recorder) ----
+
+    def wrap(self, subscriber: Subscriber) -> Subscriber:
+        """*subscriber*, its handler recording each body in its mock first, its publishers' results seen."""
+        handler = subscriber.handler
+        mock = self._find(handler.func) or self._new_mock(handler.func)
+        return attrs.evolve(
+            subscriber, handler=RecordingHandler(handler, mock), observe=self.saw
+        )
+
+    def saw(self, command: Command) -> None:
+        """Record the body that *command* sends, if it sends one, in its destination's mock."""
+        if isinstance(command, Publish):
+            key = ("channel", command.channel, command.sharded)
+        elif isinstance(command, RPush):
+            key = ("list", command.key, False)
+        elif isinstance(command, XAdd):
+            key = ("stream", command.stream, False)
+        else:
+            return
+        try:
+            body = RedisMessage.from_payload(command.data).decode()
+        except MessageDecodeError:
+            return  # the real broker would not have sent it
+        self._sent_mock(key)(body)
+
+    def sent_to(self, destination: Destination) -> MagicMock:
+        """The mock of each body sent to *destination* in the current block."""
+        if isinstance(destination, PubSub):
+            return self._sent_mock(
+                ("channel", destination.channel, destination.sharded)
+            )
+        kind = "list" if isinstance(destination, ListSub) else "stream"
+        return self._sent_mock((kind, destination.name, False))
+
+    def _sent_mock(self, key: tuple[str, str, bool]) -> MagicMock:
+        with self._lock:
+            mock = self._sent.get(key)
+            if mock is None:
+                mock = self._sent[key] = MagicMock(name=f"{key[0]}:{key[1]}.mock")
+            return mock
+
+    # -- handlers' mocks -------------------------------------------------------
 
     def mock(self, handler: Callable[..., Any]) -> MagicMock:
         """The mock that records the bodies *handler* received in the current (or last) block.
@@ -142,6 +222,44 @@ class TestRedisBroker:
             return mock
         self._attached.append((func, before))
         return mock
+
+
+def _serve_for_real(broker: RedisBroker, recorder: TestRedisBroker) -> None:
+    """Start *broker* on Redis, recording in *recorder*, until ``_leave_real()``.
+
+    Raises:
+        BrokerStateError: The broker is not new.
+        RedisConnectionError: As ``start()``.
+    """
+    with broker._lock:
+        check_new(broker)
+        broker._connection = Tapped(broker._connection, recorder)
+        broker._recorder = recorder
+        # Only for start(), which serves them wrapped; the declarations come back after.
+        declared, broker._subscribers = (
+            broker._subscribers,
+            [recorder.wrap(sub) for sub in broker._subscribers],
+        )
+    try:
+        broker.start()
+    except BaseException:
+        _leave_real(broker)
+        raise
+    finally:
+        with broker._lock:
+            broker._subscribers = declared
+
+
+def _leave_real(broker: RedisBroker) -> None:
+    """Close *broker*, started by ``_serve_for_real()``, and stop recording."""
+    try:
+        broker.close()
+    finally:
+        with broker._lock:
+            connection = broker._connection
+            if isinstance(connection, Tapped):
+                broker._connection = connection.inner
+            broker._recorder = None
 
 
 class RedisServer:

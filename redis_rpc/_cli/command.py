@@ -1,4 +1,4 @@
-"""The ``redis-rpc`` command: serve an application in one or more processes, and ping Redis.
+"""The ``redis-rpc`` command: serve an application in one or more processes, ping Redis, describe a service.
 
 ``redis-rpc run`` imports the application in the process that serves it,
 never in a parent that forks afterwards: a broker started before a fork
@@ -19,10 +19,13 @@ that.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 from typing import TYPE_CHECKING
 
 from redis_rpc import __version__
 from redis_rpc._broker import RedisBroker
+from redis_rpc._cli import asyncapi
 from redis_rpc._cli.console import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -33,6 +36,7 @@ from redis_rpc._cli.console import (
     error,
 )
 from redis_rpc._cli.supervisor import Supervisor
+from redis_rpc._cli.target import TargetError, load_target
 from redis_rpc._cli.worker import serve
 from redis_rpc._io.server import RedisBackend
 from redis_rpc.errors import NoSubscriberError, RedisRPCError, SetupError
@@ -52,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ping(args.url, timeout=args.timeout)
         if args.command == "health":
             return health(args.url, args.channel, timeout=args.timeout)
+        if args.command == "docs":
+            return docs_gen(args.target, out=args.out, yaml=args.yaml)
         if args.workers > 1 and args.worker is None:
             return Supervisor(args.target, args.workers, args.log_level).run()
         return serve(
@@ -70,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve a redis_rpc application, check that Redis answers, or probe a service's health.",
+        description="Serve a redis_rpc application, check that Redis answers, probe a service's health, or describe it in AsyncAPI.",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
@@ -162,6 +168,41 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for the answer (default 5)",
     )
+    docs = commands.add_parser(
+        "docs",
+        help="describe an application: its channels and messages in AsyncAPI",
+        description="Describe an application without starting it.",
+    )
+    docs_commands = docs.add_subparsers(
+        dest="docs_command", required=True, metavar="COMMAND"
+    )
+    gen = docs_commands.add_parser(
+        "gen",
+        help="write the AsyncAPI 3.0 document of an App or a RedisBroker",
+        description=(
+            "Import MODULE:ATTR, a redis_rpc.App or a redis_rpc.RedisBroker, and write "
+            "an AsyncAPI 3.0 document of its subscribers and publishers: channels "
+            "with their Redis transport, message schemas from the handlers' "
+            "annotations, and each handler's reply and error reply. Nothing connects "
+            "to Redis. The current directory is importable."
+        ),
+    )
+    gen.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="where the App or RedisBroker is, for example myservice.main:app",
+    )
+    gen.add_argument(
+        "--out",
+        metavar="PATH",
+        default=None,
+        help="the file to write (default asyncapi.json, or asyncapi.yaml with --yaml); - for stdout",
+    )
+    gen.add_argument(
+        "--yaml",
+        action="store_true",
+        help="write YAML instead of JSON (needs PyYAML)",
+    )
     return parser
 
 
@@ -179,6 +220,31 @@ def _positive_float(text: str) -> float:
         msg = f"must be positive, not {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def docs_gen(target: str, *, out: str | None, yaml: bool) -> int:
+    """Write the AsyncAPI document of the App or broker at *target* to *out*; return the exit status."""
+    if yaml and importlib.util.find_spec("yaml") is None:
+        error("--yaml needs PyYAML: pip install pyyaml, or leave out --yaml for JSON.")
+        return EXIT_USAGE
+    try:
+        app = load_target(target)
+    except TargetError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    text = asyncapi.dump(asyncapi.document(app.broker, title=target), yaml=yaml)
+    path = out or ("asyncapi.yaml" if yaml else "asyncapi.json")
+    if path == "-":
+        print(text, end="")  # noqa: T201 - the command's own output
+        return EXIT_OK
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        error(f"cannot write {path}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    print(f"Wrote {os.path.abspath(path)}")  # noqa: T201 - the command's own output
+    return EXIT_OK
 
 
 def ping(url: str, *, timeout: float) -> int:

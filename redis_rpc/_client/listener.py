@@ -416,7 +416,7 @@ class ReplyListener:
                     self._recover()
                     lost = False
                 if backoff.failures:
-                    logger.warning("Reply listener is subscribed again")
+                    logger.info("Reply listener is subscribed again")
                 self._set_accepting(True)
                 backoff = Backoff()
                 self._listen(subscription)

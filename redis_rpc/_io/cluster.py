@@ -48,7 +48,7 @@ from redis_rpc._io.link import RedisLink
 from redis_rpc._io.pipe import Pipe, Posted
 from redis_rpc._io.reader import RedisReader
 from redis_rpc._io.server import PIPE_FLUSH_TIMEOUT, check_options
-from redis_rpc._io.subscription import SUBSCRIPTION_OPTIONS, RedisSubscription
+from redis_rpc._io.subscription import RedisSubscription, subscription_options
 from redis_rpc.errors import (
     RedisCommandError,
     RedisConnectionError,
@@ -596,7 +596,7 @@ class ClusterBackend:
         connection = self._connection_class(
             host=node.host,
             port=node.port,
-            **{**self._node_kwargs, **SUBSCRIPTION_OPTIONS},
+            **subscription_options(self._node_kwargs),
         )
         return RedisSubscription(
             connection,

@@ -6,7 +6,9 @@ class, a ``reason`` from a closed set and a message that names the cause
 and the fix. A plain error reply (``ResponseError``) is told apart by its
 error code, the first word Redis puts in it (``BUSYGROUP``, ``NOGROUP``,
 ``UNBLOCKED``; redis-py strips ``ERR``, so an unknown command is told by
-its wording): that is read here and nowhere else. A cluster redirection
+its wording), and an ``AuthenticationError`` by the start of its wording
+(a missing password, or one that Redis has none to check against): that is
+read here and nowhere else. A cluster redirection
 keeps where it points as a field (``RedisCommandError.redirect``). Code
 outside this module reads ``reason`` and ``redirect``, never a message.
 """
@@ -162,6 +164,26 @@ _CODES: dict[str, _Refused] = {
         "Redis at {address} ended a blocking read ({error}); it probably became a replica in a failover",
     ),
 }
+# redis-py raises AuthenticationError for a wrong password, a missing one
+# (NOAUTH) and one Redis does not check alike, without the error code: told
+# by the start of its wording, which the message leaves out: Redis' own for
+# HELLO is long, and says less than ours.
+_NO_PASSWORD_GIVEN = _Unreachable(
+    redis.exceptions.AuthenticationError,
+    "authentication",
+    "Redis at {address} requires a password, and none was given; put it in the URL, as redis://:password@host:port (or redis://user:password@host:port), or pass password=",
+)
+_NO_PASSWORD_SET = _Unreachable(
+    redis.exceptions.AuthenticationError,
+    "authentication",
+    "Redis at {address} has no password set, yet one was given; leave the password out of the URL, or set one on the server (requirepass)",
+)
+_AUTH_WORDINGS: tuple[tuple[str, _Unreachable], ...] = (
+    ("authentication required", _NO_PASSWORD_GIVEN),  # NOAUTH, to any command
+    ("hello must be called with the client already authenticated", _NO_PASSWORD_GIVEN),
+    ("auth <password> called without any password configured", _NO_PASSWORD_SET),
+    ("client sent auth, but no password is set", _NO_PASSWORD_SET),  # Redis < 6
+)
 # redis-py strips the ERR code, so an unknown command is told by its wording.
 _UNKNOWN_COMMAND = _Refused(
     redis.exceptions.ResponseError,
@@ -188,6 +210,11 @@ def _classify(exc: Exception) -> _Mapping:
     """How to report *exc*: its entry of ``ERROR_MAP``, or of ``_CODES`` for a plain error reply."""
     # The last two entries match every RedisError and RedisClusterException.
     mapping = next(m for m in ERROR_MAP if isinstance(exc, m.theirs))
+    if type(exc) is redis.exceptions.AuthenticationError:
+        text = str(exc).lower()
+        return next(
+            (m for start, m in _AUTH_WORDINGS if text.startswith(start)), mapping
+        )
     if type(exc) is redis.exceptions.ResponseError:
         text = str(exc)
         if text.lower().startswith("unknown command"):
@@ -219,6 +246,11 @@ def _build(mapping: _Mapping, exc: Exception, address: str, what: str) -> RedisR
             message, reason=mapping.reason, redirect=_redirect(exc)
         )
     return RedisConnectionError(message, reason=mapping.reason)
+
+
+def password_not_set(exc: Exception) -> bool:
+    """Whether *exc* is Redis refusing a password because it has none set, which means nothing is checked."""
+    return _classify(exc) is _NO_PASSWORD_SET
 
 
 def is_redis_error(exc: BaseException) -> bool:

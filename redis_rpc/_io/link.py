@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.exceptions
 
-from redis_rpc._io import parsing, sentinel
+from redis_rpc._io import auth, parsing, sentinel
 from redis_rpc._io.errors import error_reply, map_errors, translate
 from redis_rpc.errors import RedisConnectionError
 
@@ -44,6 +44,7 @@ class RedisLink:
     def open(cls, pool: redis.ConnectionPool, address: str) -> RedisLink:
         with map_errors(address):
             connection = pool.get_connection()
+            auth.check_password(connection, address)
         return cls(pool, connection, address)
 
     def check(self) -> None:

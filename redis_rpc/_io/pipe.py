@@ -557,7 +557,7 @@ class Pipe:
             was_down, self._down_error = self._down_error is not None, None
             self._backoff = RECONNECT
         if was_down:
-            logger.warning("Connected to Redis at %s again", self._address)
+            logger.info("Connected to Redis at %s again", self._address)
         return self._link
 
     def _lost(self, error: RedisRPCError, unanswered: list[_Entry]) -> None:

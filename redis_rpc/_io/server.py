@@ -1,4 +1,4 @@
-"""``RedisBackend``: one Redis server, or the master that Redis Sentinel names."""
+"""``RedisBackend``: one Redis server, or the master that Redis Sentinel names; and the checks of what a broker is given to connect with, which the cluster backend shares."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from redis_rpc._io.errors import checked, map_errors, results
 from redis_rpc._io.link import RedisLink
 from redis_rpc._io.pipe import Pipe, Posted
 from redis_rpc._io.reader import RedisReader
-from redis_rpc._io.subscription import SUBSCRIPTION_OPTIONS, RedisSubscription
+from redis_rpc._io.subscription import RedisSubscription, subscription_options
 from redis_rpc.errors import SetupError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from redis_rpc._io.commands import Args, Command
     from redis_rpc._io.interfaces import Outcome
@@ -201,7 +201,7 @@ class RedisBackend:
         """
         pool = self._client.connection_pool
         connection = pool.connection_class(
-            **{**pool.connection_kwargs, **SUBSCRIPTION_OPTIONS}
+            **subscription_options(pool.connection_kwargs)
         )
         return RedisSubscription(
             connection,
@@ -223,6 +223,24 @@ class RedisBackend:
                 self._client.connection_pool.disconnect(inuse_connections=False)
         finally:
             sentinel.close(self._client.connection_pool)
+
+
+def check_target(url: object, options: Mapping[str, Any], *, several: bool) -> None:
+    """Refuse a redis-py client or pool where a URL belongs, with what to pass instead.
+
+    Only a cluster takes *several* URLs.
+
+    Raises:
+        SetupError: *url* is not a URL, or *options* hold a connection pool.
+    """
+    advice = "redis_rpc opens its own connections from a URL: pass redis://host:port for one server, redis+sentinel://sentinel:26379/service for a Sentinel-managed one, or RedisClusterBroker('redis://node:7000') for a Redis Cluster"
+    if "connection_pool" in options:
+        msg = f"connection_pool is not an option here: {advice}."
+        raise SetupError(msg)
+    urls = [url] if isinstance(url, str) else url if several else None
+    if not (isinstance(urls, (list, tuple)) and all(isinstance(u, str) for u in urls)):
+        msg = f"Expected a Redis URL, not {type(url).__name__}: {advice}."
+        raise SetupError(msg)
 
 
 def check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:

@@ -12,12 +12,13 @@ import redis
 import redis.connection
 import redis.exceptions
 
+from redis_rpc._io import auth
 from redis_rpc._io.errors import map_errors, refused
 from redis_rpc._io.parsing import read_buffered, readable
 from redis_rpc.errors import RedisCommandError, RedisConnectionError, RedisRPCError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from redis_rpc._io.interfaces import Received
 
@@ -32,6 +33,21 @@ SUBSCRIPTION_OPTIONS: dict[str, Any] = {
     # Pushed only over RESP3, and for cluster moves: none here.
     "maint_notifications_config": None,
 }
+
+
+def subscription_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A Pub/Sub connection's options: the pool's *options*, with ``SUBSCRIPTION_OPTIONS`` over them.
+
+    Given a password alone, RESP2 sends ``AUTH <password>``, which Redis
+    refuses when its default user has none, while the pool's RESP3
+    handshake (``HELLO 3 AUTH default <password>``) passes: naming the
+    default user makes both agree (see ``_io.auth``).
+    """
+    merged = {**options, **SUBSCRIPTION_OPTIONS}
+    if merged.get("password") and not merged.get("username"):
+        merged["username"] = "default"
+    return merged
+
 
 # Channels per SUBSCRIBE command: one command for thousands of channels is
 # fine for Redis, but smaller ones keep each write and each argument array
@@ -128,6 +144,8 @@ class RedisSubscription:
         deadline = time.monotonic() + timeout
         with self._guard():
             self._conn.connect()  # type: ignore[no-untyped-call]
+            # Before the first SUBSCRIBE to this server: nothing is subscribed yet.
+            auth.check_password(self._conn, self._address)
             for start in range(0, len(names), SUBSCRIBE_BATCH):
                 batch = names[start : start + SUBSCRIBE_BATCH]
                 self._conn.send_command(command, *batch, check_health=False)  # type: ignore[no-untyped-call]

@@ -227,7 +227,7 @@ class ChannelConsumer:
             self._submit()
             return
         if caught_up:
-            logger.warning(
+            logger.info(
                 "%s caught up after dropping %d message(s)", self.name, caught_up
             )
 
@@ -385,7 +385,7 @@ class _Line:
             try:
                 self._open(subscription)
                 if backoff.failures:
-                    logger.warning("%s is consuming again", self.name)
+                    logger.info("%s is consuming again", self.name)
                 self._set_error(None)
                 self.ready.set()
                 self._subscribed()

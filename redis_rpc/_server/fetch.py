@@ -316,7 +316,7 @@ class FetchingConsumer:
                         self.error is not None
                     ):  # only a fetch that worked proves recovery
                         if self._backoff.failures:
-                            logger.warning("%s is consuming again", self.name)
+                            logger.info("%s is consuming again", self.name)
                         self.error, self._backoff = None, Backoff()
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive any error
                     if self.error is None:

@@ -66,10 +66,14 @@ class Handler:
         self._logger = logger
         self.converter = converter or convert.make_converter()
         self._body_type: Any = None  # what a TYPED_BODY is structured into
+        # What describes the handler (redis-rpc docs gen): the body parameter's
+        # annotation and the return annotation, Any where there is none.
+        self.body_hint: Any = Any
         self._template = template
         self._args: list[_Arg | _PathArg] = []  # positional-only parameters, in order
         self._kwargs: dict[str, _Arg | _PathArg] = {}
         hints = _type_hints(func)
+        self.result_hint: Any = hints.get("return", Any)
         body_taken = False
         for index, param in enumerate(inspect.signature(func).parameters.values()):
             hint = hints.get(param.name)
@@ -77,9 +81,9 @@ class Handler:
             arg: _Arg | _PathArg
             if isinstance(param.default, path.PathParam):
                 arg = self._path_arg(param.name, hint, param.default)
-            elif hint is logging.Logger:
+            elif _plain(hint) is logging.Logger:
                 arg = _Arg.LOGGER
-            elif hint is RedisMessage:
+            elif _plain(hint) is RedisMessage:
                 arg = _Arg.MESSAGE
             elif not body_taken and not variadic:
                 arg, body_taken = self._body_arg(param.name, hint), True
@@ -118,9 +122,10 @@ class Handler:
         return args, kwargs
 
     def _body_arg(self, name: str, hint: Any) -> _Arg:
-        if hint is None or not convert.needs_structuring(hint):
+        self.body_hint = Any if hint is None else hint
+        if hint is None or not convert.needs_structuring(_plain(hint)):
             return _Arg.BODY
-        if hint is bytes:
+        if _plain(hint) is bytes:
             return _Arg.RAW_BODY
         try:  # a type the converter cannot handle fails here, not on every body
             convert.check_structurable(self.converter, hint)
@@ -141,8 +146,10 @@ class Handler:
             )
             msg = f"Cannot call handler {self.name}: parameter {parameter!r} takes a path value, but {where}."
             raise SetupError(msg)
-        if hint is not None and not convert.needs_structuring(hint):
+        if hint is not None and not convert.needs_structuring(_plain(hint)):
             hint = None
+        if _plain(hint) is bytes:
+            hint = bytes
         if hint is not None and hint is not bytes:
             try:  # as for the body: a type the converter cannot handle fails here
                 convert.check_structurable(self.converter, hint)
@@ -177,11 +184,19 @@ class Handler:
         return message
 
 
+def _plain(hint: Any) -> Any:
+    """*hint* without ``Annotated[...]``'s metadata, for telling what to inject."""
+    while typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
 def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
     """Resolve *func*'s annotations one by one, skipping any that cannot be resolved.
 
     One at a time, so that an annotation imported only under ``TYPE_CHECKING``
-    does not cost the other parameters their injection.
+    does not cost the other parameters their injection. ``Annotated``
+    metadata is kept: ``pydantic.Field(gt=0)`` constrains a value.
     """
     # A callable object's annotations live on its class's __call__.
     target = func if inspect.isroutine(func) else type(func).__call__
@@ -191,5 +206,7 @@ def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
         probe = types.SimpleNamespace(__annotations__={name: annotation})
         # An unresolvable annotation is simply not injected.
         with contextlib.suppress(Exception):
-            hints[name] = typing.get_type_hints(probe, globalns=namespace)[name]
+            hints[name] = typing.get_type_hints(
+                probe, globalns=namespace, include_extras=True
+            )[name]
     return hints

@@ -110,5 +110,5 @@ class Heartbeat:
                     failing = True
             else:
                 if failing:
-                    logger.warning("Heartbeats are refreshed again")
+                    logger.info("Heartbeats are refreshed again")
                     failing = False

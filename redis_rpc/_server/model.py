@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from redis_rpc._hooks import Hook
     from redis_rpc._io.commands import Command
@@ -24,6 +24,8 @@ class Subscriber:
     no_reply: bool
     max_workers: int
     publishers: tuple[Destination, ...] = ()
+    # Sees each result built for a publisher: TestRedisBroker's publisher mocks.
+    observe: Callable[[Command], object] | None = None
 
 
 @attrs.frozen

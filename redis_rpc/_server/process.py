@@ -19,7 +19,7 @@ import collections.abc
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
@@ -29,6 +29,7 @@ from redis_rpc._io.commands import RPush, XAdd
 from redis_rpc._server import idempotency
 from redis_rpc._server.model import AckOnly, Processed
 from redis_rpc._server.replies import Replier, Streamed
+from redis_rpc._wire.codec import MAGIC
 from redis_rpc._wire.message import (
     CORRELATION_ID,
     RedisMessage,
@@ -173,6 +174,8 @@ class Processor:
             args, kwargs = handler.arguments(message)
         except (MessageDecodeError, MessageTooLargeError, ValidationError) as exc:
             self._log_rejected(delivery, message, exc)
+            if self._policy.hooks:  # FastStream counts it as a process that failed
+                self._failed_process(message, exc)
             return self._set_aside(delivery, exc, self._replies.error(message, exc))
         cancellations, reply_to = self._cancellations, message.reply_to
         if cancellations is None or not reply_to:
@@ -296,31 +299,27 @@ class Processor:
         seconds: float | None = None  # in the handler; None while it runs
         reply_headers: dict[str, str] = {}
         streamed = [0]  # items of a generator handler sent one reply each so far
+        result: Any = None  # the handler's, once it returned
 
-        def run() -> Any:
+        def call() -> list[Command]:
+            nonlocal seconds, result
             result = handler.func(*args, **kwargs)
             if isinstance(result, collections.abc.Iterator):  # a generator handler
-                return self._items(message, result, reply_headers, streamed)
-            return result
+                result = self._items(message, result, reply_headers, streamed)
+            seconds = time.monotonic() - began
+            return self._replies.outgoing(message, result, reply_headers)
 
         try:
             if self._policy.hooks:
-                event = Event(
-                    "process",
-                    str(self.subscriber.source),
-                    dict(message.headers),
-                    message.correlation_id,
-                    message,
-                    reply_headers=reply_headers,
-                )
-                result = around(self._policy.hooks, event, run)
+                # The reply is built inside the hooks, so that its span is the handler's child.
+                event = self._event(message, reply_headers)
+                commands = around(self._policy.hooks, event, call)
             else:
-                result = run()
-            seconds = time.monotonic() - began
-            commands = self._replies.outgoing(message, result, reply_headers) + settle
-            if claim is not None:
+                commands = call()
+            assert seconds is not None  # set once the handler returned
+            if claim is not None:  # stored before any of the commands is sent
                 self._store(message, claim, result, reply_headers)
-            return Processed(commands, outcome="handled", seconds=seconds)
+            return Processed(commands + settle, outcome="handled", seconds=seconds)
         except BaseException as exc:  # even SystemExit must not end the thread
             if seconds is None:  # the handler raised, not _outgoing()
                 seconds = time.monotonic() - began
@@ -422,15 +421,54 @@ class Processor:
         dead = any(isinstance(c, (RPush, XAdd)) for c in dead_letter)
         return Processed(reply + dead_letter, atomic=True, dead=dead)
 
+    def _event(self, message: RedisMessage, reply_headers: dict[str, str]) -> Event:
+        """The hooks' event for processing *message*."""
+        return Event(
+            "process",
+            str(self.subscriber.source),
+            dict(message.headers),
+            message.correlation_id,
+            message,
+            reply_headers=reply_headers,
+        )
+
+    def _failed_process(self, message: RedisMessage, error: Exception) -> None:
+        """Have the hooks see a process of *message* that failed with *error* before the handler."""
+
+        def fail() -> NoReturn:
+            raise error
+
+        try:
+            around(self._policy.hooks, self._event(message, {}), fail)
+        except Exception as exc:  # error itself, or a hook's own failure
+            if exc is not error:
+                logger.exception("%s: a hook failed", self.name)
+
     def _log_rejected(
         self, delivery: Delivery, message: RedisMessage | None, error: Exception
     ) -> None:
+        # What it starts with, printable; a frame's own bytes say nothing to a reader.
+        if message is not None:
+            shown = message.body
+        elif delivery.payload.startswith(MAGIC):
+            shown = b""
+        else:
+            shown = delivery.payload
         logger.warning(
-            "%s rejected %s (correlation_id=%r, %d bytes, starting %r): %s",
+            "%s rejected %s (correlation_id=%r, %d bytes%s): %s",
             self.name,
             delivery.where or "a message",
-            "" if message is None else message.correlation_id,
+            "" if message is None else message.correlation_id[:100],
             len(delivery.payload),
-            delivery.payload[:32],
+            f", body {_excerpt(shown)}" if shown else "",
             error,
         )
+
+
+def _excerpt(data: bytes, limit: int = 40) -> str:
+    """The start of *data* for a log line: quoted and escaped as by ``ascii()``, at most *limit* characters and ``...``."""
+    whole = data[: limit + 1].decode(errors="replace")
+    text = whole[:limit]
+    while len(ascii(text)) > limit:  # escapes lengthen it; a rejected message is rare
+        text = text[:-1]
+    return ascii(text) + ("..." if len(text) < len(whole) else "")

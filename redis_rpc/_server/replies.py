@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from redis_rpc._hooks import Event, around
 from redis_rpc._io.commands import Publish, Set, send_command
 from redis_rpc._wire.message import (
     CHUNK,
@@ -129,11 +130,25 @@ class Replier:
             )
         response = result if isinstance(result, Response) else Response(result)
         commands = self.events(message, response, extra_headers)
-        if message.reply_to and not self.subscriber.no_reply:
-            commands += self.answer(
-                message, *self.result_parts(message, response, extra_headers)
+        if not message.reply_to or self.subscriber.no_reply:
+            return commands
+        if self._policy.hooks:  # a span for sending it, as FastStream makes
+            sending = Event(
+                "reply",
+                f"channel:{message.reply_to}",
+                dict(extra_headers),
+                response.correlation_id or message.correlation_id,
             )
-        return commands
+            return commands + around(
+                self._policy.hooks,
+                sending,
+                lambda: self.answer(
+                    message, *self.result_parts(message, response, sending.headers)
+                ),
+            )
+        return commands + self.answer(
+            message, *self.result_parts(message, response, extra_headers)
+        )
 
     def chunk(
         self,
@@ -165,9 +180,13 @@ class Replier:
             self._policy.signing_key,
         )
         check_size(event, self._policy.max_message_size, "The handler's result")
-        return [
+        sent = [
             send_command(dest, event, maxlen) for dest in self.subscriber.publishers
         ]
+        if self.subscriber.observe is not None:
+            for command in sent:
+                self.subscriber.observe(command)
+        return sent
 
     def answer(
         self, message: RedisMessage, data: bytes, headers: dict[str, str]

@@ -145,6 +145,14 @@ class Serving:
     def processors(self) -> list[Processor]:
         return [consumer.processor for consumer in self.consumers]
 
+    def destinations(self, most: int = 20) -> str:
+        """What is consumed, for a log line: the first *most* sources, then how many more."""
+        names = [str(consumer.subscriber.source) for consumer in self.consumers]
+        if not names:
+            return "nothing (no subscribers)"
+        shown = ", ".join(names[:most])
+        return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
     def start(self) -> list[Part]:
         """Start every consumer and the hub; return what must come up before serving."""
         for consumer in self.consumers:
@@ -231,13 +239,15 @@ def wait_until_up(
 
 
 def start_error(late: Sequence[Part], timeout: float, address: str) -> RedisRPCError:
-    """Why start() failed: each part that did not come up, with its own cause."""
-    causes = "; ".join(
-        f"{part.name}: {part.error}".rstrip(".")
-        if part.error is not None
-        else f"{part.name}: not up yet"
-        for part in late
-    )
+    """Why start() failed, cause first: each distinct cause once, with the parts it kept down.
+
+    The class and ``reason`` are those of the first part's Redis error, if
+    any; without one, a ``RedisConnectionError`` with reason ``"timeout"``.
+    """
+    causes: dict[str, list[str]] = {}  # by cause, in the order first met
+    for part in late:
+        cause = "" if part.error is None else str(part.error).strip().rstrip(".")
+        causes.setdefault(cause, []).append(part.name)
     first = next(
         (
             part.error
@@ -246,11 +256,23 @@ def start_error(late: Sequence[Part], timeout: float, address: str) -> RedisRPCE
         ),
         None,
     )
+    sentences = []
     if first is None:
-        msg = f"Could not start within {timeout} s ({causes}); is Redis reachable at {address}?"
-        return RedisConnectionError(msg, reason="timeout")
-    msg = f"Could not start within {timeout} s: {causes}."
+        sentences.append(
+            f"Could not start within {timeout} s; is Redis reachable at {address}?"
+        )
+    else:  # its cause first, however the parts came in
+        first_cause = str(first).strip().rstrip(".")
+        causes = {first_cause: causes.pop(first_cause), **causes}
+    for cause, names in causes.items():
+        if cause:
+            sentences.append(f"{cause}. Not started: {', '.join(names)}.")
+    if waiting := causes.get(""):
+        sentences.append(f"Not up yet: {', '.join(waiting)}.")
+    msg = " ".join(sentences)
     error: RedisRPCError
+    if first is None:
+        return RedisConnectionError(msg, reason="timeout")
     if isinstance(first, RedisCommandError):
         error = RedisCommandError(msg, reason=first.reason, redirect=first.redirect)
     else:

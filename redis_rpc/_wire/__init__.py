@@ -2,6 +2,7 @@
 
 Frames and body encoding (``codec``), messages and responses
 (``message``), signatures (``signing``), channel templates (``path``),
-typed bodies (``convert``), the destination options (``schemas``) and
-Redis' glob patterns (``glob``).
+typed bodies (``convert``, and ``models`` for pydantic's), JSON Schemas
+of annotations (``typeschema``), the destination options (``schemas``)
+and Redis' glob patterns (``glob``).
 """

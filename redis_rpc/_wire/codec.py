@@ -138,12 +138,25 @@ def decode_frame(data: bytes) -> tuple[bytes, dict[str, str]]:
             return data[data_start:], headers
     except struct.error:
         msg = f"The frame ends inside a length field at byte {start}."
-        raise MessageDecodeError(msg) from None
+        raise MessageDecodeError(msg + _hint(data, data_start)) from None
     except UnicodeDecodeError as exc:
         msg = f"A header at byte {start} is not valid UTF-8."
-        raise MessageDecodeError(msg) from exc
+        raise MessageDecodeError(msg + _hint(data, data_start)) from exc
     msg = f"A header at byte {start} claims {offset - start - 2} bytes, past the frame's end."
-    raise MessageDecodeError(msg)
+    raise MessageDecodeError(msg + _hint(data, data_start))
+
+
+def _hint(data: bytes, data_start: int) -> str:
+    """The likely cause of a broken frame whose headers are not all ASCII, or nothing."""
+    # Length fields are bytes of any value: only whole UTF-8 characters count.
+    if data[_PREFIX.size : data_start].decode(errors="ignore").isascii():
+        return ""
+    return (
+        " Its headers hold non-ASCII characters, and FastStream's framing writes"
+        " each header's length as its number of characters, not of bytes, so"
+        " such a header from a FastStream sender comes out cut short; keep the"
+        " header values that FastStream sends ASCII."
+    )
 
 
 def frame_headers(data: bytes, keys: Collection[str]) -> dict[str, str]:

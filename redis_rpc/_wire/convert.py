@@ -10,12 +10,18 @@ infinities (which ``json.loads()`` reads); a list, tuple or set does not take
 a string, bytes or an object (cattrs would iterate them); a mapping takes
 only an object, not a list of pairs. ``Any`` and ``object`` take the value
 as it was decoded.
+
+Pydantic types are pydantic's to validate and dump (``models``); a
+``TypedDict`` whose ``Required``/``NotRequired`` keys its class got wrong
+(string annotations, under ``from __future__ import annotations``) is read
+from its resolved annotations instead.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import math
+import sys
 import threading
 import types
 import typing
@@ -23,12 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 import cattrs
 import cattrs.preconf.json
+from cattrs.v import format_exception
 
+from redis_rpc._wire import models
 from redis_rpc.errors import ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+# The cattrs errors that hold one error per field or item.
+_GROUPS = (cattrs.ClassValidationError, cattrs.IterableValidationError)
 # Types a body is handed over as it was decoded, without structuring.
 _AS_DECODED = frozenset((Any, object))
 # What decoded JSON gives for an array and for an object.
@@ -42,8 +52,9 @@ _PRIMITIVES = frozenset((str, int, float, bool, type(None), bytes))
 def make_converter() -> cattrs.Converter:
     """Build the converter a broker uses when it is given none.
 
-    Start from this one to add hooks of your own; a hook registered later
-    wins over ours. To let ``float`` fields take NaN and the infinities::
+    It also hands pydantic models, and other types pydantic validates, to
+    pydantic, without importing it. Start from this one to add hooks of your
+    own; a hook registered later wins over ours. To let ``float`` fields take NaN and the infinities::
 
         converter = redis_rpc.make_converter()
         converter.register_structure_hook(Money, Money.parse)
@@ -67,6 +78,14 @@ def make_converter() -> cattrs.Converter:
     strict = _StrictCollections(converter)
     converter.register_structure_hook_factory(strict.applies, strict.hook)
     converter.register_structure_hook_factory(_is_primitive_union, _primitive_union)
+    converter.register_structure_hook_factory(_misread_typeddict, _corrected_typeddict)
+    # Last, so that they win: a pydantic model is also an Iterable.
+    converter.register_structure_hook_factory(
+        models.is_pydantic_type, models.structure_hook
+    )
+    converter.register_unstructure_hook_factory(
+        models.is_pydantic_instance_type, models.unstructure_hook
+    )
     return converter
 
 
@@ -112,13 +131,37 @@ def structure(
     try:
         return converter.structure(value, target)
     except Exception as exc:  # any hook may raise anything
-        if isinstance(exc, cattrs.BaseValidationError):
-            errors = cattrs.transform_error(exc)
-        else:
-            errors = [f"{exc} @ $"]
+        errors = error_lines(exc)
         name = target.__name__ if isinstance(target, type) else repr(target)
         msg = f"{what} does not fit {name}: {'; '.join(errors)}."
         raise ValidationError(msg, errors=errors) from exc
+
+
+def error_lines(exc: BaseException, path: str = "$") -> list[str]:
+    """One ``"<what went wrong> @ <path>"`` line per failing field of *exc*.
+
+    As ``cattrs.transform_error()``, except that a pydantic failure anywhere
+    inside gives one line per field that pydantic names.
+    """
+    if isinstance(exc, models.ModelInvalid):
+        return [f"{message} @ {path}{where}" for message, where in exc.lines]
+    if not isinstance(exc, _GROUPS):
+        if not isinstance(exc, cattrs.BaseValidationError):
+            return [f"{exc} @ {path}"]  # a hook's own words, not a guess from its type
+        return [f"{format_exception(exc, None)} @ {path}"]
+    lines: list[str] = []
+    with_notes, without = exc.group_exceptions()
+    for inner, note in with_notes:
+        if isinstance(note, cattrs.AttributeValidationNote):
+            where = f"{path}.{note.name}"
+        else:
+            where = f"{path}[{note.index!r}]"
+        if isinstance(inner, (*_GROUPS, models.ModelInvalid)):
+            lines += error_lines(inner, where)
+        else:
+            lines.append(f"{format_exception(inner, note.type)} @ {where}")
+    lines += [f"{format_exception(inner, None)} @ {path}" for inner in without]
+    return lines
 
 
 def unstructure(converter: cattrs.Converter, value: Any) -> Any:
@@ -228,6 +271,87 @@ class _StrictCollections:
             return inner(value, cl)
 
         return structure_collection
+
+
+def typed_dict_keys(target: Any) -> dict[str, tuple[Any, bool]] | None:
+    """Each key of the TypedDict *target*: its type, and whether it is required; ``None`` for no TypedDict.
+
+    By its resolved annotations, which may disagree with the class's own
+    ``__required_keys__`` (see ``_read_typed_dict()``).
+    """
+    found = _read_typed_dict(target)
+    return None if found is None else found[1]
+
+
+def _read_typed_dict(
+    target: Any,
+) -> tuple[Any, dict[str, tuple[Any, bool]], bool] | None:
+    """Each key of the TypedDict *target*, with its type and whether it is required, by its resolved annotations.
+
+    Also the module (typing or typing_extensions) whose ``Required`` and
+    ``NotRequired`` the annotations use, and whether the class's own
+    ``__required_keys__`` disagree: under ``from __future__ import
+    annotations`` a ``NotRequired[str]`` is a string to the class, which
+    then counts the key as required (Python before 3.14, and
+    ``typing_extensions``). ``None`` when *target* is no TypedDict (a
+    generic one is left to cattrs).
+    """
+    if not (
+        isinstance(target, type)
+        and issubclass(target, dict)
+        and hasattr(target, "__required_keys__")
+        and not getattr(target, "__parameters__", ())
+    ):
+        return None
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # noqa: BLE001 - cattrs says what it cannot resolve
+        return None
+    keys, misread, markers = {}, False, None
+    for key, hint in hints.items():
+        required = key in target.__required_keys__
+        origin = typing.get_origin(hint)
+        said, module = _marker(origin)
+        if said is not None:
+            misread |= said is not required
+            required, hint, markers = said, typing.get_args(hint)[0], module
+        keys[key] = (hint, required)
+    return markers, keys, misread
+
+
+# The markers of a TypedDict key, by name, in typing and typing_extensions alike.
+_MARKERS = {"Required": True, "NotRequired": False}
+
+
+def _marker(origin: Any) -> tuple[bool | None, Any]:
+    """Whether a key annotated ``origin[...]`` is required (``None``: it does not say), and *origin*'s module."""
+    name = getattr(origin, "_name", None)
+    module = sys.modules.get(getattr(origin, "__module__", None) or "")
+    # A special form of typing or typing_extensions, not some class of that name.
+    if name not in _MARKERS or getattr(module, name, None) is not origin:
+        return None, None
+    return _MARKERS[name], module
+
+
+def _misread_typeddict(target: Any) -> bool:
+    found = _read_typed_dict(target)
+    return found is not None and found[2]
+
+
+def _corrected_typeddict(
+    target: Any, converter: cattrs.Converter
+) -> Callable[[Any, Any], Any]:
+    """cattrs' hook for a copy of the TypedDict *target* whose keys are required as annotated."""
+    found = _read_typed_dict(target)
+    assert found is not None  # _misread_typeddict() said so
+    # The module whose markers the annotations use has a TypedDict that
+    # understands them: typing from 3.11 on, typing_extensions always.
+    module, keys, _ = found
+    fields = {
+        key: (module.Required if required else module.NotRequired)[hint]
+        for key, (hint, required) in keys.items()
+    }
+    return converter.get_structure_hook(module.TypedDict(target.__name__, fields))
 
 
 def _is_primitive_union(target: Any) -> bool:

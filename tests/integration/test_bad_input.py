@@ -107,7 +107,13 @@ def test_consumer_survives_fuzzed_frames(
     # One line per payload that is not a frame, and nothing for the rest.
     assert len(rejected) == sum(map(_unreadable, payloads))
     for name, frame in BROKEN_FRAMES.items():
-        assert any(repr(frame[:32]) in line for line in rejected), name
+        with pytest.raises(MessageDecodeError) as info:
+            decode_payload(frame)
+        assert any(f"{len(frame)} bytes): {info.value}" in line for line in rejected), (
+            name
+        )
+    # Printable lines: no frame bytes, and no byte that is not ASCII.
+    assert not any("BIN" in line or not line.isascii() for line in rejected)
     died = [r for r in caplog.records if r.levelname == "CRITICAL"]
     assert died == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -72,6 +73,13 @@ def test_start_fails_fast_with_each_parts_cause_on_wrong_password(
     assert f"redis_rpc:stream:{unique_name}" in message
     assert "credentials" in message
     assert isinstance(info.value.__cause__, RedisConnectionError)
+    # The cause first, said once, then the parts it kept down.
+    assert message.startswith(
+        f"Redis at 127.0.0.1:{redis_server.port} refused the credentials"
+    )
+    assert message.count("refused the credentials") == 1
+    assert "within" not in message
+    assert "wrong" not in message
 
 
 def test_start_refuses_a_user_without_xreadgroup(acl_user, unique_name):
@@ -191,3 +199,96 @@ def test_lost_reply_subscription_keeps_its_cause(small_server, unique_name):
         broker.close()
     assert error.__cause__ is not None
     assert ".." not in str(error)
+
+
+@pytest.fixture
+def server_with_password():
+    """A private redis-server whose default user needs the password 'sekrit'."""
+    with RedisServer(startup_timeout=LONG_TIMEOUT * 3) as server:
+        with redis.Redis(port=server.port) as client:
+            client.config_set("requirepass", "sekrit")
+        yield server
+
+
+def test_missing_password_says_to_give_one(server_with_password, unique_name):
+    """A server that needs a password, reached without one, fails publish() and start() naming the fix, not Redis' HELLO wording."""
+    url = f"redis://127.0.0.1:{server_with_password.port}/0"
+    broker = broker_at(url, start_timeout=LONG_TIMEOUT * 3)
+
+    @broker.subscriber(list=unique_name)
+    def handle(body: str) -> str:
+        return body
+
+    try:
+        with pytest.raises(RedisConnectionError) as published:
+            broker.publish("x", list=unique_name)
+        with pytest.raises(RedisConnectionError) as started:
+            broker.start()
+    finally:
+        broker.close()
+    for info in (published, started):
+        assert info.value.reason == "authentication"
+        message = str(info.value)
+        assert message.startswith(
+            f"Redis at 127.0.0.1:{server_with_password.port} requires a password,"
+            " and none was given; put it in the URL"
+        )
+        assert "HELLO" not in message
+    # One cause for every part, said once.
+    assert str(started.value).count("requires a password") == 1
+
+
+def test_password_to_a_server_without_one_is_warned_about_once(unique_name, caplog):
+    """A password that Redis does not check lets the broker serve and answer, with one WARNING saying so."""
+    with RedisServer(startup_timeout=LONG_TIMEOUT * 3) as server:
+        url = f"redis://:never-checked@127.0.0.1:{server.port}/0"
+        broker = broker_at(url)
+
+        @broker.subscriber(channel=unique_name)
+        def echo(body: str) -> str:
+            return body
+
+        caplog.set_level(logging.WARNING, logger="redis_rpc")
+        try:
+            broker.start()
+            assert (
+                broker.request("hi", channel=unique_name, timeout=LONG_TIMEOUT).decode()
+                == "hi"
+            )
+            broker.publish("again", list=unique_name)
+        finally:
+            broker.close()
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if "no password set" in r.getMessage()
+        ]
+        assert warnings == [
+            f"Redis at 127.0.0.1:{server.port} has no password set, yet the URL gives"
+            " one: any password is let through. Leave the password out of the URL,"
+            " or set one on the server (requirepass)."
+        ]
+        assert "never-checked" not in caplog.text
+
+
+def test_the_right_password_is_not_warned_about(
+    server_with_password, unique_name, caplog
+):
+    """A password that Redis checks and accepts brings no warning."""
+    url = f"redis://:sekrit@127.0.0.1:{server_with_password.port}/0"
+    broker = broker_at(url)
+
+    @broker.subscriber(channel=unique_name)
+    def echo(body: str) -> str:
+        return body
+
+    caplog.set_level(logging.WARNING, logger="redis_rpc")
+    try:
+        broker.start()
+        assert (
+            broker.request("hi", channel=unique_name, timeout=LONG_TIMEOUT).decode()
+            == "hi"
+        )
+    finally:
+        broker.close()
+    assert "password" not in caplog.text

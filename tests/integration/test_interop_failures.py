@@ -19,7 +19,7 @@ import pytest
 
 from redis_rpc import RedisMessage
 from redis_rpc._wire.message import ACCEPT_ERRORS, DEADLINE
-from redis_rpc.errors import RequestTimeoutError
+from redis_rpc.errors import MessageDecodeError, RequestTimeoutError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import wait_for
 from tests.integration.test_interop_faststream import (
@@ -158,6 +158,29 @@ class TestOurClientFastStreamServer:
         assert reply.error_details() is None
         assert seen[0][ACCEPT_ERRORS] == "1"
         assert float(seen[0][DEADLINE]) > 0
+
+    def test_non_ascii_reply_header_from_faststream_names_its_framing(
+        self,
+        make_broker: MakeBroker,
+        faststream_service: MakeService,  # noqa: F811 - the fixture imported above
+        unique_name: str,
+    ):
+        """A FastStream reply with a non-ASCII header, which its framing cuts short, fails with a hint at FastStream's character counts."""
+        service = faststream_service()
+
+        @service.broker.subscriber(list=unique_name)
+        async def greet(value: str) -> faststream.redis.RedisResponse:
+            return faststream.redis.RedisResponse(value, headers={"x-note": "café"})
+
+        service.start()
+        with pytest.raises(MessageDecodeError) as info:
+            make_broker().request("hi", list=unique_name, timeout=LONG_TIMEOUT)
+        message = str(info.value)
+        assert message.startswith("A header at byte ")
+        assert (
+            "FastStream's framing writes each header's length as its number of characters, not of bytes"
+            in message
+        )
 
     @pytest.mark.parametrize("transport", TRANSPORTS)
     def test_faststream_handler_that_raises_sends_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -136,7 +137,7 @@ def test_process_hook_adds_headers_to_the_reply(make_broker, unique_name):
     def hook(event: Event):
         if event.kind == "process":
             event.reply_headers.update({TRACE: "from-process", "x-both": "hook"})
-        else:
+        elif event.kind == "request":
             seen.append(event.correlation_id)
         yield
 
@@ -227,3 +228,35 @@ def test_serve_health_answers_probes_with_what_ping_found(
         assert wait_for(lambda: not ask()["healthy"], LONG_TIMEOUT)
         problems = ask()["problems"]
         assert any(unique_name in p and "WRONGTYPE" in p for p in problems), problems
+
+
+def test_start_up_line_names_the_address_and_each_destination(
+    raw, redis_server, unique_name, caplog
+):
+    """The start-up log line names Redis' host and port, never a password, and every subscribed destination."""
+    user = f"u-{unique_name}"
+    raw.acl_setuser(user, enabled=True, passwords=["+not-shown"], reset=True)
+    raw.execute_command("ACL", "SETUSER", user, "~*", "&*", "+@all")
+    url = f"redis://{user}:not-shown@127.0.0.1:{redis_server.port}/0"
+    broker = RedisBroker(url, poll_interval=POLL_INTERVAL)
+
+    def handle(body: str) -> None:
+        return None
+
+    broker.subscriber(list=f"{unique_name}-l")(handle)
+    broker.subscriber(stream=f"{unique_name}-s")(handle)
+    broker.subscriber(channel=f"{unique_name}-c")(handle)
+    caplog.set_level(logging.INFO, logger="redis_rpc")
+    try:
+        broker.start()
+    finally:
+        broker.close()
+        raw.acl_deluser(user)
+    (line,) = [
+        r.getMessage() for r in caplog.records if "Broker started" in r.getMessage()
+    ]
+    assert line == (
+        f"Broker started on Redis at 127.0.0.1:{redis_server.port}, consuming"
+        f" list:{unique_name}-l, stream:{unique_name}-s, channel:{unique_name}-c"
+    )
+    assert "not-shown" not in caplog.text

@@ -37,7 +37,7 @@ except ImportError:
         allow_module_level=True,
     )
 
-from redis_rpc import RedisBroker, RemoteError
+from redis_rpc import RedisBroker, RedisMessage, RemoteError
 from redis_rpc.errors import NoSubscriberError
 
 MakeBroker = Callable[..., RedisBroker]
@@ -167,11 +167,25 @@ class TestOurCallerOurServer:
             "messaging.destination.name": unique_name,
             "messaging.destination_publish.name": unique_name,
             "messaging.message.conversation_id": "c-1",
+            # No message_id header from a redis_rpc caller: the correlation id.
+            "messaging.message.id": "c-1",
             "messaging.message.payload_size_bytes": 1,
             "messaging.operation": "process",
         }
         assert request.status.status_code is StatusCode.UNSET
         assert process.status.status_code is StatusCode.UNSET
+        # Sending the reply has a span of its own, under the handler's, as in FastStream.
+        (reply,) = [s for s in tracing.spans() if s not in (request, process)]
+        assert is_child(reply, process)
+        assert reply.kind is SpanKind.PRODUCER
+        reply_channel = str((reply.attributes or {})["messaging.destination.name"])
+        assert reply.name == f"{reply_channel} publish"
+        assert dict(reply.attributes or {}) == {
+            "messaging.system": "redis",
+            "messaging.destination.name": reply_channel,
+            "messaging.message.conversation_id": "c-1",
+            "messaging.operation": "publish",
+        }
         # The request's span lasts until the reply is in: around the handler's.
         order = [
             request.start_time,
@@ -208,6 +222,24 @@ class TestOurCallerOurServer:
         assert "not today" in str((recorded.attributes or {})["exception.stacktrace"])
         assert request.status.status_code is StatusCode.ERROR
         assert (request.attributes or {})["error.type"] == "RemoteError"
+
+    def test_invalid_body_fails_the_process_span(
+        self, make_broker: MakeBroker, tracing: Tracing, unique_name: str
+    ):
+        """A body that does not fit the handler's types ends its process span with an error, as in FastStream."""
+        broker = make_broker(hooks=[tracing.hook()])
+
+        @broker.subscriber(list=unique_name)
+        def double(n: int) -> int:
+            return 2 * n
+
+        broker.start()
+        with pytest.raises(RemoteError):
+            broker.request("not a number", list=unique_name, timeout=LONG_TIMEOUT)
+
+        process = tracing.span(f"{unique_name} process")
+        assert process.status.status_code is StatusCode.ERROR
+        assert (process.attributes or {})["error.type"] == "ValidationError"
 
     def test_request_without_subscriber_fails_its_span(
         self, make_broker: MakeBroker, tracing: Tracing, unique_name: str
@@ -256,7 +288,8 @@ class TestOurCallerOurServer:
 
         process = tracing.span(f"{unique_name} process")
         assert process.parent is None
-        assert len(tracing.spans()) == 1
+        (reply,) = [s for s in tracing.spans() if s is not process]
+        assert is_child(reply, process)
 
     def test_handler_requests_are_children_of_its_span(
         self, make_broker: MakeBroker, tracing: Tracing, unique_name: str
@@ -276,7 +309,8 @@ class TestOurCallerOurServer:
         broker.start()
         assert broker.request(5, list=unique_name, timeout=LONG_TIMEOUT).decode() == 11
 
-        spans = tracing.wait_for_count(4)
+        # Two requests, two processes, and the two replies' spans.
+        spans = tracing.wait_for_count(6)
         assert ancestry(tracing.span(f"{inner} process"), spans) == [
             f"{inner} process",
             f"{inner} publish",
@@ -350,8 +384,8 @@ class TestWithFastStream:
 
         assert run_async(call()) == "HI"
 
-        # FastStream's: create, publish, and its reply's process; ours: process.
-        spans = tracing.wait_for_count(4)
+        # FastStream's: create, publish, and its reply's process; ours: process and reply.
+        spans = tracing.wait_for_count(5)
         ours = next(
             s
             for s in spans
@@ -362,10 +396,12 @@ class TestWithFastStream:
         created = tracing.span(f"{unique_name} create")
         assert is_child(ours, created), tree(spans)
         assert {s.context.trace_id for s in spans} == {created.context.trace_id}
-        # FastStream makes a process span for the reply: a child of ours,
-        # through the trace context our reply carries.
+        # FastStream makes a process span for the reply: a child of our span
+        # for sending it, through the trace context our reply carries.
+        (sent,) = [s for s in spans if is_child(s, ours)]
+        assert sent.kind is SpanKind.PRODUCER
         (reply,) = [s for s in spans if s.kind is SpanKind.CONSUMER and s is not ours]
-        assert is_child(reply, ours), tree(spans)
+        assert is_child(reply, sent), tree(spans)
 
     def test_faststream_publish_reaches_our_handler_span(
         self,
@@ -376,11 +412,11 @@ class TestWithFastStream:
     ):
         """A message published by FastStream with its middleware is handled under its trace."""
         broker = make_broker(hooks=[tracing.hook()])
-        handled: Future[None] = Future()
+        handled: Future[str] = Future()
 
         @broker.subscriber(list=unique_name)
-        def collect(body: str) -> None:
-            handled.set_result(None)
+        def collect(body: str, message: RedisMessage) -> None:
+            handled.set_result(message.correlation_id)
 
         broker.start()
 
@@ -391,11 +427,14 @@ class TestWithFastStream:
                 await client.publish("event", list=unique_name)
 
         run_async(send())
-        handled.result(LONG_TIMEOUT)
+        correlation_id = handled.result(LONG_TIMEOUT)
 
         created = tracing.span(f"{unique_name} create")
         ours = tracing.span(f"{unique_name} process")
         assert is_child(ours, created)
+        # FastStream 0.7 sends no message_id header: the span names the message
+        # by its correlation id, where FastStream's makes one up.
+        assert (ours.attributes or {})["messaging.message.id"] == correlation_id
 
     def test_chain_through_faststream_is_one_trace(
         self,
@@ -428,9 +467,9 @@ class TestWithFastStream:
         reply = caller.request("tea", list=quotes, timeout=LONG_TIMEOUT)
         assert reply.decode() == {"item": "tea", "price": 9.5}
 
-        # Ours 3 (request, process of prices); FastStream's: quotes process,
-        # prices create and publish, the price reply's process, the quote reply's publish.
-        spans = tracing.wait_for_count(7)
+        # Ours: the request, the prices process and its reply; FastStream's: quotes
+        # process, prices create and publish, the price reply's process, the quote reply's publish.
+        spans = tracing.wait_for_count(8)
         assert len({s.context.trace_id for s in spans}) == 1, tree(spans)
         inner = next(
             s

@@ -289,6 +289,9 @@ def test_example_service_serves_metrics(make_broker, redis_url, raw):
 
 # The comparison with FastStream: the same traffic through either broker.
 
+# A body that does not fit the handler's int: counted as a failed process, by either.
+INVALID = "not a number"
+
 
 def samples(registry):
     """Every sample as (name, labels) -> value, less the creation timestamps."""
@@ -336,6 +339,7 @@ def faststream_traffic(redis_url, registry, ok, bad, channel, nobody):
                 reply = await broker.request(n, list=ok, timeout=LONG_TIMEOUT)
                 assert await reply.decode() == 2 * n
             await broker.publish(100, list=ok)
+            await broker.publish(INVALID, list=ok)
             await broker.publish(1, list=bad)
             await broker.publish(1, channel=channel)
             with pytest.raises(TimeoutError):
@@ -343,6 +347,7 @@ def faststream_traffic(redis_url, registry, ok, bad, channel, nobody):
             deadline = time.monotonic() + SHORT_TIMEOUT
             while time.monotonic() < deadline and (
                 processed(registry, ok, "acked") < 3
+                or processed(registry, ok, "error") < 1
                 or processed(registry, bad, "error") < 1
                 or processed(registry, channel, "acked") < 1
             ):
@@ -373,6 +378,7 @@ def our_traffic(make_broker, registry, ok, bad, channel, nobody):
         for n in range(2):
             assert broker.request(n, list=ok).decode() == 2 * n
         broker.publish(100, list=ok)
+        broker.publish(INVALID, list=ok)
         broker.publish(1, list=bad)
         broker.publish(1, channel=channel)
         with pytest.raises(RequestTimeoutError):
@@ -380,6 +386,7 @@ def our_traffic(make_broker, registry, ok, bad, channel, nobody):
         assert wait_for(
             lambda: (
                 processed(registry, ok, "acked") == 3
+                and processed(registry, ok, "error") == 1
                 and processed(registry, bad, "error") == 1
                 and processed(registry, channel, "acked") == 1
             )
@@ -408,3 +415,11 @@ def test_same_metrics_as_faststream_middleware(redis_url, make_broker, unique_na
         if not key[0].endswith(timed) and ours_samples[key] != theirs_samples[key]
     }
     assert not differ
+    # The invalid body, as FastStream counts it: received, failed, and why.
+    invalid = (
+        "faststream_received_processed_messages_exceptions_total",
+        frozenset(
+            {**COMMON, "handler": names[0], "exception_type": "ValidationError"}.items()
+        ),
+    )
+    assert ours_samples[invalid] == theirs_samples[invalid] == 1

@@ -15,8 +15,9 @@ import pytest
 
 from redis_rpc import Path, PubSub, RedisBroker, RedisMessage, Response
 from redis_rpc._wire.glob import glob
+from redis_rpc.errors import BrokerStateError, RedisConnectionError
 from redis_rpc.testing import TestRedisBroker
-from tests.conftest import SHORT_TIMEOUT
+from tests.conftest import POLL_INTERVAL, SHORT_TIMEOUT
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
@@ -264,3 +265,59 @@ def test_glob_agrees_with_redis(raw, unique_name):
             assert raw.publish(unique_name + name, b"") == expected, name
     finally:
         subscription.close()
+
+
+class TestWithReal:
+    """TestRedisBroker(broker, with_real=True): the same block, on the real Redis, with the mocks recording."""
+
+    def test_a_test_written_the_faststream_way(self, redis_url, unique_name, raw):
+        """Handler and publisher mocks record on Redis as in memory, and the block starts and closes the broker."""
+        broker = RedisBroker(redis_url, poll_interval=POLL_INTERVAL)
+        to_shipping = broker.publisher(list=f"{unique_name}.shipping")
+
+        @broker.subscriber(list=f"{unique_name}.orders")
+        @to_shipping
+        def place(order: dict[str, Any]) -> dict[str, Any]:
+            return {**order, "placed": True}
+
+        with TestRedisBroker(broker, with_real=True) as br:
+            assert br is broker
+            assert repr(br).startswith("<RedisBroker RUNNING")
+            reply = br.request({"item": "pen"}, list=f"{unique_name}.orders")
+            assert reply.decode() == {"item": "pen", "placed": True}
+            place.mock.assert_called_once_with({"item": "pen"})  # type: ignore[attr-defined]
+            to_shipping.mock.assert_called_once_with({"item": "pen", "placed": True})
+            to_shipping.publish({"item": "cup"})
+            assert to_shipping.mock.call_count == 2
+        assert repr(broker).startswith("<RedisBroker CLOSED")
+        # It was Redis: both results are in the shipping list, which nobody consumes.
+        assert raw.llen(f"{unique_name}.shipping") == 2
+        with pytest.raises(BrokerStateError, match="not under a test broker"):
+            to_shipping.mock.assert_called_once_with({"item": "pen", "placed": True})
+
+    def test_published_messages_are_handled_on_their_own_thread(
+        self, redis_url, unique_name
+    ):
+        """publish() returns before the handler runs, whose mock then records on the consumer's thread."""
+        broker = RedisBroker(redis_url, poll_interval=POLL_INTERVAL)
+
+        @broker.subscriber(stream=unique_name)
+        def collect(body: str) -> None:
+            return None
+
+        test_broker = TestRedisBroker(broker, with_real=True)
+        with test_broker as br:
+            br.publish("event", stream=unique_name)
+            assert wait_for(lambda: test_broker.mock(collect).called)
+            test_broker.mock(collect).assert_called_once_with("event")
+
+    def test_a_broker_that_cannot_start_leaves_nothing_running(self, redis_server):
+        """A with_real block whose broker cannot start raises as start() does, and the broker ends closed."""
+        url = f"redis://nobody:wrong@127.0.0.1:{redis_server.port}/0"
+        broker = RedisBroker(url, poll_interval=POLL_INTERVAL)
+        with (
+            pytest.raises(RedisConnectionError),
+            TestRedisBroker(broker, with_real=True),
+        ):
+            pytest.fail("the block ran without Redis")
+        assert repr(broker).startswith("<RedisBroker CLOSED")

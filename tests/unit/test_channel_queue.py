@@ -77,7 +77,7 @@ def test_full_queue_drops_oldest_and_warns_once_per_episode(
 ):
     """A full queue drops its oldest messages with one warning, and says once when it caught up."""
     monkeypatch.setattr(_channel, "QUEUE_LIMIT", 3)
-    caplog.set_level(logging.WARNING, logger="redis_rpc")
+    caplog.set_level(logging.INFO, logger="redis_rpc")
     consumer, pool, seen = make_consumer()
     for n in range(10):
         consumer.deliver(frame(n))
@@ -86,8 +86,11 @@ def test_full_queue_drops_oldest_and_warns_once_per_episode(
     pool.run_all()
     assert seen == [7, 8, 9]
     assert [
-        r.getMessage() for r in caplog.records if "caught up" in r.getMessage()
-    ] == ["redis_rpc:channel:c caught up after dropping 7 message(s)"]
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if "caught up" in r.getMessage()
+    ] == [(logging.INFO, "redis_rpc:channel:c caught up after dropping 7 message(s)")]
+    assert behind[0].levelno == logging.WARNING
 
 
 def test_queue_bounded_in_bytes(make_consumer, monkeypatch):

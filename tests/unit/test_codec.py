@@ -79,6 +79,25 @@ class TestEncodeFrame:
         frame = encode_frame(b"", {"clé": "日本"})
         assert frame[20:] == b"\x00\x04cl\xc3\xa9\x00\x06\xe6\x97\xa5\xe6\x9c\xac"
 
+    def test_character_counted_header_names_faststreams_framing(self):
+        """A frame whose header length counts characters, as FastStream writes it, fails with a hint at that cause."""
+        key, value = b"x-note", "café".encode()
+        headers = b"\x00\x01" + struct.pack(">H", len(key)) + key
+        headers += struct.pack(">H", len("café")) + value  # 4 characters, 5 bytes
+        frame = MAGIC + struct.pack(">HII", 1, 18, 18 + len(headers)) + headers + b"hi"
+        with pytest.raises(MessageDecodeError) as info:
+            decode_frame(frame)
+        assert str(info.value).startswith("A header at byte ")
+        assert "number of characters, not of bytes" in str(info.value)
+
+    def test_ascii_frame_errors_carry_no_faststream_hint(self):
+        """A broken frame whose headers are all ASCII is not blamed on FastStream's framing."""
+        frame = MAGIC + struct.pack(">HII", 1, 18, 28) + b"\x00\x01\x00\xc8x-note"
+        with pytest.raises(MessageDecodeError) as info:
+            decode_frame(frame)
+        assert "past the frame's end" in str(info.value)
+        assert "FastStream" not in str(info.value)
+
     def test_non_str_header_value_is_a_type_error(self):
         """A header value that is not a str raises TypeError."""
         with pytest.raises(TypeError, match="str"):

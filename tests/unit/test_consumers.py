@@ -10,6 +10,7 @@ import pytest
 
 from redis_rpc._client.listener import ReplyListener
 from redis_rpc._io.commands import Publish
+from redis_rpc._io.interfaces import Beat
 from redis_rpc._latch import Latch
 from redis_rpc._server.fetch import FetchingConsumer
 from redis_rpc._server.handler import Handler
@@ -20,7 +21,7 @@ from redis_rpc._server.process import Processor
 from redis_rpc._wire.message import ACCEPT_ERRORS, RedisMessage, build_frame, kept_key
 from redis_rpc._wire.schemas import ListSub
 from redis_rpc.errors import RedisConnectionError
-from tests.unit.fakes import FakeBackend
+from tests.unit.fakes import FakeAdmin, FakeBackend
 
 WAIT = 5.0  # seconds any one wait may take, on a busy machine
 POLL = 0.05  # the consumers' poll interval: a stop is noticed this fast
@@ -302,3 +303,34 @@ def test_an_overrunning_inline_handler_is_relieved_by_the_watch(running):
     finally:
         release.set()
         assert watch.stop(WAIT)
+
+
+def test_heartbeat_failure_is_a_warning_and_its_recovery_info(caplog):
+    """A heartbeat that cannot be refreshed says so once at WARNING, and once at INFO when it can again."""
+
+    class FlakyAdmin(FakeAdmin):
+        failures = 0
+
+        def heartbeat(self, beats):
+            if self.failures:
+                self.failures -= 1
+                raise RedisConnectionError("Redis is away.", reason="unreachable")
+            super().heartbeat(beats)
+
+    caplog.set_level(logging.INFO, logger="redis_rpc")
+    admin = FlakyAdmin()
+    heartbeat = Heartbeat(admin)
+    heartbeat.register("owner", Beat("alive", 0.03, "registry", "member"))
+    admin.failures = 2
+    try:
+        assert _until(lambda: "refreshed again" in caplog.text)
+    finally:
+        assert heartbeat.stop(WAIT)
+    assert [
+        (r.levelno, r.getMessage().split(";")[0])
+        for r in caplog.records
+        if r.name == "redis_rpc._server.heartbeat"
+    ] == [
+        (logging.WARNING, "Could not refresh the heartbeat of 1 consumer(s)"),
+        (logging.INFO, "Heartbeats are refreshed again"),
+    ]

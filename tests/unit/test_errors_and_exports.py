@@ -266,6 +266,27 @@ class TestRedisErrorMapping:
                 "check the user name and password",
             ),
             (
+                "AuthenticationError",
+                "Authentication required.",
+                RedisConnectionError,
+                "authentication",
+                "requires a password, and none was given; put it in the URL",
+            ),
+            (
+                "AuthenticationError",
+                "HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used",
+                RedisConnectionError,
+                "authentication",
+                "requires a password, and none was given; put it in the URL",
+            ),
+            (
+                "AuthenticationError",
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                RedisConnectionError,
+                "authentication",
+                "has no password set, yet one was given; leave the password out of the URL",
+            ),
+            (
                 "MaxConnectionsError",
                 "Too many connections",
                 RedisConnectionError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -283,8 +284,11 @@ def test_a_failed_write_says_the_commands_may_have_run(world, make_pipe):
     assert info.value.maybe_applied is True
 
 
-def test_an_unreachable_redis_fails_calls_as_not_sent_then_backs_off(world, make_pipe):
-    """When Redis cannot be reached calls fail as not sent, further calls fail at once during the backoff, and later ones connect."""
+def test_an_unreachable_redis_fails_calls_as_not_sent_then_backs_off(
+    world, make_pipe, caplog
+):
+    """When Redis cannot be reached calls fail as not sent, further calls fail at once during the backoff, and later ones connect, said at INFO."""
+    caplog.set_level(logging.INFO, logger="redis_rpc")
     pipe = make_pipe()
     world.refuse_connect = True
     with pytest.raises(RedisConnectionError) as info:
@@ -305,6 +309,11 @@ def test_an_unreachable_redis_fails_calls_as_not_sent_then_backs_off(world, make
 
     assert _until(connects)
     assert len(world.links) == 1
+    assert [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if "again" in r.getMessage()
+    ] == [("INFO", "Connected to Redis at fake:1 again")]
 
 
 def test_a_stale_connection_is_reported_before_anything_is_written(world, make_pipe):

@@ -28,6 +28,7 @@ from redis_rpc.errors import (
     MessageTooLargeError,
     NoSubscriberError,
     RequestTimeoutError,
+    SetupError,
 )
 from redis_rpc.testing import TestRedisBroker
 
@@ -102,6 +103,22 @@ class TestReplies:
         assert "qty" in caught.value.errors[0]
         assert caught.value.destination == "channel:total"
         assert caught.value.correlation_id == "c-1"
+
+    def test_rejected_body_is_logged_as_a_short_printable_excerpt(self, broker, caplog):
+        """A body that does not fit is logged with the start of the body, escaped and cut short, not with frame bytes."""
+
+        @broker.subscriber(list="numbers")
+        def double(n: int) -> int:
+            return 2 * n
+
+        body = "not a number, café " + "x" * 100
+        with TestRedisBroker(broker) as br, caplog.at_level(logging.WARNING):
+            br.publish(body, list="numbers")
+        (line,) = [
+            r.getMessage() for r in caplog.records if "rejected" in r.getMessage()
+        ]
+        assert "body 'not a number, caf\\xe9 xxxxxxxxxxxxxxxx'...):" in line
+        assert "BIN" not in line
 
     def test_handler_exception_is_remote_error(self, broker, caplog):
         """A handler that raises gives the caller RemoteError, and is logged as by the real broker."""
@@ -394,7 +411,7 @@ class TestMocks:
             ]
 
     def test_mock_method_and_reset(self, broker):
-        """mock(handler) gives the same mock; the attribute goes on exit and each block starts afresh."""
+        """mock(handler) gives the same mock; the attribute stops recording on exit and each block starts afresh."""
 
         @broker.subscriber("echo")
         def echo(body: str) -> str:
@@ -406,7 +423,8 @@ class TestMocks:
             first = test_broker.mock(echo)
             assert first is echo.mock
             first.assert_called_once_with("one")
-        assert not hasattr(echo, "mock")
+        with pytest.raises(BrokerStateError, match="not under a test broker"):
+            echo.mock.assert_called_once_with("one")
         assert test_broker.mock(echo) is first  # kept for asserting after the block
         with test_broker:
             assert test_broker.mock(echo) is not first
@@ -430,6 +448,97 @@ class TestMocks:
         with test_broker as br:
             assert br.request("a", "svc").decode() == "A"
             test_broker.mock(service.handle).assert_called_once_with("a")
+
+
+class TestPublisherObject:
+    """broker.publisher() returns an object that decorates, publishes, and has a mock, as FastStream's."""
+
+    def test_a_test_written_the_faststream_way(self, broker):
+        """Handler and publisher mocks record a request and the result it caused, as in FastStream's testing guide."""
+        to_shipping = broker.publisher(list="shipping")
+
+        @broker.subscriber("orders")
+        @to_shipping
+        def place(order: dict[str, object]) -> dict[str, object]:
+            return {**order, "placed": True}
+
+        with TestRedisBroker(broker) as br:
+            br.publish({"item": "pen"}, "orders")
+            place.mock.assert_called_once_with({"item": "pen"})
+            to_shipping.mock.assert_called_once_with({"item": "pen", "placed": True})
+
+    def test_the_decorator_stacks_in_either_order(self, broker):
+        """The publisher decorates above or below @broker.subscriber and returns the function unchanged."""
+        above, below = broker.publisher("a"), broker.publisher(list="b")
+
+        def first(body: str) -> str:
+            return body + "1"
+
+        def second(body: str) -> str:
+            return body + "2"
+
+        assert above(broker.subscriber("one")(first)) is first
+        assert broker.subscriber("two")(below(second)) is second
+        with TestRedisBroker(broker) as br:
+            br.publish("x", "one")
+            br.publish("y", "two")
+            above.mock.assert_called_once_with("x1")
+            below.mock.assert_called_once_with("y2")
+
+    def test_publish_reaches_its_destination_and_its_mock(self, broker):
+        """publisher.publish() sends to its destination through the broker; its mock records that and broker.publish() there."""
+        seen = []
+
+        @broker.subscriber(stream="events")
+        def collect(body: object) -> None:
+            seen.append(body)
+
+        events = broker.publisher(stream="events")
+        with TestRedisBroker(broker) as br:
+            entry = events.publish({"n": 1}, headers={"k": "v"})
+            br.publish("two", stream="events")
+            assert isinstance(entry, str)
+            assert seen == [{"n": 1}, "two"]
+            assert events.mock.call_args_list == [(({"n": 1},),), (("two",),)]
+            collect.mock.assert_called_with("two")
+
+    def test_mocks_are_fresh_in_each_block(self, broker):
+        """Each block starts with a fresh publisher mock."""
+        out = broker.publisher("out")
+        with TestRedisBroker(broker):
+            out.publish("one")
+            first = out.mock
+        with TestRedisBroker(broker):
+            assert out.mock is not first
+            out.mock.assert_not_called()
+
+    def test_mocks_outside_a_block_say_so(self, broker):
+        """Outside a block, a publisher's and a handler's mock raise BrokerStateError saying they are not under a test broker."""
+        out = broker.publisher(list="out")
+
+        @broker.subscriber("in")
+        def handle(body: str) -> None:
+            return None
+
+        with pytest.raises(BrokerStateError, match="not under a test broker"):
+            out.mock.assert_called_once_with("x")
+        with pytest.raises(BrokerStateError, match="handle is not under a test broker"):
+            handle.mock.assert_called_once_with("x")
+        with pytest.raises(BrokerStateError, match="not under a test broker"):
+            handle.mock("x")
+        with TestRedisBroker(broker):
+            handle.mock.assert_not_called()
+        with pytest.raises(BrokerStateError, match="handle is not under a test broker"):
+            handle.mock.assert_not_called()
+
+    def test_decorating_after_start_is_refused(self, broker):
+        """A publisher decorates only before start(), as today; publishing through it works any time."""
+        out = broker.publisher("out")
+        with TestRedisBroker(broker):
+            with pytest.raises(SetupError, match="declare publishers before start"):
+                out(lambda body: body)
+            assert out.publish("x") == 0  # nobody subscribes to the channel
+            out.mock.assert_called_once_with("x")
 
 
 class TestNesting:
