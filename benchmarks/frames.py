@@ -47,6 +47,7 @@ from redis_rpc._wire.convert import make_converter
 from redis_rpc._wire.message import (
     ACCEPT_ERRORS,
     DEADLINE,
+    DESTINATION,
     NONCE,
     RedisMessage,
     build_frame,
@@ -63,6 +64,8 @@ CHANNEL = "bench.echo"
 BODY = b"hello, frames"
 MAX_SIZE = 8 * 1024 * 1024
 KEY = b"k" * 32
+# Where the requests go: the processor below serves this list.
+WHERE = f"list:{CHANNEL}"
 
 
 def per_call(func: Callable[[], object], *, budget: float, repeats: int) -> float:
@@ -106,6 +109,8 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
     reply_to, nonce = pending.channel, pending.nonce
     listener.discard(reply_to)
     headers = {ACCEPT_ERRORS: "1", DEADLINE: f"{time.time() + 30:.3f}", NONCE: nonce}
+    if key is not None:
+        headers[DESTINATION] = WHERE
     request = signing.sign_frame(
         build_frame(
             BODY,
@@ -143,7 +148,7 @@ def caller_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
             check_size(request, MAX_SIZE, "The request"),
             send_command(target, request),
         ),
-        "check_reply": lambda: signing.check_reply(reply, key, nonce),
+        "check_reply": lambda: signing.check_reply(reply, key, nonce, WHERE),
         "from_payload (reply)": lambda: RedisMessage.from_payload(reply, converter),
         "error_details": lambda: RedisMessage.from_payload(
             reply, converter
@@ -161,8 +166,10 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
         target = destination(CHANNEL, None, None)
         correlation_id = new_correlation_id()
         ours = {ACCEPT_ERRORS: "1", DEADLINE: f"{time.time() + 30.0:.3f}"}
-        pending = listener.register(correlation_id)
+        pending = listener.register(correlation_id, destination=WHERE)
         reply_to, ours[NONCE] = pending.channel, pending.nonce
+        if key is not None:
+            ours[DESTINATION] = WHERE
         frame = signing.signed_frame(
             *frame_parts(
                 BODY,
@@ -177,7 +184,7 @@ def caller_request(key: bytes | None) -> Callable[[], object]:
         send_command(target, frame)
         listener.discard(reply_to)
         # The listener checks the reply against the nonce; request() parses it.
-        signing.check_reply(reply, key, ours[NONCE])
+        signing.check_reply(reply, key, ours[NONCE], WHERE)
         check_size(reply, MAX_SIZE, "The reply")
         return RedisMessage.from_payload(reply, converter).error_details()
 
@@ -197,6 +204,7 @@ def _request_payload(key: bytes | None, listener: ReplyListener) -> bytes:
                 ACCEPT_ERRORS: "1",
                 DEADLINE: f"{time.time() + 3600:.3f}",
                 NONCE: nonce,
+                **({} if key is None else {DESTINATION: WHERE}),
             },
         ),
         key,
@@ -238,7 +246,7 @@ def server_steps(key: bytes | None) -> dict[str, Callable[[], object]]:
         ),
     }
     if key is not None:
-        steps["check_request"] = lambda: signing.check_request(payload, key)
+        steps["check_request"] = lambda: signing.check_request(payload, key, WHERE)
     steps["run (all of it)"] = lambda: processor.run(delivery)
     return steps
 

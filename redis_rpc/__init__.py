@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from logging import Logger
 
+from redis_rpc import _logs
 from redis_rpc._broker import RedisBroker, RedisClusterBroker
 from redis_rpc._cli.app import App
 from redis_rpc._client.compose import ReplyStream
@@ -21,7 +22,8 @@ from redis_rpc.errors import RemoteError
 
 __version__ = "0.1.0"
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+# Our warnings reach stderr only where nothing else would show them: see _logs.
+_logs.install(logging.getLogger(__name__))
 
 __all__ = [
     "App",

@@ -15,9 +15,12 @@ import random
 
 import attrs
 
-# Quick enough to ride out a Redis restart, slow enough not to spin.
+# Quick enough to ride out a Redis restart, slow enough not to spin. The cap
+# bounds how late a loop notices that Redis is back: a second at most, after
+# an outage of any length. One attempt a second per loop costs Redis little,
+# and the jitter keeps processes from retrying in step.
 START = 0.1
-CAP = 5.0
+CAP = 1.0
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ from redis_rpc import _context, _fork
 from redis_rpc._client.compose import Composer, ReplyStream
 from redis_rpc._client.deadlines import Deadlines
 from redis_rpc._client.listener import ReplyListener
-from redis_rpc._client.request import Caller, with_idempotency_key
+from redis_rpc._client.request import Caller, forgets_locals, with_idempotency_key
 from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
@@ -481,6 +481,7 @@ class RedisBroker:
 
     # -- sending -------------------------------------------------------------
 
+    @forgets_locals
     def publish(
         self,
         body: Any = None,
@@ -525,7 +526,8 @@ class RedisBroker:
             OverloadedError: The list or stream holds its ``max_queued``
                 waiting messages already; nothing was sent.
             SetupError: Not exactly one of *channel*, *list* and *stream*,
-                or an empty or overlong *idempotency_key*.
+                an empty or overlong *idempotency_key*, or a *timeout* that
+                is not a positive, finite number of seconds.
             MessageTooLargeError: The frame is over ``max_message_size``; nothing was sent.
             TypeError: The body or a header is of a type that cannot be sent.
             ValueError: A header is too long for the frame format.
@@ -542,6 +544,7 @@ class RedisBroker:
             timeout,
         )
 
+    @forgets_locals
     def request(
         self,
         body: Any = None,
@@ -603,9 +606,10 @@ class RedisBroker:
             MessageTooLargeError: The request or its reply is over
                 ``max_message_size``.
             MessageDecodeError: The reply is not a readable frame.
-            SetupError: Not exactly one of *channel*, *list* and *stream*, or
+            SetupError: Not exactly one of *channel*, *list* and *stream*,
                 *headers* names ``reply_to``, which the request sets itself,
-                or an empty or overlong *idempotency_key*.
+                an empty or overlong *idempotency_key*, or a *timeout* that
+                is not a positive, finite number of seconds.
             TypeError: The body or a header is of a type that cannot be sent.
             ValueError: A header is too long for the frame format.
         """
@@ -770,22 +774,23 @@ class RedisBroker:
         The parts: the reply subscription, once a request started it; and
         once ``start()`` ran, every consumer and the shared channel reader.
         A broker that only calls is healthy when Redis answers and its reply
-        subscription, if any, is up.
+        subscription, if any, is up. Once closed, it says only that.
 
         Returns:
             A ``Health``, true when nothing is down; its ``problems`` say
             what is down and why, one line each.
         """
-        problems: list[str] = []
-        deadline = time.monotonic() + timeout
-        try:
-            self._connection.execute(Ping(), deadline=deadline)
-        except RedisRPCError as exc:
-            problems.append(f"redis: {exc}")
         state = self._state
-        if state in (State.CLOSING, State.CLOSED):
-            problems.append(f"broker: {state.name.lower()}")
-        elif self._subscribers and state is not State.RUNNING:
+        if state in (State.CLOSING, State.CLOSED):  # nothing else is left to tell
+            return Health(healthy=False, problems=(f"broker: {state.name.lower()}",))
+        problems: list[str] = []
+        try:
+            self._connection.execute(Ping(), deadline=time.monotonic() + timeout)
+        except RedisRPCError as exc:  # the pipe's words for a timeout fit a command
+            stalled = f"no answer to PING within {timeout} s; Redis at {self._backend.address} may be stalled or overloaded"
+            timed_out = getattr(exc, "reason", None) == "timeout"
+            problems.append(f"redis: {stalled if timed_out else exc}")
+        if self._subscribers and state is not State.RUNNING:
             problems.append(f"broker: {state.name.lower()}, not serving yet")
         listener = self._listener
         if listener is not None and not listener.ready.is_set():
@@ -883,14 +888,7 @@ class RedisBroker:
         if not serving.consumers:
             return
         self._warned_fork = True
-        logger.warning(
-            "This process forked while %r was serving: its %d consumer(s) keep running"
-            " in this process only, and the child cannot start it. Start serving"
-            " brokers in each child after the fork instead (gunicorn: post_fork; "
-            "uWSGI: lazy-apps).",
-            self,
-            len(serving.consumers),
-        )
+        _fork.warn_serving(self, len(serving.consumers))
 
 
 class RedisClusterBroker(RedisBroker):

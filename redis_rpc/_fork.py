@@ -15,6 +15,7 @@ the settings that fix it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -35,6 +36,8 @@ class Forkable(Protocol):
     def _forked_while_serving(self) -> None:
         """In the parent: say once that consumers do not follow into children."""
 
+
+logger = logging.getLogger(__name__)
 
 # Every broker of this process, so that a forked child can reset them all.
 _tracked: weakref.WeakSet[Forkable] = weakref.WeakSet()
@@ -57,6 +60,26 @@ def _in_parent() -> None:
 
 
 os.register_at_fork(after_in_child=_in_child, after_in_parent=_in_parent)
+
+
+def warn_serving(broker: object, consumers: int) -> None:
+    """In the parent after a fork: say that *broker*'s *consumers* do not follow into children.
+
+    A web server's master that started a broker at import (gunicorn
+    ``--preload``, uWSGI without ``lazy-apps``) serves from the master; the
+    warning reaches its output though it configured no logging (``_logs``).
+    """
+    logger.warning(
+        "This process forked while %r was serving: its %d consumer(s) keep running"
+        " in this process only (a web server's master, under gunicorn --preload or"
+        " uWSGI without lazy-apps, when start() ran at import), and the child"
+        " cannot start it. Start serving brokers in each child after the fork"
+        " instead (gunicorn: post_fork; uWSGI: lazy-apps), or serve them in a"
+        " process of their own (redis-rpc run).",
+        broker,
+        consumers,
+    )
+
 
 # Taken only in a child forked without the hooks above, by the first
 # threads to use a broker there.

@@ -17,6 +17,7 @@ under one small lock per subscriber or destination, so that they are exact.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 # Destinations counted by name at most; the rest are counted together.
 MAX_COUNTED_DESTINATIONS = 10_000
 OTHER_DESTINATIONS = "(others)"
@@ -65,7 +68,9 @@ class Event:
         kind: ``"publish"``, ``"request"``, ``"process"``, or ``"reply"``:
             a handler's result being sent back to its caller, inside that
             handler's process (FastStream's middlewares see it as a publish
-            of type ``REPLY``).
+            of type ``REPLY``); ``"drop"`` for the event handed to a hook's
+            optional ``dropped(event, count)`` method when channel messages
+            are dropped unhandled.
         destination: Where the message goes or came from, such as ``"list:orders"``.
         headers: For a publish, a request or a reply, the headers about to be
             sent, which a hook may add to; for a process, the message's headers.
@@ -95,6 +100,22 @@ class Event:
     error: BaseException | None = None
     duration: float = 0.0
     reply_headers: dict[str, str] = attrs.field(factory=dict)
+
+
+def tell_dropped(hooks: Sequence[Hook], destination: str, count: int) -> None:
+    """Tell every hook with a ``dropped(event, count)`` method that *count* messages of *destination* were dropped.
+
+    Hooks without one are left alone: a drop is not an operation for them
+    to run around. A hook that raises is logged, never propagated.
+    """
+    for hook in hooks:
+        dropped = getattr(hook, "dropped", None)
+        if dropped is None:
+            continue
+        try:
+            dropped(Event("drop", destination, {}), count)
+        except Exception:
+            logger.exception("Hook %r failed on %d dropped message(s)", hook, count)
 
 
 def outcome_of(error: BaseException) -> str:
@@ -143,6 +164,10 @@ class SubscriberStats:
         replayed: Duplicates of keyed messages (``idempotency_key``),
             answered with the stored reply without running the handler.
         dead_lettered: Messages moved to a dead-letter list or stream.
+        dropped: Channel messages dropped without being handled, because
+            the subscriber's queue was full (it fell behind a flood), or
+            was still holding them when the broker closed. Not counted in
+            ``received``.
         in_flight: Messages being handled right now.
         handler_seconds: Wall time spent in the handler, in all.
     """
@@ -157,6 +182,7 @@ class SubscriberStats:
     cancelled: int = 0
     replayed: int = 0
     dead_lettered: int = 0
+    dropped: int = 0
     in_flight: int = 0
     handler_seconds: float = 0.0
 
@@ -223,6 +249,7 @@ class SubscriberCounter:
                 "cancelled",
                 "replayed",
                 "dead_lettered",
+                "dropped",
                 "in_flight",
             ),
             0,
@@ -245,6 +272,10 @@ class SubscriberCounter:
             if outcome == "handled":  # the first one sets it, later ones move it
                 weight = _TYPICAL_WEIGHT if counts["handled"] > 1 else 1.0
                 self.typical += (seconds - self.typical) * weight
+
+    def dropped(self, count: int) -> None:
+        with self._lock:
+            self._counts["dropped"] += count
 
     def snapshot(self) -> SubscriberStats:
         with self._lock:

@@ -195,11 +195,16 @@ class Tapped:
         return self.inner.execute_many(commands, atomic=atomic, deadline=deadline)
 
     def post(
-        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
         for command in commands:
             self._recorder.saw(command)
-        self.inner.post(commands, atomic=atomic, what=what)
+        self.inner.post(commands, atomic=atomic, what=what, deadline=deadline)
 
     def send(
         self, command: Command, *, deadline: float | None, outcome: Outcome
@@ -273,7 +278,12 @@ class MemoryConnection:
         return [self.route(command) for command in commands]
 
     def post(
-        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
         for command in commands:
             self.route(command)

@@ -11,13 +11,15 @@ The hierarchy, kept current::
     ├── RequestTimeoutError(RedisRPCError, TimeoutError)  no reply in time
     ├── NoSubscriberError(RedisRPCError)                  a request PUBLISHed to nobody
     ├── OverloadedError(RedisRPCError)                    a queue too long, or no time left: shed at once
+    ├── SigningKeyError(RedisRPCError)                    the server refused the request: the signing keys differ, or one side has none
     ├── RemoteError(RedisRPCError)                        the handler failed; carries its error as strings
     ├── MessageDecodeError(RedisRPCError, ValueError)     bytes we cannot parse
     ├── MessageTooLargeError(RedisRPCError, ValueError)   a frame over max_message_size
     └── ValidationError(RedisRPCError, ValueError)        a body that does not fit its type
 
 Catch :class:`RedisRPCError` to catch everything this library raises.
-``ConnectionReason`` and ``CommandReason`` list the values of ``reason``;
+``ConnectionReason``, ``CommandReason`` and ``SigningKeyReason`` list the
+values of ``reason``;
 a ``Redirect`` says where a Redis Cluster sent a command.
 Where a builtin exception fits, ours subclass it too, so that existing
 ``except TimeoutError:`` clauses (the exception FastStream's ``request()``
@@ -54,6 +56,8 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "SetupError",
+    "SigningKeyError",
+    "SigningKeyReason",
     "ValidationError",
 ]
 
@@ -62,6 +66,8 @@ ConnectionReason = typing.Literal[
     "unreachable",
     "timeout",
     "authentication",
+    "tls",
+    "max_clients",
     "pool_exhausted",
     "loading",
     "read_only",
@@ -82,8 +88,13 @@ CommandReason = typing.Literal[
     "unknown_command",
     "command",
 ]
+# Which side's signing_key is wrong: SigningKeyError.reason.
+SigningKeyReason = typing.Literal[
+    "caller_has_no_key", "keys_differ", "server_has_no_key"
+]
 _CONNECTION_REASONS = frozenset(typing.get_args(ConnectionReason))
 _COMMAND_REASONS = frozenset(typing.get_args(CommandReason))
+_SIGNING_KEY_REASONS = frozenset(typing.get_args(SigningKeyReason))
 
 
 def _rebuild(
@@ -125,7 +136,10 @@ class RedisConnectionError(RedisRPCError):
         reason: Why, for code that reacts differently to each cause:
             ``"unreachable"`` (refused, reset, lost), ``"timeout"`` (no
             answer within ``socket_timeout``), ``"authentication"`` (wrong
-            user name or password), ``"pool_exhausted"`` (every connection
+            user name or password), ``"tls"`` (the server's certificate does
+            not verify against ``ssl_ca_certs``, or is not valid for the
+            host name), ``"max_clients"`` (Redis has ``maxclients``
+            clients already), ``"pool_exhausted"`` (every connection
             of the pool in use), ``"loading"`` (Redis is loading its data),
             ``"read_only"`` (with Sentinel: a failover demoted the master,
             and the connection is opened again through the sentinels),
@@ -298,6 +312,43 @@ class OverloadedError(RedisRPCError):
         self.destination = destination
         self.queued = queued
         self.retry_after = retry_after
+
+
+class SigningKeyError(RedisRPCError):
+    """The server refused a request without running its handler: the signing keys do not match.
+
+    A server that cannot take a request for its signature answers so, and
+    the caller raises this at once instead of waiting out its timeout. The
+    answer is not signed (it could not be, so that the caller verifies it)
+    and says only which side is at fault, nothing of either key. Someone
+    who can read a request can therefore also make it fail with this
+    error; they could not make it succeed.
+
+    Attributes:
+        reason: ``"caller_has_no_key"`` (the server takes signed requests
+            only, and this one was not signed), ``"keys_differ"`` (the
+            signature did not verify with the server's key), or
+            ``"server_has_no_key"`` (the request was signed, and the server
+            could neither check it nor sign its reply).
+        destination: Where the request was sent, such as ``"list:orders"``.
+        correlation_id: The request's correlation id.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: SigningKeyReason,
+        destination: str = "",
+        correlation_id: str = "",
+    ) -> None:
+        if reason not in _SIGNING_KEY_REASONS:
+            msg = f"Unknown reason for a SigningKeyError: {reason!r}."
+            raise ValueError(msg)
+        super().__init__(message)
+        self.reason: SigningKeyReason = reason
+        self.destination = destination
+        self.correlation_id = correlation_id
 
 
 class RemoteError(RedisRPCError):

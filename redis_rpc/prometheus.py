@@ -99,7 +99,10 @@ class PrometheusHook:
       ``..._received_processed_messages_total`` (label ``status``: ``acked``
       or ``error``), ``..._received_processed_messages_duration_seconds`` and
       ``..._received_processed_messages_exceptions_total`` (label
-      ``exception_type``), all labelled ``handler`` with the subscribed name;
+      ``exception_type``) and ``..._received_messages_dropped_total``
+      (channel messages dropped unhandled, as ``SubscriberStats.dropped``;
+      FastStream has no such metric), all labelled ``handler`` with the
+      subscribed name;
     * ``faststream_published_messages_total`` (``status``: ``success`` or
       ``error``), ``..._published_messages_duration_seconds`` and
       ``..._published_messages_exceptions_total``, labelled ``destination``
@@ -192,6 +195,12 @@ class PrometheusHook:
             "How long handlers ran, in seconds.",
             on_handler,
         )
+        self._dropped = self._metric(
+            Counter,
+            "received_messages_dropped_total",
+            "Channel messages dropped unhandled: the subscriber's queue was full, or the broker closed.",
+            on_handler,
+        )
         self._process_exceptions = self._metric(
             Counter,
             "received_processed_messages_exceptions_total",
@@ -227,6 +236,11 @@ class PrometheusHook:
         if event.kind == "reply":  # FastStream does not count replies either
             return contextlib.nullcontext()
         return self._publish(event)
+
+    def dropped(self, event: Event, count: int) -> None:
+        """Count *count* channel messages of *event*'s subscriber dropped unhandled; the broker calls it."""
+        # Labelled on the first drop only: FastStream shows no series at 0.
+        self._dropped.labels(**self._handled(event).labels).inc(count)
 
     @contextlib.contextmanager
     def _process(self, event: Event) -> Iterator[None]:

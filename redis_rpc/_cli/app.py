@@ -32,8 +32,8 @@ def _default_logging(
     A service run by ``App.run()`` owns its process, so it should say what
     it does, and a handler's exception must be visible, as with
     FastStream; a library inside someone else's process must not (it only
-    has its ``NullHandler``). Configured means the root logger has a
-    handler. What is added is taken away again when ``run()`` returns.
+    writes its own warnings, where nothing else would show them: see
+    ``_logs``). Configured means the root logger has a handler. What is added is taken away again when ``run()`` returns.
 
     Args:
         level: The root logger's level instead, chosen by whoever runs the

@@ -7,7 +7,7 @@ workers, a supervisor starts each one as a fresh interpreter
 (``python -m redis_rpc run TARGET --worker N``) that imports the target
 itself, so the supervisor never imports it at all. The supervisor owns
 the signals: it forwards SIGINT and SIGTERM to the workers and waits for
-them, restarts a worker that dies, later each time it dies again so that
+them, reloads them on SIGHUP (new ones first), restarts a worker that dies, later each time it dies again so that
 one that cannot start does not spin, and stops them all when one cannot
 load the target, or keeps failing before it ever served. Each worker says
 on a pipe of its own when it serves, or why it could not start, since a
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import threading
 from typing import TYPE_CHECKING
 
 from redis_rpc import __version__
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 
 # ping: how often redis-py checks an idle connection; ping uses it only once.
 PING_HEALTH_CHECK_INTERVAL = 30.0
+# health: how long the command waits for its broker to close before it
+# exits all the same; closing is quick unless Redis is stalled.
+HEALTH_CLOSE_WAIT = 0.2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +210,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_within(broker: RedisBroker, seconds: float) -> None:
+    """Close *broker*, waiting for it at most *seconds*, since the command exits right after.
+
+    Against a stalled Redis its threads may be in a connection attempt for
+    up to ``socket_timeout``, which ``close()`` would wait out; a probe must
+    answer within its timeout, and exiting ends them anyway.
+    """
+    closer = threading.Thread(
+        target=broker.close, name="redis-rpc:health-close", daemon=True
+    )
+    closer.start()
+    closer.join(seconds)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -281,11 +299,12 @@ def health(url: str, channel: str, *, timeout: float) -> int:
     was no answer. The URL never appears in the output.
     """
     try:
+        # No Redis call may take longer than the whole probe.
         broker = RedisBroker(
             url,
-            socket_timeout=max(timeout, 1.0) + 1.0,
+            socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            poll_interval=min(0.2, timeout / 2),
+            poll_interval=min(0.2, timeout / 4),
         )
     except SetupError as exc:
         error(str(exc))
@@ -305,7 +324,7 @@ def health(url: str, channel: str, *, timeout: float) -> int:
         error(f"no health answer on {channel!r}: {exc}")
         return EXIT_FAILURE
     finally:
-        broker.close()
+        _close_within(broker, HEALTH_CLOSE_WAIT)
     if not isinstance(answer, dict) or not isinstance(answer.get("healthy"), bool):
         error(
             f"{channel!r} answered something that is not a health report: {answer!r:.200}"

@@ -1,4 +1,10 @@
-"""The supervisor of ``redis-rpc run --workers N``: it starts, watches, restarts and stops the workers."""
+"""The supervisor of ``redis-rpc run --workers N``: it starts, watches, restarts, reloads and stops the workers.
+
+On SIGHUP it reloads them as gunicorn does: a new process for each
+worker, importing the code afresh, and once that one serves, the old one
+is sent SIGTERM and finishes its handlers. A new process that cannot
+start leaves its predecessor serving.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +81,8 @@ class _Worker:
         self.early_failures: collections.deque[float] = collections.deque(
             maxlen=GIVE_UP_AFTER
         )
+        # After a SIGHUP: the process that serves until the new one does.
+        self.predecessor: subprocess.Popen[bytes] | None = None
 
     def read_status(self) -> None:
         """Take in what the process said on its status pipe so far; close it at its end."""
@@ -118,7 +126,11 @@ class Supervisor:
         self._log_level = log_level
         self._workers = [_Worker(number) for number in range(1, workers + 1)]
         self._signals: list[int] = []  # appended by the signal handler
+        self._reloads = 0  # SIGHUPs received, counted by their handler
         self._woken = threading.Event()  # a signal came
+        # Replaced workers on their way out after SIGTERM: number, process,
+        # and the time.monotonic() after which they are killed.
+        self._retiring: list[tuple[int, subprocess.Popen[bytes], float]] = []
 
     def run(self) -> int:
         """Start the workers, keep them running, stop them on a signal; return the exit status.
@@ -134,6 +146,7 @@ class Supervisor:
             return EXIT_USAGE
         for signum in SIGNALS:
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         try:
             with _default_logging(
                 None if self._log_level is None else LOG_LEVELS[self._log_level],
@@ -141,22 +154,32 @@ class Supervisor:
             ):
                 return self._supervise()
         finally:
-            for signum in SIGNALS:  # the workers have gone: a late signal is moot
+            for signum in (*SIGNALS, signal.SIGHUP):  # the workers have gone: moot
                 signal.signal(signum, signal.SIG_IGN)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
         self._woken.set()
 
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reloads += 1
+        self._woken.set()
+
     def _supervise(self) -> int:
         logger.info(
             "Supervisor serving %s with %d workers", self._target, len(self._workers)
         )
+        reloaded = 0
         try:
             for worker in self._workers:
                 self._start(worker)
             while not self._signals:
                 self._woken.wait(SUPERVISE_INTERVAL)
+                self._woken.clear()
+                if self._reloads > reloaded and not self._signals:
+                    reloaded = self._reloads
+                    self._reload()
+                self._reap_retiring()
                 for worker in self._workers:
                     status = self._check(worker)
                     if status == EXIT_USAGE:
@@ -182,6 +205,64 @@ class Supervisor:
                 if worker.status_fd is not None:
                     os.close(worker.status_fd)
                     worker.status_fd = None
+
+    def _reload(self) -> None:
+        """Start a new process for each serving worker; its predecessor stops once it serves."""
+        logger.info(
+            "Reloading %d workers (SIGHUP): each old one stops once its new one serves",
+            len(self._workers),
+        )
+        for worker in self._workers:
+            if worker.process is None:
+                continue  # its restart, when due, loads the code afresh anyway
+            if worker.predecessor is not None:  # a reload during a reload
+                self._retire(worker.number, worker.process)
+            else:
+                worker.predecessor = worker.process
+            if worker.status_fd is not None:  # the old process's: nobody reads it now
+                os.close(worker.status_fd)
+                worker.status_fd = None
+            worker.process = None
+            worker.backoff = RESTART_BACKOFF
+            worker.early_failures.clear()
+            worker.starts = max(worker.starts, 1)
+            self._start(worker)
+
+    def _retire(self, number: int, process: subprocess.Popen[bytes]) -> None:
+        """Send a replaced worker SIGTERM: it finishes its handlers and exits."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            self._retiring.append((number, process, time.monotonic() + STOP_TIMEOUT))
+            logger.info(
+                "Stopping the old worker %d (pid %d): its new process serves",
+                number,
+                process.pid,
+            )
+
+    def _reap_retiring(self) -> None:
+        """Forget replaced workers that have exited; kill those past ``STOP_TIMEOUT``."""
+        still = []
+        for number, process, kill_at in self._retiring:
+            status = process.poll()
+            if status is not None:
+                logger.info(
+                    "Old worker %d (pid %d) %s",
+                    number,
+                    process.pid,
+                    describe_exit(status),
+                )
+            elif time.monotonic() >= kill_at:
+                logger.warning(
+                    "Old worker %d (pid %d) did not stop within %.0f s; killing it",
+                    number,
+                    process.pid,
+                    STOP_TIMEOUT,
+                )
+                process.kill()
+                still.append((number, process, time.monotonic() + KILL_TIMEOUT))
+            else:
+                still.append((number, process, kill_at))
+        self._retiring = still
 
     def _give_up_message(self, worker: _Worker) -> str:
         first, last = worker.early_failures[0], worker.early_failures[-1]
@@ -247,6 +328,9 @@ class Supervisor:
                 self._start(worker)
             return None
         worker.read_status()
+        if worker.served and worker.predecessor is not None:
+            self._retire(worker.number, worker.predecessor)
+            worker.predecessor = None
         status = worker.process.poll()
         if status is None:
             return None
@@ -287,7 +371,16 @@ class Supervisor:
         A further signal is sent on to them too. A worker still running
         after ``STOP_TIMEOUT`` is killed.
         """
-        running = [w for w in self._workers if w.process is not None]
+        # Every process of ours: workers, those they replace, and those retiring.
+        running = [
+            (w.number, w.process) for w in self._workers if w.process is not None
+        ]
+        running += [
+            (w.number, w.predecessor)
+            for w in self._workers
+            if w.predecessor is not None
+        ]
+        running += [(number, process) for number, process, _ in self._retiring]
         for worker in self._workers:
             worker.restart_at = None
         logger.info(
@@ -298,22 +391,21 @@ class Supervisor:
         to_send, seen = [signum], len(self._signals)
         while True:
             for sent in to_send:
-                for worker in running:
-                    assert worker.process is not None
-                    worker.process.send_signal(sent)
-            for worker in list(running):
-                assert worker.process is not None
-                status = worker.process.poll()
+                for _, process in running:
+                    if process.poll() is None:
+                        process.send_signal(sent)
+            for number, process in list(running):
+                status = process.poll()
                 if status is None:
                     continue
-                running.remove(worker)
+                running.remove((number, process))
                 # A worker killed by the signal itself had not started serving yet.
                 if status not in (EXIT_OK, -signal.SIGINT, -signal.SIGTERM):
                     clean = False
                     logger.warning(
                         "Worker %d (pid %d) %s while stopping",
-                        worker.number,
-                        worker.process.pid,
+                        number,
+                        process.pid,
                         describe_exit(status),
                     )
             if not running or time.monotonic() >= deadline:
@@ -321,21 +413,18 @@ class Supervisor:
             self._woken.clear()
             self._woken.wait(SUPERVISE_INTERVAL)
             to_send, seen = self._signals[seen:], len(self._signals)
-        for worker in running:
-            assert worker.process is not None
+        for number, process in running:
             logger.warning(
                 "Worker %d (pid %d) did not stop within %.0f s; killing it",
-                worker.number,
-                worker.process.pid,
+                number,
+                process.pid,
                 STOP_TIMEOUT,
             )
-            worker.process.kill()
+            process.kill()
             try:
-                worker.process.wait(KILL_TIMEOUT)
+                process.wait(KILL_TIMEOUT)
             except subprocess.TimeoutExpired:
-                logger.error(
-                    "Worker %d (pid %d) did not die", worker.number, worker.process.pid
-                )
+                logger.error("Worker %d (pid %d) did not die", number, process.pid)
             clean = False
         if clean:
             logger.info("Every worker has stopped")

@@ -171,13 +171,16 @@ class Pending:
     """One pending request, as the listener knows it: its reply channel, nonce, and where its reply goes.
 
     *collect*, when given, takes every acceptable reply instead of *future*
-    taking the first, and says when the last has come.
+    taking the first, and says when the last has come. *destination* is
+    where the request went, as ``str()`` of it: a signed reply is signed
+    over it.
     """
 
     __slots__ = (
         "channel",
         "collect",
         "correlation_id",
+        "destination",
         "future",
         "nonce",
         "recovered",
@@ -191,12 +194,14 @@ class Pending:
         correlation_id: str,
         sink: Sink | None = None,
         collect: Callable[[bytes], bool] | None = None,
+        destination: str = "",
     ) -> None:
         self.channel = channel
         self.future: Sink = Latch() if sink is None else sink
         self.collect = collect
         self.nonce = nonce
         self.correlation_id = correlation_id
+        self.destination = destination  # a signed reply is signed over it
         self.warned = False  # a refused reply has been logged already
         # The reply came from its kept key, after the subscription was lost.
         self.recovered = False
@@ -316,12 +321,14 @@ class ReplyListener:
         *,
         sink: Sink | None = None,
         collect: Callable[[bytes], bool] | None = None,
+        destination: str = "",
     ) -> Pending:
         """Reserve a reply channel and a nonce; *sink* (a new ``Latch`` by default) gets the raw reply payload.
 
-        Only a reply that passes ``check_reply()`` for the nonce completes
-        the sink, or goes to *collect* (see ``Pending``). *correlation_id*
-        only names the request in log lines.
+        Only a reply that passes ``check_reply()`` for the nonce and
+        *destination* (where the request goes, as ``str()`` of it)
+        completes the sink, or goes to *collect* (see ``Pending``).
+        *correlation_id* only names the request in log lines.
 
         Raises:
             BrokerClosedError: The listener has been stopped.
@@ -330,7 +337,12 @@ class ReplyListener:
         # 128 bits each, from the OS's CSPRNG.
         secret = _secrets.hex(64)
         waiter = Pending(
-            f"{self.prefix}{secret[:32]}", secret[32:], correlation_id, sink, collect
+            f"{self.prefix}{secret[:32]}",
+            secret[32:],
+            correlation_id,
+            sink,
+            collect,
+            destination,
         )
         with self._lock:
             if self._accepting:
@@ -525,7 +537,9 @@ class ReplyListener:
         """Whether *payload* is a reply *waiter* may take; a refused one is logged once per request."""
         # Checked outside the lock: a MAC over a large body takes a while.
         try:
-            problem = check_reply(payload, self._signing_key, waiter.nonce)
+            problem = check_reply(
+                payload, self._signing_key, waiter.nonce, waiter.destination
+            )
         except Exception as exc:  # noqa: BLE001 - wire bytes must not end the subscription
             problem = f"it could not be checked ({exc!r})"
         if problem is None:

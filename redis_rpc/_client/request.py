@@ -13,9 +13,13 @@ past the deadline of that handler's own caller (``nested_timeout()``).
 from __future__ import annotations
 
 import functools
+import inspect
+import math
+import threading
 import time
+import types
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from redis_rpc import _context
 from redis_rpc._client.listener import Sent
@@ -34,13 +38,19 @@ from redis_rpc._wire.glob import matches
 from redis_rpc._wire.message import (
     ACCEPT_ERRORS,
     DEADLINE,
+    DESTINATION,
     IDEMPOTENCY_KEY,
     KEEP,
     NONCE,
     OVERLOADED,
+    REFUSED_CALLER_HAS_NO_KEY,
+    REFUSED_EXPIRED,
+    REFUSED_KEYS_DIFFER,
+    REFUSED_SERVER_HAS_NO_KEY,
     REPLY_SHARD,
     REPLY_TO,
     RedisMessage,
+    check_body_size,
     check_size,
     frame_parts,
     new_correlation_id,
@@ -57,6 +67,7 @@ from redis_rpc.errors import (
     RemoteError,
     RequestTimeoutError,
     SetupError,
+    SigningKeyError,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +79,23 @@ if TYPE_CHECKING:
     from redis_rpc._hooks import DestinationStats, Hook
     from redis_rpc._io.interfaces import Connection
     from redis_rpc._wire.schemas import Destination
+    from redis_rpc.errors import SigningKeyReason
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# A server that found a request expired while its caller still had this
+# many seconds to wait has a clock ahead of the caller's: more than the
+# time a notice takes to come back, less than any skew worth naming.
+CLOCK_SKEW_NOTICE = 0.5
+
+# SigningKeyError.reason, by the code of a server's refusal.
+_KEY_REASONS: dict[str, SigningKeyReason] = {
+    REFUSED_CALLER_HAS_NO_KEY: "caller_has_no_key",
+    REFUSED_KEYS_DIFFER: "keys_differ",
+    REFUSED_SERVER_HAS_NO_KEY: "server_has_no_key",
+}
 
 
 class Caller:
@@ -150,6 +178,7 @@ class Caller:
         timeout: float | None,
     ) -> int | str:
         """Send *body* to *target* through *connection*; see ``RedisBroker.publish()``."""
+        check_timeout(timeout)
         counter = self._counter(target)
         if not self._hooks:
             result = self._publish(
@@ -202,6 +231,7 @@ class Caller:
         use. *own* are the broker's processors: a handler of theirs may
         not request its own single-worker subscriber.
         """
+        check_timeout(timeout)
         counter = self._counter(target)
         if not self._hooks:
             started = time.monotonic()
@@ -256,16 +286,20 @@ class Caller:
         timeout: float | None,
     ) -> int | str:
         deadline = None if timeout is None else time.monotonic() + timeout
-        frame = signed_frame(
-            *frame_parts(
-                body,
-                correlation_id=correlation_id or new_correlation_id(),
-                reply_to=reply_to,
-                headers=headers,
-                converter=self._converter,
-            ),
-            self._signing_key,
+        # Before any copy: a frame costs as much again as its body.
+        check_body_size(body, self._max_message_size, "The message")
+        data, all_headers = frame_parts(
+            body,
+            correlation_id=correlation_id or new_correlation_id(),
+            reply_to=reply_to,
+            headers=headers,
+            converter=self._converter,
         )
+        check_body_size(data, self._max_message_size, "The message")
+        if self._signing_key is not None:  # under the signature: see _wire.signing
+            all_headers[DESTINATION] = str(target)
+        frame = signed_frame(data, all_headers, self._signing_key)
+        del data, all_headers  # the frame holds them; one copy is enough
         check_size(frame, self._max_message_size, "The message")
         result = connection.execute(
             send_command(target, frame, maxlen, shed=True), deadline=deadline
@@ -351,10 +385,13 @@ class Caller:
         Raises:
             As ``RedisBroker.request()``, when known before the reply is awaited.
         """
+        check_timeout(timeout)
         timeout = nested_timeout(target, timeout, own)
         if headers and REPLY_TO in headers:
             msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
             raise SetupError(msg)
+        # Before any copy: a frame costs as much again as its body.
+        check_body_size(body, self._max_message_size, "The request")
         correlation_id = correlation_id or new_correlation_id()
         deadline = None if timeout is None else time.monotonic() + timeout
         ours = {ACCEPT_ERRORS: "1", **(ask or {})}
@@ -365,23 +402,28 @@ class Caller:
         if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
             raise call.timed_out(msg)
-        pending = listener.register(correlation_id, sink=sink, collect=collect)
+        addressed = str(target)
+        pending = listener.register(
+            correlation_id, sink=sink, collect=collect, destination=addressed
+        )
         call.pending, ours[NONCE] = pending, pending.nonce
         if listener.reply_shard is not None:
             ours[REPLY_SHARD] = listener.reply_shard
         if keep and listener.keeps:  # our listener fetches it after a lost subscription
             ours[KEEP] = "1"
+        if self._signing_key is not None:  # under the signature: see _wire.signing
+            ours[DESTINATION] = addressed
         try:
-            frame = signed_frame(
-                *frame_parts(
-                    body,
-                    correlation_id=correlation_id,
-                    reply_to=pending.channel,
-                    headers={**headers, **ours} if headers else ours,
-                    converter=self._converter,
-                ),
-                self._signing_key,
+            data, all_headers = frame_parts(
+                body,
+                correlation_id=correlation_id,
+                reply_to=pending.channel,
+                headers={**headers, **ours} if headers else ours,
+                converter=self._converter,
             )
+            check_body_size(data, self._max_message_size, "The request")
+            frame = signed_frame(data, all_headers, self._signing_key)
+            del data, all_headers  # the frame holds them; one copy is enough
             check_size(frame, self._max_message_size, "The request")
             command = send_command(target, frame, shed=True)
 
@@ -417,12 +459,23 @@ class Caller:
         Raises:
             RemoteError: The handler raised, or the request did not fit.
             OverloadedError: The server shed the request.
+            SigningKeyError: The server refused it: the signing keys do not match.
+            RequestTimeoutError: The server skipped it as expired (its clock
+                is ahead of ours, or the request waited too long).
             MessageTooLargeError: The reply is over ``max_message_size``.
             MessageDecodeError: The reply is not a readable frame.
         """
         if call.pending is not None and call.pending.recovered:
             self._counter(call.target).recovered()
         reply = self.reply(payload)
+        if reply.refused:
+            refusal = _refusal(
+                reply.refused, str(call.target), call.correlation_id, call.deadline
+            )
+            if isinstance(refusal, str):
+                raise call.timed_out(refusal)
+            if refusal is not None:
+                raise refusal
         details = reply.error_details()
         if details is None:
             return reply
@@ -510,6 +563,125 @@ class Call:
         timed_out = self.timed_out(msg)
         timed_out.__cause__ = error
         return timed_out
+
+
+def _refusal(
+    refused: str, target: str, correlation_id: str, deadline: float | None
+) -> SigningKeyError | str | None:
+    """What to raise for a reply that says the handler was not run: the error, or a timeout's message.
+
+    ``None`` for a refusal this version does not know, whose error reply
+    then becomes a ``RemoteError`` as any other.
+    """
+    code, _, detail = refused.partition(" ")
+    reason = _KEY_REASONS.get(code)
+    if reason is not None:
+        advice = {
+            "caller_has_no_key": "it takes signed requests only, and this broker has no signing_key: give it the servers' key",
+            "keys_differ": "the request's signature does not verify with its key: this broker's signing_key differs from the server's",
+            "server_has_no_key": "the request is signed, and the server has no signing_key to check it or to sign its reply: give it this broker's key",
+        }[reason]
+        msg = f"{target} refused the request without running its handler (correlation_id={correlation_id!r}): {advice}."
+        return SigningKeyError(
+            msg, reason=reason, destination=target, correlation_id=correlation_id
+        )
+    if code != REFUSED_EXPIRED:
+        return None
+    # The server found the deadline past: by our clock it may not be yet.
+    left = None if deadline is None else deadline - time.monotonic()
+    try:
+        theirs = float(detail)
+    except ValueError:
+        theirs = math.nan
+    if left is not None and left > CLOCK_SKEW_NOTICE and math.isfinite(theirs):
+        # It decided before we heard of it: its clock is at least this far ahead.
+        ahead = max(theirs - time.time(), left)
+        return f"{target} skipped the request as expired (correlation_id={correlation_id!r}): by its clock the deadline had passed, while this caller still had {left:.1f} s to wait. The clock of its host is at least {ahead:.1f} s ahead of this one's: synchronise the clocks (NTP), or use longer timeouts meanwhile."
+    return f"{target} skipped the request: its deadline had passed by the time a consumer came to it (correlation_id={correlation_id!r}); the consumers may be behind."
+
+
+def forgets_locals(method: Callable[P, T]) -> Callable[P, T]:
+    """Have *method* drop, when it raises, what the frames in the traceback hold: see ``forget_locals()``.
+
+    For ``publish()`` and ``request()``: their own frame, which stays in
+    the traceback, forgets its arguments (the body) too.
+    """
+
+    @functools.wraps(method)
+    def forgetting(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except BaseException as exc:
+            forget_locals(exc)
+            del args, kwargs  # this frame stays in the traceback too
+            raise
+
+    return forgetting
+
+
+def forget_locals(error: BaseException) -> None:
+    """Drop what the finished frames of redis_rpc and redis-py in *error*'s tracebacks hold, and in its causes'.
+
+    A failed send's frames hold the body, the frame and redis-py's packed
+    copy of it; an exception kept by the caller (in a log record, an error
+    tracker, a variable) would keep hundreds of megabytes alive with them.
+    A frame also keeps its caller's (``f_back``), which a traceback does
+    not list: those are cleared too, up to the first still running. File
+    names and line numbers stay; the frames of other code (a hook, a
+    converter's) keep their locals for whoever debugs them.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            _forget_frames(tb.tb_frame, seen)
+            tb = tb.tb_next
+        pending += (current.__cause__, current.__context__)
+
+
+def _forget_frames(frame: types.FrameType | None, seen: set[int]) -> None:
+    """Clear *frame* and its callers while they have finished; never a generator's, which clearing would close."""
+    while frame is not None and id(frame) not in seen:
+        seen.add(id(frame))
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith(("redis_rpc.", "redis.")) and not (
+            frame.f_code.co_flags & inspect.CO_GENERATOR
+        ):
+            try:
+                frame.clear()
+            except RuntimeError:  # still running: so are all its callers
+                return
+        frame = frame.f_back
+
+
+def check_timeout(timeout: object) -> None:
+    """Refuse a *timeout* that no wait can honour, before anything is sent.
+
+    ``None`` waits for ever; anything else must be a positive, finite
+    number of seconds no longer than the longest wait the platform can
+    make (``threading.TIMEOUT_MAX``, some 292 years on Linux).
+
+    Raises:
+        SetupError: It is not.
+    """
+    if timeout is None:
+        return
+    try:
+        seconds = (
+            float(timeout)
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            else math.nan
+        )
+    except OverflowError:  # an int beyond float's range
+        seconds = math.inf
+    if not 0 < seconds <= threading.TIMEOUT_MAX:  # also refuses nan
+        msg = f"timeout must be a positive number of seconds, at most {threading.TIMEOUT_MAX:.0f}, or None to wait for ever; not {timeout!r}. Nothing was sent."
+        raise SetupError(msg)
 
 
 def nested_timeout(

@@ -450,7 +450,12 @@ class ClusterBackend:
         return replies
 
     def post(
-        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
         """As ``RedisBackend.post()``; a transaction over several slots runs one by one, in order.
 
@@ -470,10 +475,15 @@ class ClusterBackend:
                 Posted(what).set_error(exc)
             return
         for group in groups.values():
-            self.post_args(grouped(group, atomic=atomic), what=what)
+            self.post_args(grouped(group, atomic=atomic), what=what, deadline=deadline)
 
-    def post_args(self, commands: list[Args], *, what: str) -> None:
-        self._post(commands, self._deadline(None), Posted(what), attempts=0)
+    def post_args(
+        self, commands: list[Args], *, what: str, deadline: float | None = None
+    ) -> None:
+        # What nobody waits on (acks) keeps socket_timeout; a reply, its caller's.
+        ordinary = time.monotonic() + self.socket_timeout
+        until = ordinary if deadline is None else max(ordinary, deadline)
+        self._post(commands, until, Posted(what), attempts=0)
 
     def send(
         self, command: Command, *, deadline: float | None, outcome: Outcome

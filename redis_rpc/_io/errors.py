@@ -16,6 +16,7 @@ outside this module reads ``reason`` and ``redirect``, never a message.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -59,9 +60,23 @@ class _Refused:
 _Mapping = _Unreachable | _Refused
 
 
+class _NoMaxClientsError(redis.exceptions.ConnectionError):
+    """Stands in for ``MaxClientsReachedError`` with a redis-py that has none, and never raises one."""
+
+
+# redis-py says so when Redis refuses a client over maxclients (5.1 and newer).
+_MaxClients: type[Exception] = getattr(
+    redis.exceptions, "MaxClientsReachedError", _NoMaxClientsError
+)
+
 # Chosen by type, not by message text: the first entry that the error is an
 # instance of wins, so subclasses come before their bases.
 ERROR_MAP: tuple[_Mapping, ...] = (
+    _Unreachable(
+        _MaxClients,
+        "max_clients",
+        "Redis at {address} refuses new connections: it has as many clients as its maxclients setting allows ({error}); raise maxclients, or close idle clients",
+    ),
     _Unreachable(
         redis.exceptions.AuthenticationError,
         "authentication",
@@ -206,10 +221,37 @@ def _redirect(exc: Exception) -> Redirect | None:
     return Redirect(kind, int(exc.slot_id), str(exc.host), int(exc.port))
 
 
+# A connection that failed because TLS could not verify the server: the
+# certificate is signed by another CA than ssl_ca_certs names, or is not
+# valid for the host connected to. Retrying cannot cure either.
+_TLS_UNTRUSTED = _Unreachable(
+    redis.exceptions.ConnectionError,
+    "tls",
+    "Redis at {address} presented a TLS certificate that does not verify ({error}); the CA that signed it must be the one ssl_ca_certs names (or one the system trusts)",
+)
+_TLS_WRONG_HOST = _Unreachable(
+    redis.exceptions.ConnectionError,
+    "tls",
+    "The TLS certificate of Redis at {address} is not valid for the host name or address connected to ({error}); connect by a name the certificate lists",
+)
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_WRONG_HOST_CODES = frozenset((62, 64))
+
+
+def _tls_cause(exc: Exception) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a failed connection, if that was it."""
+    cause = exc.__cause__ or exc.__context__
+    return cause if isinstance(cause, ssl.SSLCertVerificationError) else None
+
+
 def _classify(exc: Exception) -> _Mapping:
     """How to report *exc*: its entry of ``ERROR_MAP``, or of ``_CODES`` for a plain error reply."""
     # The last two entries match every RedisError and RedisClusterException.
     mapping = next(m for m in ERROR_MAP if isinstance(exc, m.theirs))
+    if mapping.reason == "unreachable" and (tls := _tls_cause(exc)) is not None:
+        return (
+            _TLS_WRONG_HOST if tls.verify_code in _WRONG_HOST_CODES else _TLS_UNTRUSTED
+        )
     if type(exc) is redis.exceptions.AuthenticationError:
         text = str(exc).lower()
         return next(

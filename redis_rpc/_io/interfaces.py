@@ -180,9 +180,19 @@ class Connection(Protocol):
         """Run several commands in one write (in a ``MULTI`` when *atomic*); return the answers."""
 
     def post(
-        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
-        """Send *commands* without waiting; a failure or refusal is logged, as concerning *what*."""
+        """Send *commands* without waiting; a failure or refusal is logged, as concerning *what*.
+
+        *deadline* (``time.monotonic()``) is how long sending them is of
+        use, such as a reply's caller's deadline: they are not given up
+        before it, nor before ``socket_timeout`` from now.
+        """
 
     def send(
         self, command: Command, *, deadline: float | None, outcome: Outcome

@@ -108,6 +108,9 @@ class Link(Protocol):
     def close(self) -> None:
         """Close the connection; never raises."""
 
+    def oversized(self, commands: Sequence[Args]) -> RedisRPCError | None:
+        """Why Redis would drop the connection on *commands* instead of running them (an argument too long), or ``None``."""
+
 
 class Posted:
     """The outcome of commands nobody waits on: it logs what went wrong.
@@ -357,6 +360,10 @@ class Pipe:
         link = self._open([entry])
         if link is None:
             return
+        refused = link.oversized(entry.commands)
+        if refused is not None:  # sending it would cost the connection
+            entry.waiter.set_error(refused)
+            return
         try:
             link.send(entry.commands)
             self.batches += 1
@@ -454,10 +461,15 @@ class Pipe:
                 )
             ) is not None:
                 unread, batch = work
+                # Nothing of this batch may outlive it here: the next _take()
+                # may wait long, and a frame can be hundreds of megabytes.
+                del work
                 in_flight.extend(unread)
+                del unread
                 # Written before reading: what was queued meanwhile goes out
                 # while earlier replies are still on their way.
                 self._write(batch, in_flight)
+                del batch
                 if in_flight:
                     self._read_one(in_flight)
                 # Replies already received cost no wait: take them all now.
@@ -501,6 +513,16 @@ class Pipe:
         link = self._link if in_flight else self._open(live)
         if link is None:
             return
+        refused = [(entry, link.oversized(entry.commands)) for entry in live]
+        if any(error is not None for _, error in refused):
+            live = []
+            for entry, error in refused:
+                if error is None:
+                    live.append(entry)
+                else:  # sending it would cost the connection
+                    entry.waiter.set_error(error)
+            if not live:
+                return
         try:
             link.send([command for entry in live for command in entry.commands])
         except RedisRPCError as exc:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.sentinel
 
 from redis_rpc._io import sentinel
 from redis_rpc._io.admin import RedisAdmin
@@ -55,6 +57,12 @@ class RedisBackend:
             **options,
             "socket_timeout": socket_timeout,
         }
+        given = options.get("connection_class")
+        if isinstance(given, type) and issubclass(
+            given, redis.sentinel.SentinelManagedConnection
+        ):
+            msg = "connection_class=SentinelManagedConnection needs a pool of the sentinels' own: for a master that Redis Sentinel manages, pass a redis+sentinel://sentinel:26379/service URL instead."
+            raise SetupError(msg)
         try:
             if sentinel.is_sentinel_url(url):
                 self._client = sentinel.client(url, options)
@@ -88,6 +96,11 @@ class RedisBackend:
     def _deadline(self, deadline: float | None) -> float:
         # Without one of the caller's, as long as one command may take.
         return time.monotonic() + self.socket_timeout if deadline is None else deadline
+
+    def _post_deadline(self, deadline: float | None) -> float:
+        # What nobody waits on (acks) keeps socket_timeout; a reply, its caller's.
+        ordinary = time.monotonic() + self.socket_timeout
+        return ordinary if deadline is None else max(ordinary, deadline)
 
     def execute(self, command: Command, *, deadline: float | None = None) -> Any:
         """Run one command through the pipe; return what Redis answered.
@@ -125,21 +138,32 @@ class RedisBackend:
         )
 
     def post(
-        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
         """Send *commands* in one write through the pipe, without waiting for the replies.
 
-        A failure or a refusal is logged, as concerning *what*.
+        A failure or a refusal is logged, as concerning *what*. They are
+        written until *deadline* (``time.monotonic()``), such as the time
+        a reply's caller waits until, and at least ``socket_timeout`` from
+        now: a reply is bounded by its request's deadline, whatever this
+        process went through meanwhile (a stall, say), not by the socket's.
 
         Raises:
             RedisConnectionError: Not sent: Redis is known to be down, or
-                the pipe's queue stayed full for ``socket_timeout``.
+                the pipe's queue stayed full until the deadline.
         """
-        self.post_args(grouped(commands, atomic=atomic), what=what)
+        self.post_args(grouped(commands, atomic=atomic), what=what, deadline=deadline)
 
-    def post_args(self, commands: list[Args], *, what: str) -> None:
+    def post_args(
+        self, commands: list[Args], *, what: str, deadline: float | None = None
+    ) -> None:
         """``post()`` for commands already spelled out as words."""
-        self._pipe.post(commands, self._deadline(None), Posted(what))
+        self._pipe.post(commands, self._post_deadline(deadline), Posted(what))
 
     def send(
         self, command: Command, *, deadline: float | None, outcome: Outcome
@@ -251,10 +275,19 @@ def check_options(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
     connection object opens no socket, so it is a cheap, exact check.
 
     Raises:
-        SetupError: An option is unknown to the connection class.
+        SetupError: An option is unknown to the connection class, or the
+            class needs options of its own.
     """
+    for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = kwargs.get(option)
+        if isinstance(path, str) and not os.path.isfile(path):
+            msg = f"{option} names no readable file: {path!r} does not exist or is not a file. Fix the path; TLS cannot start without it."
+            raise SetupError(msg)
     try:
         connection_class(**kwargs)
+    except (KeyError, ValueError) as exc:  # a class that wants options of its own
+        msg = f"connection_class={connection_class.__name__} cannot be built from a URL and options ({type(exc).__name__}: {exc}); leave connection_class unset, or use rediss:// or redis+sentinel:// URLs."
+        raise SetupError(msg) from exc
     except TypeError as exc:
         hint = (
             " For TLS, use a rediss:// URL."

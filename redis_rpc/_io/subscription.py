@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,19 @@ if TYPE_CHECKING:
     from redis_rpc._io.interfaces import Received
 
 
+# No CLIENT SETINFO on connecting: in RESP2 redis-py writes it before it
+# reads anything, so a Redis that refuses the client (maxclients) shows as
+# a broken pipe instead of saying why. Our SUBSCRIBE is read, and says it.
+_NO_CLIENT_INFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info"
+    in inspect.signature(redis.connection.AbstractConnection).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
 # What a Pub/Sub connection's options are, whatever the pool's.
 SUBSCRIPTION_OPTIONS: dict[str, Any] = {
+    **_NO_CLIENT_INFO,
     # Plain arrays for every message, whatever the URL asked for.
     "protocol": 2,
     # Our own PING check applies: redis-py's would expect a bare PONG,

@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from redis_rpc._backoff import Backoff
-from redis_rpc._io.commands import Publish
+from redis_rpc._io.commands import Ping, Publish
 from redis_rpc._server.fetch import (
     PERMISSION_PROBE_CHANNEL,
     log_failure,
@@ -45,7 +45,7 @@ from redis_rpc._server.fetch import (
 from redis_rpc._server.model import Delivery
 from redis_rpc._server.workers import WorkerPool
 from redis_rpc._wire.schemas import PubSub, subscription
-from redis_rpc.errors import RedisRPCError
+from redis_rpc.errors import RedisConnectionError, RedisRPCError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -71,6 +71,12 @@ SHARED_WORKERS = 64
 # A worker handles at most this many messages of one subscriber in a row
 # before letting other subscribers' messages go first.
 _TURN = 16
+
+# How long a PING may take to prove Redis up after it dropped a subscription:
+# a Redis that is up answers at once; one that is not is an outage.
+_UP_CHECK_TIMEOUT = 1.0
+# How often, at most, a line says that Redis dropped a subscription again.
+_DROPS_TOLD_EVERY = 60.0
 
 
 class ChannelConsumer:
@@ -163,6 +169,7 @@ class ChannelConsumer:
             self._queue.clear()
             self._queued_bytes = 0
         if dropped:
+            self.processor.dropped(dropped)
             logger.info(
                 "%s dropped %d queued message(s) on closing", self.name, dropped
             )
@@ -188,6 +195,8 @@ class ChannelConsumer:
             start = self._running < self.subscriber.max_workers
             if start:
                 self._running += 1
+        if dropped:
+            self.processor.dropped(dropped)
         if first_drop:
             logger.warning(
                 "%s is falling behind: its queue is full, so the oldest messages are dropped until it catches up",
@@ -240,6 +249,7 @@ class ChannelConsumer:
                     done.commands,
                     atomic=done.atomic,
                     what=f"the replies or acks of {self.name}",
+                    deadline=done.send_by(),
                 )
         except RedisRPCError as exc:  # Redis went away: the hub says so too
             logger.warning("%s could not send the reply or ack: %s", self.name, exc)
@@ -248,13 +258,15 @@ class ChannelConsumer:
 
     def delivery(self, payload: bytes, channel: bytes) -> Delivery:
         """The delivery of *payload*, which arrived on *channel*."""
-        if not self.template.names:
+        if not (self.source.pattern or self.template.names):
             return Delivery(payload)
+        # A pattern's: the channel says where it was addressed, and fills the path.
         name = channel.decode(errors="replace")
         return Delivery(
             payload,
             where=f"a message on {name[:200]!r}",
-            path=self.template.values(name),
+            path=self.template.values(name) if self.template.names else None,
+            channel=name if self.source.pattern else "",
         )
 
 
@@ -380,27 +392,64 @@ class _Line:
 
     def _loop(self) -> None:
         backoff = Backoff()
+        dropped = False  # Redis closed the last connection while it was up
+        drops_told = -_DROPS_TOLD_EVERY  # when that was last logged: time.monotonic()
+        drops_untold = 0  # such drops since
         while not self._stopping.is_set():
             subscription = self._connection.subscription(self._shard)
+            subscribed = False
             try:
                 self._open(subscription)
-                if backoff.failures:
+                if backoff.failures or (dropped and not drops_untold):
                     logger.info("%s is consuming again", self.name)
                 self._set_error(None)
                 self.ready.set()
                 self._subscribed()
                 for consumer in self._consumers:
                     consumer.ready.set()
-                backoff = Backoff()
+                backoff, dropped, subscribed = Backoff(), False, True
                 self._read(subscription)
             except Exception as exc:  # noqa: BLE001 - the reader must outlive any error
-                if self.error is None:
+                dropped = subscribed and self._dropped_while_up(exc)
+                # Told once a minute at most: someone may be doing it on purpose.
+                if dropped and time.monotonic() - drops_told < _DROPS_TOLD_EVERY:
+                    drops_untold += 1
+                elif dropped:
+                    logger.warning(
+                        "%s: Redis at %s closed its Pub/Sub connection though Redis is up, most likely because a message published to one of its channels was larger than Redis' client-output-buffer-limit for pubsub (32 MB by default), or messages came faster than they were read (or a CLIENT KILL)%s. Subscribing again at once; what was published meanwhile is lost.",
+                        self.name,
+                        self._connection.address,
+                        f"; {drops_untold} more time(s) since the last such line"
+                        if drops_untold
+                        else "",
+                    )
+                    drops_told, drops_untold = time.monotonic(), 0
+                elif self.error is None:
                     log_failure(self.name, exc)
                 self._set_error(exc)
-                self._stopping.wait(backoff.delay())
-                backoff = backoff.after_failure()
+                if not dropped:  # Redis is up: no wait, or the channels stay deaf
+                    self._stopping.wait(backoff.delay())
+                    backoff = backoff.after_failure()
             finally:
                 subscription.close()
+
+    def _dropped_while_up(self, error: Exception) -> bool:
+        """Whether Redis closed a subscribed connection while it answers: a kill, not an outage.
+
+        Redis says nothing to a client it drops for its output buffer; a
+        PING through the pipe, right after, tells that Redis itself is up.
+        """
+        if not (
+            isinstance(error, RedisConnectionError) and error.reason == "unreachable"
+        ):
+            return False
+        try:
+            self._connection.execute(
+                Ping(), deadline=time.monotonic() + _UP_CHECK_TIMEOUT
+            )
+        except RedisRPCError:
+            return False
+        return True
 
     def _set_error(self, error: Exception | None) -> None:
         # Each consumer reports it too, as consumers with a thread of their own do.

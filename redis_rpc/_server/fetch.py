@@ -440,7 +440,9 @@ class FetchingConsumer:
         try:
             done = self.processor.run(delivery)
             if done.commands:  # nobody waits: a failure is logged
-                self._owed.send(done.commands, atomic=done.atomic)
+                self._owed.send(
+                    done.commands, atomic=done.atomic, deadline=done.send_by()
+                )
         except RedisRPCError as exc:  # Redis went away: the consume loop says so too
             logger.warning("%s could not send the reply or ack: %s", self.name, exc)
         except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -58,6 +59,8 @@ class Delivery:
         slot: Whether it holds one of its consumer's worker slots; one read
             ahead of the free workers (``ListSub(prefetch=...)``) takes one
             before it starts.
+        channel: For a pattern subscriber, the channel the message arrived
+            on; ``""`` for any other.
     """
 
     payload: bytes
@@ -66,6 +69,7 @@ class Delivery:
     deliveries: int = 1
     path: Mapping[str, str] | None = None
     slot: bool = True
+    channel: str = ""
 
 
 class Settlement(Protocol):
@@ -105,6 +109,8 @@ class Processed:
             the stored reply).
         dead: Whether it moved to a dead-letter list or stream.
         seconds: Spent in the handler.
+        reply_by: The Unix time until which the caller waits for the
+            reply, when it said (its deadline); ``None`` otherwise.
     """
 
     commands: list[Command]
@@ -112,3 +118,15 @@ class Processed:
     outcome: str = "rejected"
     dead: bool = False
     seconds: float = 0.0
+    reply_by: float | None = None
+
+    def send_by(self) -> float | None:
+        """The ``time.monotonic()`` time until which sending the commands is of use to the caller; ``None`` when unknown.
+
+        A reply must not be given up sooner, whatever befell this process
+        meanwhile (a stall longer than ``socket_timeout``, say): the caller
+        still waits for it.
+        """
+        if self.reply_by is None:
+            return None
+        return time.monotonic() + (self.reply_by - time.time())

@@ -45,8 +45,14 @@ class Owed:
         self._commands: list[Args] = []
         self._open = False  # whether the consumer will read again soon
 
-    def send(self, commands: Sequence[Command], *, atomic: bool) -> None:
-        """Have *commands* sent: with the next read if one is coming, or now.
+    def send(
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool,
+        deadline: float | None = None,
+    ) -> None:
+        """Have *commands* sent: with the next read if one is coming, or now, until *deadline* at least.
 
         Raises:
             RedisConnectionError: As ``Backend.post()``.
@@ -56,7 +62,9 @@ class Owed:
                 if self._open:
                     self._commands += grouped(commands, atomic=atomic)
                     return
-        self._connection.post(commands, atomic=atomic, what=self._what)
+        self._connection.post(
+            commands, atomic=atomic, what=self._what, deadline=deadline
+        )
 
     def reopen(self) -> None:
         """The consumer is back from a read: collect again until the next one."""

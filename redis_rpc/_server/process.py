@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 
 from redis_rpc import _context
-from redis_rpc._hooks import Event, SubscriberCounter, around
+from redis_rpc._hooks import Event, SubscriberCounter, around, tell_dropped
 from redis_rpc._io.commands import RPush, XAdd
 from redis_rpc._server import idempotency
 from redis_rpc._server.model import AckOnly, Processed
@@ -32,10 +32,13 @@ from redis_rpc._server.replies import Replier, Streamed
 from redis_rpc._wire.codec import MAGIC
 from redis_rpc._wire.message import (
     CORRELATION_ID,
+    REFUSED_EXPIRED,
+    REFUSED_SERVER_HAS_NO_KEY,
     RedisMessage,
     Response,
 )
-from redis_rpc._wire.signing import check_request
+from redis_rpc._wire.schemas import PubSub
+from redis_rpc._wire.signing import Problem, check_request
 from redis_rpc.errors import (
     MessageDecodeError,
     MessageTooLargeError,
@@ -97,6 +100,12 @@ class Processor:
         """What the handlers still running are busy with, one line each."""
         return list(self._busy.values())
 
+    def dropped(self, count: int) -> None:
+        """Count *count* messages dropped unhandled, and tell the hooks that count drops."""
+        self.counter.dropped(count)
+        if self._policy.hooks:
+            tell_dropped(self._policy.hooks, str(self.subscriber.source), count)
+
     def run(self, delivery: Delivery) -> Processed:
         """Process *delivery* on the calling thread, counting it; never raises but for a bug.
 
@@ -140,25 +149,47 @@ class Processor:
             return self._set_aside(delivery, exc, [])
         logger.debug("%s received %r", self.name, message)
         key = self._policy.signing_key
-        if key is not None and (problem := check_request(delivery.payload, key)):
-            # No reply: its reply_to is as untrusted as the rest of it.
+        if key is not None:
+            problem = check_request(delivery.payload, key, self._destination(delivery))
+        elif message.signed and message.nonce:
+            # Its caller takes signed replies only, which we cannot make.
+            problem = Problem(
+                "it is signed, and this server has no signing_key to check it or to sign the reply",
+                REFUSED_SERVER_HAS_NO_KEY,
+            )
+        else:
+            problem = None
+        if problem is not None:
             logger.warning(
                 "%s refused %s (correlation_id=%r): %s",
                 self.name,
                 delivery.where or "a message",
                 message.correlation_id,
-                problem,
+                problem.reason,
             )
-            return Processed(settle, outcome="refused")
-        if message.deadline is not None and message.deadline < time.time():
+            # Only a refusal that blames the keys is answered, unsigned:
+            # otherwise reply_to is as untrusted as the rest of the message.
+            refusal = (
+                self._replies.refusal(message, problem.refusal)
+                if problem.refusal
+                else []
+            )
+            return Processed(
+                refusal + settle, outcome="refused", reply_by=message.deadline
+            )
+        now = time.time()
+        if message.deadline is not None and message.deadline < now:
             logger.warning(
                 "%s skipped %s (correlation_id=%r): its caller stopped waiting %.3f s ago",
                 self.name,
                 delivery.where or "a request",
                 message.correlation_id,
-                time.time() - message.deadline,
+                now - message.deadline,
             )
-            return Processed(settle, outcome="expired")
+            # The caller hears of it, in case it still waits: it then knows
+            # that the clocks of its host and ours differ.
+            notice = self._replies.refusal(message, f"{REFUSED_EXPIRED} {now:.3f}")
+            return Processed(notice + settle, outcome="expired")
         if (shed := self._shed(message)) is not None:
             logger.info(
                 "%s shed %s (correlation_id=%r): %s",
@@ -168,7 +199,9 @@ class Processor:
                 shed,
             )
             return Processed(
-                self._replies.error(message, shed) + settle, outcome="shed"
+                self._replies.error(message, shed) + settle,
+                outcome="shed",
+                reply_by=message.deadline,
             )
         try:
             args, kwargs = handler.arguments(message)
@@ -176,7 +209,8 @@ class Processor:
             self._log_rejected(delivery, message, exc)
             if self._policy.hooks:  # FastStream counts it as a process that failed
                 self._failed_process(message, exc)
-            return self._set_aside(delivery, exc, self._replies.error(message, exc))
+            done = self._set_aside(delivery, exc, self._replies.error(message, exc))
+            return attrs.evolve(done, reply_by=message.deadline)
         cancellations, reply_to = self._cancellations, message.reply_to
         if cancellations is None or not reply_to:
             return self._keyed(delivery, message, args, kwargs, settle)
@@ -241,7 +275,9 @@ class Processor:
                 if replied
                 else []
             )
-            return Processed(reply + settle, outcome="replayed")
+            return Processed(
+                reply + settle, outcome="replayed", reply_by=message.deadline
+            )
         done = self._call(delivery, message, args, kwargs, settle, claim=claim)
         if done.outcome != "handled":  # stores nothing: a retry runs again
             try:
@@ -319,7 +355,12 @@ class Processor:
             assert seconds is not None  # set once the handler returned
             if claim is not None:  # stored before any of the commands is sent
                 self._store(message, claim, result, reply_headers)
-            return Processed(commands + settle, outcome="handled", seconds=seconds)
+            return Processed(
+                commands + settle,
+                outcome="handled",
+                seconds=seconds,
+                reply_by=message.deadline,
+            )
         except BaseException as exc:  # even SystemExit must not end the thread
             if seconds is None:  # the handler raised, not _outgoing()
                 seconds = time.monotonic() - began
@@ -335,7 +376,12 @@ class Processor:
                 message, exc, end=streamed[0] if message.streams else None
             )
             if reply:  # the caller has its answer: retrying would help nobody
-                return Processed(reply + settle, outcome="failed", seconds=seconds)
+                return Processed(
+                    reply + settle,
+                    outcome="failed",
+                    seconds=seconds,
+                    reply_by=message.deadline,
+                )
             if self._settlement.can_retry(delivery):  # left unsettled, to come again
                 return Processed([], outcome="failed", seconds=seconds)
             done = self._set_aside(delivery, exc, [])
@@ -412,6 +458,13 @@ class Processor:
                 self.name,
                 message.idempotency_key[:100],
             )
+
+    def _destination(self, delivery: Delivery) -> str:
+        """Where *delivery* was read from, as its sender names it (``str()`` of a destination)."""
+        source = self.subscriber.source
+        if delivery.channel and isinstance(source, PubSub):
+            return str(PubSub(delivery.channel, sharded=source.sharded, pattern=False))
+        return str(source)
 
     def _set_aside(
         self, delivery: Delivery, error: BaseException, reply: list[Command]

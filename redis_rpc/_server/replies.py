@@ -22,7 +22,9 @@ from redis_rpc._io.commands import Publish, Set, send_command
 from redis_rpc._wire.message import (
     CHUNK,
     CORRELATION_ID,
+    DESTINATION,
     END,
+    KEY_REFUSALS,
     NONCE,
     RedisResponse,
     Response,
@@ -30,7 +32,9 @@ from redis_rpc._wire.message import (
     error_frame_parts,
     frame_parts,
     kept_key,
+    refusal_frame_parts,
 )
+from redis_rpc._wire.schemas import PubSub
 from redis_rpc._wire.signing import signed_frame
 
 if TYPE_CHECKING:
@@ -99,6 +103,7 @@ class Replier:
                     headers,
                     self._policy.signing_key,
                     reply_to_nonce=message.nonce or None,
+                    reply_to_destination=message.destination,
                 )
             except (TypeError, ValueError):  # a header the frame format cannot hold
                 continue
@@ -175,14 +180,17 @@ class Replier:
         if not self.subscriber.publishers:
             return []
         maxlen = response.maxlen if isinstance(response, RedisResponse) else None
-        event = signed_frame(
-            *self.result_parts(message, response, extra_headers),
-            self._policy.signing_key,
-        )
-        check_size(event, self._policy.max_message_size, "The handler's result")
-        sent = [
-            send_command(dest, event, maxlen) for dest in self.subscriber.publishers
-        ]
+        key = self._policy.signing_key
+        data, headers = self.result_parts(message, response, extra_headers)
+        event, sent = b"", []
+        for dest in self.subscriber.publishers:
+            if key is not None or not event:  # signed: each names its destination
+                addressed = dict(headers)
+                if key is not None:
+                    addressed[DESTINATION] = str(dest)
+                event = signed_frame(data, addressed, key)
+                check_size(event, self._policy.max_message_size, "The handler's result")
+            sent.append(send_command(dest, event, maxlen))
         if self.subscriber.observe is not None:
             for command in sent:
                 self.subscriber.observe(command)
@@ -198,16 +206,41 @@ class Replier:
         key = self._policy.signing_key
         if message.nonce:
             headers[NONCE] = message.nonce
-        # Without a nonce nobody waits in request(): the result of a
-        # publish(reply_to=...) is an event for that channel's subscribers.
+        elif key is not None:
+            # Without a nonce nobody waits in request(): the result of a
+            # publish(reply_to=...) is an event for that channel's subscribers.
+            headers[DESTINATION] = str(PubSub(message.reply_to, pattern=False))
         frame = signed_frame(
             data,
             headers,
             key,
             # Without a key, a user header named like the signature stays.
             reply_to_nonce=(message.nonce or None) if key is not None else None,
+            reply_to_destination=message.destination,
         )
         check_size(frame, self._policy.max_message_size, "The handler's result")
+        return self.reply(message, frame)
+
+    def refusal(self, message: RedisMessage, refused: str) -> list[Command]:
+        """A reply saying that the handler was not run, and why (a ``REFUSED`` value), to a caller that understands one.
+
+        It is an error reply too, which older redis_rpc callers raise as
+        ``RemoteError``. A refusal that blames the keys goes unsigned (the
+        caller could not verify it anyway); one that does not is signed as
+        any reply.
+        """
+        if not (message.reply_to and message.accepts_errors and message.nonce) or (
+            self.subscriber.no_reply
+        ):
+            return []
+        data, headers = refusal_frame_parts(refused, message.correlation_id)
+        frame = signed_frame(
+            data,
+            headers,
+            None if refused in KEY_REFUSALS else self._policy.signing_key,
+            reply_to_nonce=message.nonce,
+            reply_to_destination=message.destination,
+        )
         return self.reply(message, frame)
 
     def reply(self, message: RedisMessage, frame: bytes) -> list[Command]:

@@ -284,12 +284,16 @@ def start_error(late: Sequence[Part], timeout: float, address: str) -> RedisRPCE
 def _permanent(error: Exception | None, *, cluster: bool) -> bool:
     """Whether *error* will not go away by retrying: start() need not wait it out.
 
+    ``max_clients`` may go away once other clients leave, but a service
+    that cannot connect at start is better told at once than after
+    ``start_timeout``.
+
     ``MOVED`` is for good when a single-server broker talks to a cluster
     node; a cluster broker follows it.
     """
     permanent = (
-        ("authentication", "permission")
+        ("authentication", "permission", "tls", "max_clients")
         if cluster
-        else ("authentication", "permission", "moved")
+        else ("authentication", "permission", "tls", "max_clients", "moved")
     )
     return getattr(error, "reason", None) in permanent

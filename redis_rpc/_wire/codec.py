@@ -277,12 +277,28 @@ def encode_json(value: Any) -> tuple[bytes, str]:
 
     Raises:
         TypeError: *value* is not JSON-serialisable.
+        ValueError: *value* holds NaN or an infinity, which JSON cannot.
     """
     try:
-        return json.dumps(value, separators=(",", ":")).encode(), JSON
+        # Standard JSON has no NaN nor infinities: FastStream, pydantic and
+        # other languages' parsers refuse what Python would write for them.
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode(), JSON
     except (TypeError, ValueError) as exc:
-        msg = f"Cannot send a {type(value).__name__}: a body must be None, bytes, str or JSON-serialisable."
-        raise TypeError(msg) from exc
+        error = exc
+    if isinstance(error, ValueError) and _with_nan(value):
+        msg = "Cannot send NaN or an infinity: standard JSON has no such numbers, and other peers could not read them; send None, or a string, instead."
+        raise ValueError(msg) from None
+    msg = f"Cannot send a {type(value).__name__}: a body must be None, bytes, str or JSON-serialisable."
+    raise TypeError(msg) from error
+
+
+def _with_nan(value: Any) -> bool:
+    """Whether *value* is JSON but for a NaN or an infinity in it; only called after a failure."""
+    try:
+        json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def decode_body(body: bytes, content_type: str | None) -> Any:

@@ -54,7 +54,11 @@ def make_converter() -> cattrs.Converter:
 
     It also hands pydantic models, and other types pydantic validates, to
     pydantic, without importing it. Start from this one to add hooks of your
-    own; a hook registered later wins over ours. To let ``float`` fields take NaN and the infinities::
+    own; a hook registered later wins over ours. ``bytes`` inside a
+    structure (``{"a": b"x"}``, an attrs field typed ``bytes``) cannot be
+    sent: JSON has no bytes, and cattrs' base85 text would reach the
+    receiver as a ``str``; register an unstructure hook for ``bytes`` to
+    choose an encoding. To let ``float`` fields take NaN and the infinities::
 
         converter = redis_rpc.make_converter()
         converter.register_structure_hook(Money, Money.parse)
@@ -69,6 +73,9 @@ def make_converter() -> cattrs.Converter:
         return value if isinstance(value, bytes) else from_json_bytes(value, target)
 
     converter.register_structure_hook(bytes, structure_bytes)
+    # cattrs would send bytes inside a structure as base85 text, which a
+    # receiver takes for a str: refuse rather than change the value.
+    converter.register_unstructure_hook(bytes, _refuse_bytes)
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(float, _structure_float)
@@ -167,6 +174,11 @@ def error_lines(exc: BaseException, path: str = "$") -> list[str]:
 def unstructure(converter: cattrs.Converter, value: Any) -> Any:
     """Turn *value* (attrs instances, dataclasses, datetimes, ...) into JSON-ready data."""
     return converter.unstructure(value)
+
+
+def _refuse_bytes(value: bytes) -> Any:
+    msg = f"Cannot send bytes ({value[:20]!r}) inside a JSON body: JSON has no bytes. Send bytes alone as the whole body, or turn them into text first, such as base64.b64encode(data).decode()."
+    raise TypeError(msg)
 
 
 def _structure_str(value: Any, _: type) -> str:

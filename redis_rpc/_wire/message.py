@@ -45,6 +45,25 @@ SIGNATURE = "x-redis-rpc-signature"
 # redis_rpc server sends the reply there with SPUBLISH, so that it reaches
 # one shard instead of every node; FastStream servers reply on reply_to.
 REPLY_SHARD = "x-redis-rpc-reply-shard"
+# On a signed request or event: where its sender addressed it, such as
+# "list:orders" (the destination's str()), under the signature, so that a
+# copy pushed elsewhere is refused there, and the reply is signed over it.
+DESTINATION = "x-redis-rpc-destination"
+# On a reply: the server did not run the handler, and why, for a redis_rpc
+# caller to raise at once rather than wait out its timeout. One of the
+# REFUSED_* codes below; "expired <Unix time>" carries the server's clock.
+REFUSED = "x-redis-rpc-refused"
+# The signing keys are at fault: the caller has none, the two differ, or
+# the server has none. Sent unsigned, since it cannot be signed so that the
+# caller verifies it; it says nothing about either key.
+REFUSED_CALLER_HAS_NO_KEY = "caller-has-no-key"
+REFUSED_KEYS_DIFFER = "keys-differ"
+REFUSED_SERVER_HAS_NO_KEY = "server-has-no-key"
+KEY_REFUSALS = frozenset(
+    (REFUSED_CALLER_HAS_NO_KEY, REFUSED_KEYS_DIFFER, REFUSED_SERVER_HAS_NO_KEY)
+)
+# The request's deadline had passed by the server's clock when it came to it.
+REFUSED_EXPIRED = "expired"
 # On a request: the caller fetches its reply from a key should its reply
 # subscription drop meanwhile ("1"): our servers then keep the reply under
 # kept_key(reply_to) until the caller's deadline (see _client.listener).
@@ -70,6 +89,8 @@ _PROTOCOL_HEADERS = frozenset(
         NONCE,
         SIGNATURE,
         REPLY_SHARD,
+        DESTINATION,
+        REFUSED,
         KEEP,
         IDEMPOTENCY_KEY,
         STREAM,
@@ -178,6 +199,12 @@ class RedisMessage:
             template, taken from the channel the message arrived on:
             ``{"level": "info"}`` for ``logs.info`` and ``logs.{level}``.
             Empty for any other subscriber, or a channel that does not fit.
+        destination: Where the sender of a signed request or event
+            addressed it, such as ``"list:orders"``; ``""`` when unsigned.
+        refused: On a reply, why the server did not run the handler (a
+            signing key missing or different, or the deadline passed);
+            ``""`` for a real reply.
+        signed: Whether it carried a signature, verified or not.
         idempotency_key: The key the sender gave (``request(...,
             idempotency_key=...)``): the handler runs at most once for it,
             and a duplicate gets the stored reply. ``""`` for none.
@@ -203,6 +230,13 @@ class RedisMessage:
     path: Mapping[str, str] = _NO_PATH
     # The caller's sharded reply channel, in a Redis Cluster; see REPLY_SHARD.
     reply_shard: str = attrs.field(default="", repr=False)
+    # Where a signed request or event was addressed, "" if it did not say;
+    # see DESTINATION.
+    destination: str = attrs.field(default="", repr=False)
+    # On a reply: why the server did not run the handler, "" when it did; see REFUSED.
+    refused: str = attrs.field(default="", repr=False)
+    # Whether it carried a signature, verified or not.
+    signed: bool = attrs.field(default=False, repr=False)
     # Whether the caller fetches its reply from kept_key(reply_to) if need be; see KEEP.
     keep: bool = attrs.field(default=False, repr=False)
     idempotency_key: str = ""
@@ -268,12 +302,14 @@ class RedisMessage:
         error = pop(ERROR, None)
         nonce = pop(NONCE, None)
         reply_shard = pop(REPLY_SHARD, None)
+        destination = pop(DESTINATION, None)
+        refused = pop(REFUSED, None)
+        signed = pop(SIGNATURE, None) is not None
         keep = pop(KEEP, None)
         idempotency_key = pop(IDEMPOTENCY_KEY, None)
         streams = pop(STREAM, None)
         pop(CHUNK, None)  # a streamed reply's place: stream() has put it in order
         pop(END, None)
-        pop(SIGNATURE, None)
         return cls(
             body=body,
             headers=headers,
@@ -287,6 +323,9 @@ class RedisMessage:
             nonce=str(nonce or ""),
             path=_NO_PATH if path is None else path,
             reply_shard=str(reply_shard or ""),
+            destination=str(destination or ""),
+            refused=str(refused or ""),
+            signed=signed,
             keep=keep == "1",
             idempotency_key=str(idempotency_key or ""),
             streams=streams == "1",
@@ -342,13 +381,19 @@ class RedisMessage:
             details = None
         if not isinstance(details, dict):
             details = {"message": self.body.decode(errors="replace")}
-        errors = details.get("errors")
-        traceback = details.get("traceback")
+        # A field that is not a string is ignored, not turned into one: a
+        # forged reply must not choose what a type name or message holds.
+        type_name, message = details.get("type"), details.get("message")
+        errors, traceback = details.get("errors"), details.get("traceback")
         return {
-            "type_name": str(details.get("type") or self._error),
-            "remote_message": str(details.get("message") or ""),
-            "errors": [str(e) for e in errors] if isinstance(errors, list) else [],
-            "traceback": None if traceback is None else str(traceback),
+            "type_name": type_name
+            if isinstance(type_name, str) and type_name
+            else self._error,
+            "remote_message": message if isinstance(message, str) else "",
+            "errors": [e for e in errors if isinstance(e, str)]
+            if isinstance(errors, list)
+            else [],
+            "traceback": traceback if isinstance(traceback, str) else None,
         }
 
 
@@ -568,6 +613,60 @@ def error_frame_parts(
         CONTENT_TYPE: content_type or "",
         ERROR: type_name,
     }
+
+
+# What a refusal says, for redis_rpc callers older than the REFUSED
+# header, which raise it as a RemoteError of this type and message.
+_REFUSALS = {
+    REFUSED_CALLER_HAS_NO_KEY: "This server takes signed requests only, and the request is not signed: give the caller the servers' signing_key.",
+    REFUSED_KEYS_DIFFER: "The request's signature does not verify with this server's signing_key: the caller's key differs from the server's.",
+    REFUSED_SERVER_HAS_NO_KEY: "The request is signed, and this server has no signing_key to check it or to sign its reply: give the server the callers' signing_key.",
+}
+
+
+def refusal_frame_parts(
+    refused: str, correlation_id: str
+) -> tuple[bytes, dict[str, str]]:
+    """A refusal's body and headers: an error reply flagged ``REFUSED`` *refused*, saying why in words too.
+
+    Callers that read ``REFUSED`` raise what it says; older ones raise the
+    error reply as a ``RemoteError``.
+    """
+    code, _, detail = refused.partition(" ")
+    if code == REFUSED_EXPIRED:
+        kind = "RequestExpired"
+        text = f"The request's deadline had passed by this server's clock (Unix time {detail}), so its handler was not run."
+    else:
+        kind = "SigningKeyError"
+        text = _REFUSALS.get(code, "The request was refused.")
+    details: dict[str, Any] = {
+        "type": kind,
+        "message": text,
+        "errors": [],
+        "traceback": None,
+    }
+    data, content_type = codec.encode_body(details)
+    return data, {
+        CORRELATION_ID: _cut(correlation_id, _BRIEF_CHARS),
+        CONTENT_TYPE: content_type or "",
+        ERROR: kind,
+        REFUSED: refused,
+    }
+
+
+def check_body_size(body: Any, limit: int | None, what: str) -> None:
+    """Refuse a ``bytes`` or ``str`` *body* that alone is longer than *limit*, before any copy of it is made.
+
+    A ``str`` of N characters is at least N bytes of UTF-8. Other bodies
+    are measured once encoded, by ``check_size()`` on the frame.
+
+    Raises:
+        MessageTooLargeError: It is.
+    """
+    if limit is not None and isinstance(body, (bytes, str)) and len(body) > limit:
+        at_least = "at least " if isinstance(body, str) else ""
+        msg = f"{what} is {at_least}{len(body)} bytes, over max_message_size ({limit}); send less, or raise the limit on both sides."
+        raise MessageTooLargeError(msg)
 
 
 def check_size(frame: bytes, limit: int | None, what: str) -> None:

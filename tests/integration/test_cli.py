@@ -281,8 +281,10 @@ def test_log_lines_name_the_process_of_each_worker(redis_rpc):
     """With several workers, every log line carries the pid of the process that wrote it."""
     service = redis_rpc("run", APP, "--workers", "2")
     workers = service.ready_pids(2)
+    # In any order: looking for one worker's line reads past the other's.
     for pid in workers:
-        service.expect_log(f"[pid {pid}]")
+        if not any(f"[pid {pid}]" in line for line in service.stderr):
+            service.expect_log(f"[pid {pid}]")
     assert any(f"[pid {service.popen.pid}]" in line for line in service.stderr)
     service.popen.send_signal(signal.SIGTERM)
     assert service.popen.wait(LONG_TIMEOUT) == 0
@@ -379,3 +381,32 @@ def test_health_probes_a_service_over_redis(redis_url, raw, make_broker, unique_
     assert status == 1
     assert "no health answer" in err
     assert redis_url not in out + err
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_sighup_reloads_the_workers_gracefully(redis_rpc, make_broker, unique_name):
+    """SIGHUP to the supervisor starts new workers, stops the old ones once the new serve, lets their running handlers finish, and keeps serving."""
+    service = redis_rpc("run", APP, "--workers", "2", "--log-level", "info")
+    old = service.ready_pids(2)
+    caller = make_broker()
+    with Callers(1) as callers:
+        running = callers.submit(request, caller, IN_FLIGHT, unique_name)
+        assert service.out.next(LONG_TIMEOUT) in {f"handling {pid}" for pid in old}
+        service.popen.send_signal(signal.SIGHUP)
+        new = service.ready_pids(2)
+        assert new.isdisjoint(old)
+        assert running.result(ANSWER_TIMEOUT) in old  # finished, not cut short
+    assert wait_for(lambda: not any(_alive(pid) for pid in old), READY_TIMEOUT)
+    assert service.popen.poll() is None
+    assert request(caller, 0, unique_name) in new
+    service.expect_log("Reloading 2 workers (SIGHUP)")
+    service.popen.send_signal(signal.SIGTERM)
+    assert service.popen.wait(LONG_TIMEOUT) == 0

@@ -8,10 +8,11 @@ import threading
 
 import pytest
 
-from redis_rpc import ListSub, RedisMessage, RemoteError, StreamSub
-from redis_rpc._wire.codec import decode_payload
+from redis_rpc import ListSub, Path, RedisMessage, RemoteError, StreamSub
+from redis_rpc._wire.codec import decode_payload, encode_frame
 from redis_rpc._wire.message import NONCE, REPLY_TO, SIGNATURE, build_frame
 from redis_rpc._wire.signing import signature
+from redis_rpc.errors import SigningKeyError
 from tests.conftest import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.helpers import Callers, wait_for
 
@@ -187,17 +188,22 @@ class TestSigning:
     def test_unsigned_request_is_refused(
         self, make_broker, unique_name, raw, caplog, transport
     ):
-        """A keyed server drops an unsigned request without running its handler, settles it, and logs it."""
+        """A keyed server refuses an unsigned request without running its handler, settles it and logs it, and its caller raises SigningKeyError at once."""
         caplog.set_level(logging.WARNING, logger=CONSUMER_LOG)
         seen = _serve(make_broker, transport, unique_name, signing_key=KEY)
         caller = make_broker()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(SigningKeyError) as info:
             caller.request(
                 "hi",
                 **_target(transport, unique_name),
                 correlation_id="c-3",
-                timeout=SHORT_TIMEOUT,
+                timeout=LONG_TIMEOUT,
             )
+        assert info.value.reason == "caller_has_no_key"
+        assert (info.value.destination, info.value.correlation_id) == (
+            f"{transport}:{unique_name}",
+            "c-3",
+        )
         refused = [r for r in caplog.records if "refused" in r.getMessage()]
         assert len(refused) == 1
         assert "'c-3'" in refused[0].getMessage()
@@ -209,13 +215,17 @@ class TestSigning:
         else:
             assert raw.llen(unique_name) == 0
 
-    def test_wrong_key_is_refused(self, make_broker, unique_name, caplog):
-        """A request signed with another key is refused like an unsigned one."""
+    @pytest.mark.parametrize("transport", TRANSPORTS)
+    def test_wrong_key_is_refused(self, make_broker, unique_name, caplog, transport):
+        """A request signed with another key is refused, and its caller raises SigningKeyError saying the keys differ, at once."""
         caplog.set_level(logging.WARNING, logger=CONSUMER_LOG)
-        seen = _serve(make_broker, "list", unique_name, signing_key=KEY)
+        seen = _serve(make_broker, transport, unique_name, signing_key=KEY)
         caller = make_broker(signing_key=OTHER_KEY)
-        with pytest.raises(TimeoutError):
-            caller.request("hi", list=unique_name, timeout=SHORT_TIMEOUT)
+        with pytest.raises(SigningKeyError, match="differs") as info:
+            caller.request(
+                "hi", **_target(transport, unique_name), timeout=LONG_TIMEOUT
+            )
+        assert info.value.reason == "keys_differ"
         assert seen == []
         assert any(
             "signature does not verify" in r.getMessage() for r in caplog.records
@@ -278,13 +288,140 @@ class TestSigning:
         expected = "ValueError" if failure == "handler" else "ValidationError"
         assert caught.value.type_name == expected
 
-    def test_keyed_caller_refuses_unsigned_server(
-        self, make_broker, unique_name, caplog
+    @pytest.mark.parametrize("transport", TRANSPORTS)
+    def test_server_without_key_refuses_a_signed_request(
+        self, make_broker, unique_name, transport
     ):
-        """A keyed caller does not take the reply of a server without the key."""
-        caplog.set_level(logging.WARNING, logger=REQUEST_LOG)
-        _serve(make_broker, "channel", unique_name)
+        """A server without a key does not run a signed request, whose caller takes signed replies only: the caller raises SigningKeyError at once."""
+        seen = _serve(make_broker, transport, unique_name)
         caller = make_broker(signing_key=KEY)
+        with pytest.raises(SigningKeyError, match="server has no signing_key") as info:
+            caller.request(
+                "hi", **_target(transport, unique_name), timeout=LONG_TIMEOUT
+            )
+        assert info.value.reason == "server_has_no_key"
+        assert seen == []
+
+    def test_keyed_caller_refuses_unsigned_reply(
+        self, make_broker, unique_name, raw, pool, caplog
+    ):
+        """A keyed caller does not take an unsigned reply that is not a refusal, and keeps waiting."""
+        caplog.set_level(logging.WARNING, logger=REQUEST_LOG)
+        caller = make_broker(signing_key=KEY)
+        future = pool.submit(
+            caller.request, "hi", list=unique_name, timeout=SHORT_TIMEOUT
+        )
+        headers = _stored_request(raw, "list", unique_name)
+        raw.publish(
+            headers[REPLY_TO],
+            build_frame("unsigned", correlation_id="", headers={NONCE: headers[NONCE]}),
+        )
         with pytest.raises(TimeoutError):
-            caller.request("hi", unique_name, timeout=SHORT_TIMEOUT)
+            future.result(LONG_TIMEOUT)
         assert any("is not signed" in r.getMessage() for r in caplog.records)
+
+
+class TestDestinations:
+    @pytest.mark.parametrize("transport", QUEUES)
+    def test_signed_request_copied_to_another_service_is_refused_there(
+        self, make_broker, unique_name, raw, pool, caplog, transport
+    ):
+        """A signed request copied unchanged into another service's list or stream sharing the key is refused there, and the caller takes only its own service's answer."""
+        caplog.set_level(logging.WARNING, logger=CONSUMER_LOG)
+        ours, theirs = f"{unique_name}-a", f"{unique_name}-b"
+        other = _serve(make_broker, transport, theirs, body="other", signing_key=KEY)
+        caller = make_broker(signing_key=KEY)
+        future = pool.submit(
+            caller.request, "hi", **_target(transport, ours), timeout=LONG_TIMEOUT
+        )
+        # The attacker may only read and push: it copies the request as it is.
+        assert wait_for(
+            lambda: raw.llen(ours) if transport == "list" else raw.xlen(ours),
+            LONG_TIMEOUT,
+        )
+        payload = (
+            raw.lrange(ours, 0, -1)
+            if transport == "list"
+            else [f[b"__data__"] for _, f in raw.xrange(ours)]
+        )[0]
+        if transport == "list":
+            raw.rpush(theirs, payload)
+        else:
+            raw.xadd(theirs, {"__data__": payload})
+        assert wait_for(
+            lambda: any("addressed to" in r.getMessage() for r in caplog.records),
+            LONG_TIMEOUT,
+        )
+        assert other == []
+        _serve(make_broker, transport, ours, body="mine", signing_key=KEY)
+        assert future.result(LONG_TIMEOUT).decode() == "mine"
+
+    def test_signed_channel_request_published_elsewhere_is_refused(
+        self, make_broker, unique_name, raw, caplog
+    ):
+        """A signed channel request published again on another channel is refused by that channel's server."""
+        caplog.set_level(logging.WARNING, logger=CONSUMER_LOG)
+        ours, theirs = f"{unique_name}.a", f"{unique_name}.b"
+        seen = _serve(make_broker, "channel", theirs, signing_key=KEY)
+        spy = raw.pubsub()
+        spy.subscribe(ours)
+        try:
+            assert spy.get_message(timeout=LONG_TIMEOUT)  # the confirmation
+            caller = make_broker(signing_key=KEY)
+            with pytest.raises(TimeoutError):
+                caller.request("hi", ours, timeout=SHORT_TIMEOUT, fail_fast=False)
+            payload = spy.get_message(timeout=LONG_TIMEOUT)["data"]
+        finally:
+            spy.close()
+        raw.publish(theirs, payload)
+        assert wait_for(
+            lambda: any("addressed to" in r.getMessage() for r in caplog.records),
+            LONG_TIMEOUT,
+        )
+        assert seen == []
+
+    def test_pattern_subscriber_takes_signed_requests_on_each_channel(
+        self, make_broker, unique_name
+    ):
+        """A keyed pattern subscriber takes a signed request addressed to any channel its pattern matches."""
+        server = make_broker(signing_key=KEY)
+
+        @server.subscriber(f"{unique_name}.{{region}}")
+        def handle(body: str, region: str = Path()) -> str:
+            return f"{region}:{body}"
+
+        server.start()
+        caller = make_broker(signing_key=KEY)
+        for region in ("eu", "us"):
+            reply = caller.request(
+                "hi", f"{unique_name}.{region}", timeout=LONG_TIMEOUT
+            )
+            assert reply.decode() == f"{region}:hi"
+
+    def test_reply_signed_for_another_destination_is_dropped(
+        self, make_broker, unique_name, raw, pool, caplog
+    ):
+        """A reply signed with the key over the request's nonce but for another destination is dropped, and the real reply is taken."""
+        caplog.set_level(logging.WARNING, logger=REQUEST_LOG)
+        caller = make_broker(signing_key=KEY)
+        future = pool.submit(
+            caller.request, "hi", list=unique_name, timeout=LONG_TIMEOUT
+        )
+        headers = _stored_request(raw, "list", unique_name)
+        # What a server of another list, not checking destinations, would sign.
+        forged = {"correlation_id": "", "content-type": "text/plain"}
+        forged[NONCE] = headers[NONCE]
+        forged[SIGNATURE] = signature(
+            KEY,
+            b"elsewhere",
+            forged,
+            reply_to_nonce=headers[NONCE],
+            reply_to_destination=f"list:{unique_name}-other",
+        )
+        raw.publish(headers[REPLY_TO], encode_frame(b"elsewhere", forged))
+        assert wait_for(
+            lambda: any("Dropped a reply" in r.getMessage() for r in caplog.records),
+            LONG_TIMEOUT,
+        )
+        _serve(make_broker, "list", unique_name, signing_key=KEY)
+        assert future.result(LONG_TIMEOUT).decode() == "real"

@@ -256,7 +256,12 @@ class FakeBackend:
         return [self.execute(command) for command in commands]
 
     def post(
-        self, commands: Sequence[Command], *, atomic: bool = False, what: str
+        self,
+        commands: Sequence[Command],
+        *,
+        atomic: bool = False,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
         self.sent += commands
         self.posted.append((list(commands), what))

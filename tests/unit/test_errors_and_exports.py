@@ -123,16 +123,24 @@ class TestExports:
         """The installed distribution's version equals redis_rpc.__version__."""
         assert importlib.metadata.version("redis-rpc") == redis_rpc.__version__
 
-    def test_package_logger_has_a_null_handler(self):
-        """The package logger carries a NullHandler so the library never prints by itself."""
+    def test_package_logger_has_its_last_resort_only(self):
+        """The package logger carries one handler, the last resort for its warnings, and no other: the library prints nothing else by itself."""
         import logging
 
+        from redis_rpc._logs import LastResort
+
         handlers = logging.getLogger("redis_rpc").handlers
-        assert any(isinstance(h, logging.NullHandler) for h in handlers)
+        assert [type(h) for h in handlers] == [LastResort]
+        assert handlers[0].level == logging.WARNING
 
 
 # What redis_rpc.errors exports beside its exceptions: the values of their attributes.
-ERROR_ATTRIBUTE_TYPES = {"CommandReason", "ConnectionReason", "Redirect"}
+ERROR_ATTRIBUTE_TYPES = {
+    "CommandReason",
+    "ConnectionReason",
+    "Redirect",
+    "SigningKeyReason",
+}
 ERROR_CLASSES = sorted(set(redis_rpc.errors.__all__) - ERROR_ATTRIBUTE_TYPES)
 
 
@@ -395,6 +403,12 @@ class TestPickling:
                 "No reply.", destination="list:orders", correlation_id="c", timeout=1.5
             ),
             redis_rpc.errors.NoSubscriberError("Nobody.", destination="channel:x"),
+            redis_rpc.errors.SigningKeyError(
+                "Keys differ.",
+                reason="keys_differ",
+                destination="list:x",
+                correlation_id="c3",
+            ),
             redis_rpc.errors.OverloadedError(
                 "Full.", destination="list:jobs", queued=10, retry_after=0.5
             ),
@@ -433,6 +447,7 @@ class TestPickling:
             "RedisCommandError",
             "RequestTimeoutError",
             "NoSubscriberError",
+            "SigningKeyError",
             "OverloadedError",
             "RemoteError",
             "MessageDecodeError",

@@ -12,7 +12,12 @@ import pytest
 
 from redis_rpc._io.pipe import Pipe
 from redis_rpc._latch import Latch
-from redis_rpc.errors import BrokerClosedError, RedisCommandError, RedisConnectionError
+from redis_rpc.errors import (
+    BrokerClosedError,
+    MessageTooLargeError,
+    RedisCommandError,
+    RedisConnectionError,
+)
 
 WAIT = 5.0  # for what should happen at once; generous for a loaded machine
 SHORT = 0.2  # a deadline meant to run out
@@ -63,6 +68,11 @@ class FakeLink:
 
     def close(self) -> None:
         self.closed = True
+
+    def oversized(self, commands):
+        if any(command[0] == b"HUGE" for command in commands):
+            return MessageTooLargeError("Too long for Redis.")
+        return None
 
 
 class World:
@@ -404,3 +414,22 @@ def _answers(pipe):
         return pipe.submit([(b"PING",)], soon()) == [(b"PING",)]
     except RedisConnectionError:
         return False
+
+
+def test_a_command_redis_would_drop_the_connection_for_fails_alone(world, make_pipe):
+    """A command the link says Redis would drop the connection for fails as too large, unsent, and the others on the connection go on."""
+    pipe = make_pipe()
+    assert pipe.submit([(b"ECHO", 0)], soon()) == [(b"ECHO", 0)]
+    world.gate.clear()  # the writer holds a reply in flight while the rest queue
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(pipe.submit, [(b"ECHO", 1)], soon())
+        assert world.reading.wait(WAIT)
+        huge = pool.submit(pipe.submit, [(b"HUGE", 2)], soon())
+        after = pool.submit(pipe.submit, [(b"ECHO", 3)], soon())
+        world.gate.set()
+        with pytest.raises(MessageTooLargeError):
+            huge.result(WAIT)
+        assert first.result(WAIT) == [(b"ECHO", 1)]
+        assert after.result(WAIT) == [(b"ECHO", 3)]
+    assert (b"HUGE", 2) not in world.sent_commands()
+    assert len(world.links) == 1
