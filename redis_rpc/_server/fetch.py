@@ -64,6 +64,10 @@ PERMISSION_PROBE_CHANNEL = "redis_rpc.reply.permission-check"
 # them run on the consumer thread itself, batch by batch, with no hand-off
 # to a worker (which costs more than such a handler).
 _INLINE_BELOW = 0.001
+# How many entries a stream consumer with one worker and quick handlers
+# reads at once: they stay pending, its own until acknowledged, and are
+# handled back to back, their replies and acks riding with the next read.
+READ_AHEAD = 16
 
 
 class Watching(Protocol):
@@ -86,6 +90,9 @@ class Source(Settlement, Protocol):
     key: str
     # How many messages a fetch may take whatever the free workers (ListSub(prefetch=)).
     prefetch: int
+    # Whether messages read ahead stay in Redis until settled (stream entries
+    # stay pending), so that a consumer with one worker may read ahead.
+    keeps_read: bool
 
     def open(self) -> None:
         """Create the group, register the heartbeat, or check the connection."""
@@ -363,8 +370,11 @@ class FetchingConsumer:
             taken += 1
         # Until the first fetch came back, start() is waiting: keep it short.
         timeout = self._poll_interval if self.ready.is_set() else _FIRST_FETCH_TIMEOUT
-        # A list may read ahead of its free workers, where the user said so.
+        # A list may read ahead of its free workers, where the user said so;
+        # a stream consumer with one worker, while its handlers are quick.
         count = max(taken, self._source.prefetch)
+        if self._source.keeps_read and self._pool is None and self._quick():
+            count = max(count, READ_AHEAD)
         if self._reader is None:
             self._reader = self._backend.reader()
         try:

@@ -69,6 +69,7 @@ class ListSource:
         self._name = name
         self.key = source.list
         self.prefetch = source.prefetch
+        self.keeps_read = False  # an item read is gone from Redis
         self._id = ""  # this connection's consumer id; set by open() in reliable mode
         self._batching = True  # whether Redis has BLMPOP, until it says otherwise
         self._next_recovery = 0.0  # time.monotonic() of the next recovery

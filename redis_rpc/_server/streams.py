@@ -112,6 +112,7 @@ class StreamSource:
         self._name = name
         self.key = source.stream
         self.prefetch = 1
+        self.keeps_read = True
         self._claim_cursor = _START
         self._next_claim = (
             0.0  # time.monotonic() of the next look for claimable entries
