@@ -4,9 +4,9 @@ Run as ``python -m benchmarks._servers KIND URL [--max-workers N]``, where
 KIND is one of:
 
 ``floor``
-    Plain redis-py, the shape every RPC over Redis needs at least: one
-    thread BLPOPs a list and PUBLISHes the body to the reply channel that
-    prefixes it.
+    Plain redis-py, the shape every RPC over Redis needs at least: a thread
+    BLPOPs a list and PUBLISHes the body to the reply channel that prefixes
+    it; N such threads.
 ``redis_rpc``
     A ``redis_rpc.RedisBroker`` serving ``echo`` on a channel, a list and a
     stream, and ``slow`` (which sleeps past the callers' short timeout) on a
@@ -14,6 +14,11 @@ KIND is one of:
 ``faststream``
     A FastStream ``RedisBroker`` serving ``echo`` on a channel, a list and a
     stream, on one asyncio event loop.
+
+For ``redis_rpc`` and ``faststream``, ``--max-workers N`` with N above 1
+is passed as ``max_workers=N`` to each echo subscriber; with 1 (the
+default) no ``max_workers`` is passed at all, so each library runs at its
+own default.
 ``channels``
     A ``redis_rpc.RedisBroker`` with ``--subscribers N`` channel subscribers
     (``echo`` on ``bench.many.0`` to ``bench.many.<N-1>``), default settings
@@ -112,14 +117,15 @@ def serve_floor(url: str, stop: threading.Event, max_workers: int) -> None:
 def serve_redis_rpc(url: str, stop: threading.Event, max_workers: int) -> None:
     broker = RedisBroker(
         url,
-        max_workers=max_workers,
         poll_interval=POLL_INTERVAL,
         socket_timeout=SOCKET_TIMEOUT,
         graceful_timeout=SOCKET_TIMEOUT,
     )
-    broker.subscriber(CHANNEL)(echo)
-    broker.subscriber(list=LIST)(echo)
-    broker.subscriber(stream=STREAM)(echo)
+    # None is what subscriber() gets when max_workers is left out: the default.
+    workers = max_workers if max_workers > 1 else None
+    broker.subscriber(CHANNEL, max_workers=workers)(echo)
+    broker.subscriber(list=LIST, max_workers=workers)(echo)
+    broker.subscriber(stream=STREAM, max_workers=workers)(echo)
     broker.subscriber(SLOW_CHANNEL, max_workers=SLOW_WORKERS)(slow)
     with broker:
         announce()

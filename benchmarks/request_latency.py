@@ -1,34 +1,48 @@
 """Request/reply latency, throughput and cost of redis_rpc, a raw redis-py floor and FastStream.
 
 Everything runs against one private redis-server. Each server runs in a
-process of its own (``benchmarks._servers``): the floor (one redis-py thread
-per worker that BLPOPs and PUBLISHes), a ``redis_rpc.RedisBroker`` serving
-an echo handler on a channel, a list and a stream, and a FastStream
+process of its own (``benchmarks._servers``): the floor (redis-py threads
+that BLPOP and PUBLISH), a ``redis_rpc.RedisBroker`` serving an echo
+handler on a channel, a list and a stream, and a FastStream
 ``RedisBroker`` serving the same three, when FastStream is installed.
+
+Every server is measured at two settings in the same run, so that each
+ratio compares figures taken minutes apart:
+
+``default``
+    Every server as it comes: redis_rpc's and FastStream's subscribers
+    without ``max_workers`` (one message at a time each), the floor's
+    server on one thread.
+``8 workers``
+    ``max_workers=8`` on every redis_rpc and FastStream subscriber, and 8
+    threads in the floor's server (``--workers N`` changes the 8).
 
 Callers run in this process. The floor and redis_rpc rows use 1, 8 and 32
 threads sharing one client; FastStream's use 1, 8 and 32 coroutines on one
 asyncio event loop (its client is asyncio only). Each row reports p50, p99,
 requests per second, Redis connections opened per 1,000 requests (from
 ``INFO stats`` ``total_connections_received``), CPU time per request of the
-callers' process, the server process and redis-server (from ``/proc``), and
-ratios to the floor and to FastStream.
+callers' process (``getrusage()``), the server process and redis-server
+(``/proc/PID/stat``), and ratios to the floor and to FastStream at the same
+setting.
 
-Then, against redis_rpc only: many caller threads (256 and 1,000) on one
-broker with default settings, counting errors rather than stopping at the
-first, with the Redis connections each side holds at the peak; a memory
-and thread check over many requests from 32 threads, a tenth of them to a
-handler that outlasts their timeout; and the start of a broker with 5,000
-channel subscribers, in a process of its own. A table of the targets of
-issue 13 ends the report, each PASS or MISS.
+Then, once and against redis_rpc only, with the server of the last
+setting measured: many caller threads (256 and 1,000) on one broker with
+default settings, counting errors rather than stopping at the first, with
+the Redis connections each side holds at the peak; a memory and thread
+check over many requests from 32 threads, a tenth of them to a handler
+that outlasts their timeout; and the start of a broker with 5,000 channel
+subscribers, in a process of its own. A table of the targets of issue 23
+ends the report, each PASS or MISS.
 
 Run from the repository root::
 
-    .venv/bin/python -m benchmarks.request_latency [--quick | --smoke] [--no-hiredis] [--json PATH]
+    .venv/bin/python -m benchmarks.request_latency [--quick | --smoke] [--no-hiredis]
+        [--json PATH] [--workers N] [--settings both|default|workers]
 
-``--quick`` takes a few minutes, ``--smoke`` (for the test suite) a few
-seconds, and the full run a few minutes. ``--no-hiredis`` runs every
-process of the benchmark as if hiredis were not installed.
+With both settings the full run takes about ten minutes, ``--quick`` a
+minute or two, ``--smoke`` (for the test suite) under a minute. ``--no-hiredis`` runs every process of the
+benchmark as if hiredis were not installed.
 """
 
 from __future__ import annotations
@@ -135,7 +149,7 @@ MODES = {
     ),
 }
 CALLERS = (1, 8, 32)  # caller threads (or FastStream coroutines) per row
-SERVER_WORKERS = 8  # max_workers of each server: enough to keep 32 callers busy
+SERVER_WORKERS = 8  # max_workers of the second setting: enough to keep 32 callers busy
 PAYLOAD = b"x" * 64  # a small body: we measure latency, not bandwidth
 TIMEOUT = 5.0  # seconds any round trip or start-up may take before the run fails
 MANY_TIMEOUT = 30.0  # request()'s default timeout: the many-callers rows queue up
@@ -154,11 +168,18 @@ LEAK_CALLERS = 32
 LEAK_SAMPLES = 10  # memory and thread samples across the leak check
 TRANSPORTS = ("channel", "list", "stream")
 FLOOR_REPLIES = "bench.floor.reply."
-# Targets of issue 13. A broker may hold a few connections of its own (commands,
-# Pub/Sub, an admin one) plus one per blocking read, whatever its callers.
+DEFAULT = "default"  # the name of the setting where every server is as it comes
+SETTINGS = ("both", DEFAULT, "workers")  # choices of --settings
+# Targets of issue 23, each a ratio within one run.
+P50_GOAL = 1.1  # one caller's p50 over the floor's, at each setting
+DEFAULT_RATE_GOAL = 1.5  # default, 32 callers: rate over the floor's with 32 callers
+WORKERS_RATE_GOAL = 3.0  # N workers, 32 callers: rate over the floor's with 1 caller
+FASTSTREAM_RATE_GOAL = 10.0  # N workers, 32 callers: rate over FastStream's best
+CPU_GOAL_US = 150.0  # 32 callers: CPU per request of callers, server and Redis together
+# A broker may hold a few connections of its own (commands, Pub/Sub, an admin
+# one) plus one per blocking read, whatever its callers.
 CONNECTIONS_CONSTANT = 4
 SERVER_BLOCKING_READS = 2  # the echo server's list and stream subscribers
-CPU_GOAL_US = 250.0
 CHANNEL_START_THREADS = 64  # "a bounded number": far below one per subscriber
 
 HEADER = "{:<11}{:<8}{:>4}{:>7}{:>9}{:>9}{:>7}{:>9}{:>7}{:>16}{:>10}{:>11}{:>9}"
@@ -196,7 +217,44 @@ MANY_NAMES = (
 
 
 @dataclasses.dataclass(frozen=True)
+class Setting:
+    """How many messages each server handles at once."""
+
+    name: str  # "default" or "8 workers": names its table, rows and targets
+    # max_workers of every redis_rpc and FastStream subscriber, and threads of
+    # the floor's server; 1 is every server's default.
+    workers: int
+
+    @property
+    def is_default(self) -> bool:
+        return self.workers == 1
+
+    def describe(self) -> str:
+        if self.is_default:
+            return (
+                "every server as it comes: redis_rpc and FastStream subscribers "
+                "without max_workers (one message at a time each), "
+                "the floor's server on one thread"
+            )
+        return (
+            f"max_workers={self.workers} on every redis_rpc and FastStream "
+            f"subscriber, {self.workers} threads in the floor's server"
+        )
+
+
+def chosen_settings(choice: str, workers: int) -> list[Setting]:
+    """The settings *choice* (one of SETTINGS) names, the default one first."""
+    settings = []
+    if choice in ("both", DEFAULT):
+        settings.append(Setting(DEFAULT, 1))
+    if choice in ("both", "workers"):
+        settings.append(Setting(f"{workers} workers", workers))
+    return settings
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
+    setting: str  # the name of the Setting its servers ran at
     name: str  # floor, redis_rpc or faststream
     transport: str
     callers: int
@@ -300,6 +358,7 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
 
 
 def summarise(
+    setting: Setting,
     name: str,
     transport: str,
     callers: int,
@@ -309,6 +368,7 @@ def summarise(
 ) -> Result:
     p50, p99 = percentiles_ms(samples)
     return Result(
+        setting.name,
         name,
         transport,
         callers,
@@ -326,7 +386,7 @@ def summarise(
 def progress(result: Result) -> Result:
     """Say on stderr that a row is done; the table comes at the end, on stdout."""
     print(
-        f"  {result.name} {result.transport} x{result.callers}: "
+        f"  {result.setting}: {result.name} {result.transport} x{result.callers}: "
         f"p50 {result.p50_ms:.3f} ms, {result.requests_per_s:.0f}/s, "
         f"{result.cpu_us:.0f} us CPU per request",
         file=sys.stderr,
@@ -342,6 +402,7 @@ def check_reply(name: str, reply: bytes) -> None:
 
 
 def measure_threads(
+    setting: Setting,
     name: str,
     transport: str,
     call: CallFunc,
@@ -363,7 +424,9 @@ def measure_threads(
     before = probe.snapshot()
     elapsed = run_threads(call, callers, requests, timed)
     used = cost(before, probe.snapshot(), requests)
-    return progress(summarise(name, transport, callers, samples, elapsed, used))
+    return progress(
+        summarise(setting, name, transport, callers, samples, elapsed, used)
+    )
 
 
 def run_threads(
@@ -592,12 +655,17 @@ def redis_rpc_calls(
     }
 
 
-def measure_floor(url: str, mode: Mode, probe: Probe, workers: int) -> list[Result]:
-    with ServerProcess("floor", url, workers) as server, FloorClient(url) as client:
+def measure_floor(url: str, mode: Mode, probe: Probe, setting: Setting) -> list[Result]:
+    with (
+        ServerProcess("floor", url, setting.workers) as server,
+        FloorClient(url) as client,
+    ):
         probe.server_pid = server.pid
         try:
             return [
-                measure_threads("floor", "list", client.request, n, mode, probe)
+                measure_threads(
+                    setting, "floor", "list", client.request, n, mode, probe
+                )
                 for n in CALLERS
             ]
         finally:
@@ -605,38 +673,65 @@ def measure_floor(url: str, mode: Mode, probe: Probe, workers: int) -> list[Resu
 
 
 def measure_redis_rpc(
-    url: str, mode: Mode, probe: Probe, workers: int
-) -> tuple[list[Result], list[dict[str, Any]], dict[str, Any]]:
-    with ServerProcess("redis_rpc", url, workers) as server:
+    url: str, mode: Mode, probe: Probe, setting: Setting
+) -> list[Result]:
+    with ServerProcess("redis_rpc", url, setting.workers) as server:
         probe.server_pid = server.pid
         try:
             with RedisBroker(url, poll_interval=POLL_INTERVAL) as client:
-                results = [
-                    measure_threads("redis_rpc", transport, call, n, mode, probe)
+                return [
+                    measure_threads(
+                        setting, "redis_rpc", transport, call, n, mode, probe
+                    )
                     for transport, call in redis_rpc_calls(client).items()
                     for n in CALLERS
                 ]
+        finally:
+            probe.server_pid = None
+
+
+def measure_structure(
+    url: str, mode: Mode, probe: Probe, setting: Setting
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The leak check and the many-callers rows, against a redis_rpc server at *setting*.
+
+    They check how the library holds up (errors, connections, memory,
+    threads), not how fast it is, so one setting is enough.
+    """
+    with ServerProcess("redis_rpc", url, setting.workers) as server:
+        probe.server_pid = server.pid
+        try:
+            with RedisBroker(url, poll_interval=POLL_INTERVAL) as client:
+                # Pools and threads up to size first, as the timed rows have.
+                warm = redis_rpc_calls(client)["list"]
+                run_threads(warm, LEAK_CALLERS, warmup_count(mode, LEAK_CALLERS), None)
                 leaks = check_leaks(client, mode.leak_requests, probe)
             many = measure_many_callers(url, mode, probe, server.pid)
         finally:
             probe.server_pid = None
-    return results, many, leaks
+    for entry in [*many, leaks]:
+        entry["server_setting"] = setting.name
+    return many, leaks
 
 
 def measure_faststream(
-    url: str, mode: Mode, probe: Probe, workers: int
+    url: str, mode: Mode, probe: Probe, setting: Setting
 ) -> list[Result]:
-    with ServerProcess("faststream", url, workers) as server:
+    with ServerProcess("faststream", url, setting.workers) as server:
         probe.server_pid = server.pid
         try:
             return asyncio.run(
-                asyncio.wait_for(faststream_rows(url, mode, probe), ROW_TIMEOUT)
+                asyncio.wait_for(
+                    faststream_rows(url, mode, probe, setting), ROW_TIMEOUT
+                )
             )
         finally:
             probe.server_pid = None
 
 
-async def faststream_rows(url: str, mode: Mode, probe: Probe) -> list[Result]:
+async def faststream_rows(
+    url: str, mode: Mode, probe: Probe, setting: Setting
+) -> list[Result]:
     import faststream.redis
 
     results = []
@@ -651,7 +746,7 @@ async def faststream_rows(url: str, mode: Mode, probe: Probe) -> list[Result]:
             for n in CALLERS:
                 results.append(
                     await measure_coroutines(
-                        "faststream", transport, call, n, mode, probe
+                        setting, "faststream", transport, call, n, mode, probe
                     )
                 )
     return results
@@ -661,6 +756,7 @@ TARGETS = {"channel": CHANNEL, "list": LIST, "stream": STREAM}
 
 
 async def measure_coroutines(
+    setting: Setting,
     name: str,
     transport: str,
     call: Callable[[bytes], Awaitable[bytes]],
@@ -691,7 +787,9 @@ async def measure_coroutines(
     before = probe.snapshot()
     elapsed = await run(requests, timed=True)
     used = cost(before, probe.snapshot(), requests)
-    return progress(summarise(name, transport, callers, samples, elapsed, used))
+    return progress(
+        summarise(setting, name, transport, callers, samples, elapsed, used)
+    )
 
 
 # -- many callers ------------------------------------------------------------------
@@ -861,6 +959,7 @@ def measure_channel_start(url: str, subscribers: int, probe: Probe) -> dict[str,
         stop_timeout=CHANNELS_STOP_TIMEOUT,
     )
     result: dict[str, Any] = {
+        "setting": DEFAULT,  # its broker's: every option at its default
         "subscribers": subscribers,
         "start_timeout": DEFAULT_START_TIMEOUT,
     }
@@ -958,12 +1057,19 @@ def ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def report(results: list[Result]) -> list[dict[str, Any]]:
-    """Print the table; return its rows as dicts, ratios included."""
+def report(setting: Setting, results: list[Result]) -> list[dict[str, Any]]:
+    """Print the table of *setting*; return its rows as dicts, ratios included.
+
+    Every ratio compares rows of this setting only.
+    """
+    results = [r for r in results if r.setting == setting.name]
     by_key = {(r.name, r.transport, r.callers): r for r in results}
     floor = {r.callers: r for r in results if r.name == "floor"}
     floor_rate = floor[1].requests_per_s
     rows = []
+    print()
+    print(f'Setting "{setting.name}": {setting.describe()}')
+    print()
     print(HEADER.format(*HEADER_NAMES))
     for r in results:
         p50_vs_floor = r.p50_ms / floor[r.callers].p50_ms
@@ -1001,9 +1107,12 @@ def report(results: list[Result]) -> list[dict[str, Any]]:
     return rows
 
 
-def report_many(many: list[dict[str, Any]]) -> None:
+def report_many(many: list[dict[str, Any]], server: Setting) -> None:
     print()
-    print("Many callers: redis_rpc, one broker with default settings")
+    print(
+        "Many callers: redis_rpc, one broker with default settings; "
+        f'the server at setting "{server.name}"'
+    )
     print(MANY_HEADER.format(*MANY_NAMES))
 
     def ms(value: float | None) -> str:
@@ -1049,57 +1158,97 @@ def report_channel_start(start: dict[str, Any]) -> None:
 
 def targets(
     results: list[Result],
+    settings: list[Setting],
     many: list[dict[str, Any]],
     start: dict[str, Any],
     leaks: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Print each of the targets with its measured value, PASS or MISS."""
-    by_key = {(r.name, r.transport, r.callers): r for r in results}
-    floor = by_key[("floor", "list", 1)]
-    fs_best = max(
-        (r.requests_per_s for r in results if r.name == "faststream"), default=None
-    )
+    """Print each of the targets with its measured value, PASS or MISS.
+
+    The speed targets are checked at each setting that ran, as ratios to
+    rows of the same setting; the others once.
+    """
     most = max(CALLERS)
     checks: list[dict[str, Any]] = []
 
     def check(
-        target: str, value: float | None, op: str, goal: float, failed: bool = False
+        target: str,
+        value: float | None,
+        op: str,
+        goal: float,
+        *,
+        setting: Setting | None = None,
+        failed: bool = False,
     ) -> None:
         met = None if value is None else value >= goal if op == ">=" else value <= goal
         if failed and met is not None:
             met = False  # measured, but what it measured did not work
+        if setting is not None:
+            target = f"{setting.name}, {target}"
         checks.append(
-            {"target": target, "value": value, "op": op, "goal": goal, "met": met}
+            {
+                "target": target,
+                "setting": None if setting is None else setting.name,
+                "value": value,
+                "op": op,
+                "goal": goal,
+                "met": met,
+            }
         )
 
-    for transport in TRANSPORTS:
-        ours = by_key[("redis_rpc", transport, 1)]
-        check(
-            f"{transport}: p50, 1 caller / floor's",
-            ours.p50_ms / floor.p50_ms,
-            "<=",
-            1.25,
+    for setting in settings:
+        by_key = {
+            (r.name, r.transport, r.callers): r
+            for r in results
+            if r.setting == setting.name
+        }
+        floor = {n: by_key[("floor", "list", n)] for n in CALLERS}
+        fs_best = max(
+            (r.requests_per_s for r in by_key.values() if r.name == "faststream"),
+            default=None,
         )
-    for transport in TRANSPORTS:
-        rate = by_key[("redis_rpc", transport, most)].requests_per_s
-        check(
-            f"{transport}: rate, {most} callers / floor's, 1 caller",
-            rate / floor.requests_per_s,
-            ">=",
-            3.0,
-        )
-        vs_fs = None if fs_best is None else rate / fs_best
-        check(
-            f"{transport}: rate, {most} callers / FastStream's best", vs_fs, ">=", 10.0
-        )
-    for transport in TRANSPORTS:
-        row = by_key[("redis_rpc", transport, most)]
-        check(
-            f"{transport}: CPU us per request, {most} callers, all sides",
-            row.cpu_us,
-            "<=",
-            CPU_GOAL_US,
-        )
+        for transport in TRANSPORTS:
+            ours = by_key[("redis_rpc", transport, 1)]
+            check(
+                f"{transport}: p50, 1 caller / floor's",
+                ours.p50_ms / floor[1].p50_ms,
+                "<=",
+                P50_GOAL,
+                setting=setting,
+            )
+        for transport in TRANSPORTS:
+            rate = by_key[("redis_rpc", transport, most)].requests_per_s
+            if setting.is_default:
+                check(
+                    f"{transport}: rate, {most} callers / floor's, {most} callers",
+                    rate / floor[most].requests_per_s,
+                    ">=",
+                    DEFAULT_RATE_GOAL,
+                    setting=setting,
+                )
+                continue
+            check(
+                f"{transport}: rate, {most} callers / floor's, 1 caller",
+                rate / floor[1].requests_per_s,
+                ">=",
+                WORKERS_RATE_GOAL,
+                setting=setting,
+            )
+            check(
+                f"{transport}: rate, {most} callers / FastStream's best",
+                None if fs_best is None else rate / fs_best,
+                ">=",
+                FASTSTREAM_RATE_GOAL,
+                setting=setting,
+            )
+        for transport in TRANSPORTS:
+            check(
+                f"{transport}: CPU us per request, {most} callers, all sides",
+                by_key[("redis_rpc", transport, most)].cpu_us,
+                "<=",
+                CPU_GOAL_US,
+                setting=setting,
+            )
     for callers in sorted({row["callers"] for row in many}):
         errors = sum(row["errors"] for row in many if row["callers"] == callers)
         check(f"{callers} callers: errors, all transports", errors, "<=", 0)
@@ -1119,7 +1268,12 @@ def targets(
     # One connection per request would read 1,000; a pool that grows by one
     # connection under a new peak of concurrency stays far below 1.
     worst = max(r.connections_per_1k for r in results if r.name == "redis_rpc")
-    check("connections opened per 1,000 requests, worst row", worst, "<=", 1.0)
+    check(
+        "connections opened per 1,000 requests, worst row of any setting",
+        worst,
+        "<=",
+        1.0,
+    )
     subscribers = start["subscribers"]
     check(
         f"{subscribers} channel subscribers: start, s",
@@ -1164,7 +1318,7 @@ def targets(
         verdict = {True: "PASS", False: "MISS", None: "MISS (not measured)"}[c["met"]]
         value = "-" if c["value"] is None else f"{c['value']:.2f}"
         goal = f"{c['goal']:g}"
-        print(f"  {c['target']:<62}{value:>9}  {c['op']} {goal:<6} {verdict}")
+        print(f"  {c['target']:<66}{value:>9}  {c['op']} {goal:<6} {verdict}")
     print(
         f"  leak check: {leaks['requests']} requests from {leaks['callers']} threads, "
         f"{leaks['timed_out']} timed out "
@@ -1207,9 +1361,19 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=SERVER_WORKERS,
-        help=f"max_workers of every server (default {SERVER_WORKERS})",
+        help="max_workers of every subscriber, and threads of the floor's server, "
+        f"at the second setting (default {SERVER_WORKERS})",
+    )
+    parser.add_argument(
+        "--settings",
+        choices=SETTINGS,
+        default="both",
+        help="measure both settings (the default), or only the default one, "
+        "or only the one with --workers",
     )
     args = parser.parse_args(argv)
+    if args.workers < 2:
+        parser.error("--workers must be at least 2: 1 is the default setting")
     if args.no_hiredis and os.environ.get(NO_HIREDIS) != "1":
         # redis-py is imported already, with hiredis: start again without it.
         # The variable reaches the server processes too.
@@ -1218,6 +1382,7 @@ def main(argv: list[str] | None = None) -> int:
         os.execv(sys.executable, [sys.executable, "-m", __spec__.name, *rest])
     mode_name = "quick" if args.quick else "smoke" if args.smoke else "full"
     mode = MODES[mode_name]
+    settings = chosen_settings(args.settings, args.workers)
     hiredis = hiredis_version()
     began = time.perf_counter()
     server = RedisServer()
@@ -1228,27 +1393,32 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode_name} run: {mode.sequential} timed requests with 1 caller, "
             f"{mode.concurrent} with several, after {mode.warmup} warm-up; "
-            f"servers with max_workers={args.workers}; "
+            f"settings {', '.join(s.name for s in settings)}; "
             f"hiredis {hiredis or 'off'}",
             flush=True,
         )
-        results = measure_floor(server.url, mode, probe, args.workers)
-        ours, many, leaks = measure_redis_rpc(server.url, mode, probe, args.workers)
-        results += ours
-        if faststream_installed():
-            results += measure_faststream(server.url, mode, probe, args.workers)
-        else:
+        with_faststream = faststream_installed()
+        if not with_faststream:
             print("FastStream is not installed: pip install -e '.[bench]'")
+        results: list[Result] = []
+        for setting in settings:
+            results += measure_floor(server.url, mode, probe, setting)
+            results += measure_redis_rpc(server.url, mode, probe, setting)
+            if with_faststream:
+                results += measure_faststream(server.url, mode, probe, setting)
+        # The last setting: with both, the one of --workers, which these
+        # phases used before the benchmark had two settings.
+        structure_setting = settings[-1]
+        many, leaks = measure_structure(server.url, mode, probe, structure_setting)
         start = measure_channel_start(server.url, mode.channel_subscribers, probe)
     finally:
         if probe is not None:
             probe.close()
         server.stop()
-    print()
-    rows = report(results)
-    report_many(many)
+    rows = [row for setting in settings for row in report(setting, results)]
+    report_many(many, structure_setting)
     report_channel_start(start)
-    checks = targets(results, many, start, leaks)
+    checks = targets(results, settings, many, start, leaks)
     seconds = time.perf_counter() - began
     print(f"\n{mode_name} run took {seconds:.0f} s")
     if args.json:
@@ -1260,7 +1430,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "load_average": os.getloadavg(),
             "hiredis": hiredis,
-            "server_max_workers": args.workers,
+            "settings": [dataclasses.asdict(setting) for setting in settings],
             "payload_bytes": len(PAYLOAD),
             "counts": dataclasses.asdict(mode),
             "results": rows,

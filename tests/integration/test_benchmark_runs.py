@@ -2,7 +2,7 @@
 
 Benchmarks are not timed tests: nothing here asserts on a number, only that
 the scripts finish and print their reports, and that the latency benchmark
-writes JSON holding the same rows as its table.
+writes JSON holding the same rows as its tables, at both of its settings.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pytest
 from tests.conftest import PROCESS_TEST_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
-# The smoke run takes about 15 s on two idle cores, but it starts three server
-# processes and FastStream opens a connection per request: with three suites
-# sharing two cores it has taken over a minute.
+# The smoke run takes about 20 s on two cores with a load average of 5, but it
+# starts seven server processes and FastStream opens a connection per
+# request: before it measured two settings, with three suites sharing two
+# cores, it already took over a minute.
 BENCHMARK_TIMEOUT = 240
 HEADER = [
     "name",
@@ -39,6 +40,7 @@ HEADER = [
     "rate/floor",
     "rate/FS",
 ]
+SETTINGS = ["default", "8 workers"]
 # FastStream is in the test extra, so its rows are expected too.
 ROWS = {
     (name, via, callers)
@@ -55,8 +57,8 @@ ROWS = {
 # redis_server for conftest's rule: skip without redis-server locally, fail in CI.
 @pytest.mark.usefixtures("redis_server")
 @pytest.mark.timeout(BENCHMARK_TIMEOUT + 30)
-def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
-    """The smallest benchmark run exits cleanly, prints every row with its ratios, and writes them as JSON."""
+def test_smoke_benchmark_prints_its_tables_and_writes_json(tmp_path):
+    """The smallest benchmark run exits cleanly, prints a table of every row with its ratios for each setting, checks the targets of each, and writes it all as JSON."""
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [
@@ -75,9 +77,21 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in done.stdout.splitlines() if line.strip()]
-    assert HEADER in lines, done.stdout
-    printed = {tuple(words[:3]) for words in lines if len(words) == len(HEADER)}
-    assert printed >= ROWS, done.stdout
+    assert lines.count(HEADER) == len(SETTINGS), done.stdout
+    # Each table follows the line that names its setting.
+    printed: dict[str, set[tuple[str, ...]]] = {}
+    rows: set[tuple[str, ...]] | None = None  # of the table being read
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if line.startswith('Setting "'):
+            rows = printed.setdefault(line.split('"')[1], set())
+        elif rows is not None and len(words) == len(HEADER):
+            rows.add(tuple(words[:3]))
+        elif rows and not words:
+            rows = None  # the blank line after a table
+    assert list(printed) == SETTINGS, done.stdout
+    for table in printed.values():
+        assert table >= ROWS, done.stdout
     assert "Targets" in done.stdout
     verdicts = [words[-1] for words in lines if words[-1] in {"PASS", "MISS"}]
     assert verdicts, done.stdout
@@ -86,11 +100,12 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
     assert summary["mode"] == "smoke"
     hiredis = importlib.util.find_spec("hiredis") is not None
     assert (summary["hiredis"] is not None) == hiredis
+    assert [s["name"] for s in summary["settings"]] == SETTINGS
     written = {
-        (row["name"], row["transport"], str(row["callers"]))
+        (row["setting"], row["name"], row["transport"], str(row["callers"]))
         for row in summary["results"]
     }
-    assert written == ROWS
+    assert written == {(setting, *row) for setting in SETTINGS for row in ROWS}
     for row in summary["results"]:
         assert row["p50_ms"] > 0
         assert row["p50_ms"] <= row["p99_ms"]
@@ -106,6 +121,7 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
         (via, 64) for via in ["channel", "list", "stream"]
     }
     for row in many:
+        assert row["server_setting"] == SETTINGS[-1]
         assert row["answered"] + row["errors"] == row["requests"]
         assert row["client_connections_peak"] >= 0
         assert row["server_connections_peak"] > 0  # the server reads blocking
@@ -113,12 +129,16 @@ def test_smoke_benchmark_prints_its_table_and_writes_json(tmp_path):
     assert start["subscribers"] == 50
     assert (start["error"] is None) == ("threads" in start), start
     leaks = summary["leak_check"]
+    assert leaks["server_setting"] == SETTINGS[-1]
     # A slow reply counts as answered when its caller thread was descheduled
     # for longer than the handler took, which a busy machine does.
     slow = leaks["timed_out"] + leaks["slow_answered_in_time"]
     assert slow == leaks["requests"] // 10
     assert len(leaks["rss_mb"]) == len(leaks["threads"]) == 10
-    assert {c["target"] for c in summary["targets"]}
+    # The speed targets at each setting, the others once.
+    assert {c["setting"] for c in summary["targets"]} == {*SETTINGS, None}
+    for c in summary["targets"]:
+        assert c["target"].startswith(f"{c['setting']}, ") == (c["setting"] is not None)
 
 
 @pytest.mark.usefixtures("redis_server")
@@ -238,3 +258,25 @@ def test_cluster_benchmark_compares_rates_and_counts_node_traffic():
     assert paths["(d) sharded channel"][0] == 0, done.stdout
     assert paths["(b) list, classic replies"][0] > 0, done.stdout
     assert paths["(c) classic channel"][0] > 0, done.stdout
+
+
+@pytest.mark.usefixtures("redis_server")
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT)
+def test_compose_benchmark_prints_each_of_its_measures():
+    """benchmarks.compose --smoke prints its fan-out, in-flight, gather and stream lines."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compose", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TEST_TIMEOUT - 10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for line in (
+        r"fan-out +40 submit\(\) of a 0\.2 s handler on 8 workers: \d+\.\d\d s \(ideal 1\.00 s,.*",
+        r"in flight 200 submit\(\) from one thread: [\d,]+ req/s, \d+\.\d\dx one thread's request\(\).*",
+        r"gather +4 subscribers: p50 \d+\.\d\d ms, \d+\.\d\dx one request\(\).*",
+        r"stream +100 items: \d+\.\d{3} ms per item, \d+\.\d\dx one request\(\)",
+    ):
+        assert re.search(rf"^{line}$", done.stdout, re.MULTILINE), done.stdout
