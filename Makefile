@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: example test check format clean redis-server bench soak docs
+.PHONY: example test check format clean redis-server bench mechanisms soak docs
 
 # The package alone, for the example: its three dependencies, nothing else.
 $(BIN)/.package: setup.cfg setup.py
@@ -36,6 +36,12 @@ test: $(BIN)/.installed redis-server
 bench: $(BIN)/.installed redis-server
 	$(BIN)/python -m pip install --quiet -e ".[bench,hiredis]"
 	$(BIN)/python -m benchmarks.request_latency $(BENCH_ARGS)
+
+# Each speed mechanism on and off, in one run: several minutes;
+# MECHANISMS_ARGS=--quick a minute or two, "--only inline,ride" some of them.
+mechanisms: $(BIN)/.installed redis-server
+	$(BIN)/python -m pip install --quiet -e ".[bench,hiredis]"
+	$(BIN)/python -m benchmarks.mechanisms $(MECHANISMS_ARGS)
 
 # 100,000 requests, checking that nothing grows: one to two minutes.
 # SOAK_ARGS="--requests 10000" makes a quick run.

@@ -31,6 +31,9 @@ own default.
     ``redis_rpc.RedisClusterBroker`` (URL: any node, or several separated
     by commas). The cluster benchmark puts one list on each master.
 
+Before it serves, a server switches off the mechanisms that
+``REDIS_RPC_BENCH_OFF`` names (``benchmarks._toggles``).
+
 Each prints ``ready`` on stdout once serving and exits on SIGTERM, on
 SIGINT, or when its stdin closes (so it cannot outlive the benchmark).
 
@@ -54,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from benchmarks._toggles import apply_from_env
 from redis_rpc import RedisBroker, RedisClusterBroker
 
 if TYPE_CHECKING:
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cluster", action="store_true", help="lists only: a RedisClusterBroker"
     )
     args = parser.parse_args(argv)
+    apply_from_env()  # before any broker exists
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -483,8 +483,11 @@ class ServerProcess:
         subscribers: int = 0,
         start_timeout: float = SERVER_START_TIMEOUT,
         stop_timeout: float = SERVER_STOP_TIMEOUT,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """*env*: variables added to this process's environment for the server's."""
         self.kind = kind
+        self._env = None if env is None else {**os.environ, **env}
         self._args = [
             sys.executable,
             "-m",
@@ -510,6 +513,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parents[1],
+            env=self._env,
         )
         self.pid = self._process.pid
         try:

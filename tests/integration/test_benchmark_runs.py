@@ -280,3 +280,55 @@ def test_compose_benchmark_prints_each_of_its_measures():
         r"stream +100 items: \d+\.\d{3} ms per item, \d+\.\d\dx one request\(\)",
     ):
         assert re.search(rf"^{line}$", done.stdout, re.MULTILINE), done.stdout
+
+
+# The smoke run takes about 15 s on two idle cores; it starts fourteen
+# server processes, each importing redis_rpc, which a loaded machine slows.
+MECHANISMS_TIMEOUT = 180
+
+
+@pytest.mark.usefixtures("redis_server")
+@pytest.mark.timeout(MECHANISMS_TIMEOUT + 30)
+def test_mechanisms_benchmark_measures_each_mechanism_on_and_off():
+    """benchmarks.mechanisms --smoke prints a row with on/off ratios for each mechanism and setting, and a verdict per mechanism."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mechanisms", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=MECHANISMS_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {
+        (match["name"], match["via"], match["workers"])
+        for match in re.finditer(
+            r"^(?P<name>[a-z_]+) +(?P<via>channel|list|stream) +(?P<workers>\d+) +32"
+            r" +\d+ +\d+ +\d+\.\d\dx +\d+\.\d{3} +\d+\.\d{3} +\d+\.\d\dx$",
+            done.stdout,
+            re.MULTILINE,
+        )
+    }
+    # Server-side mechanisms on list and stream consumers, caller-side on every transport.
+    expected = {
+        *(
+            (name, via, w)
+            for name in ("inline", "ride")
+            for via in ("list", "stream")
+            for w in "18"
+        ),
+        ("read_ahead", "stream", "1"),
+        *(
+            (name, via, "8")
+            for name in ("own_write", "secrets")
+            for via in ("channel", "list", "stream")
+        ),
+    }
+    assert rows == expected, done.stdout
+    for name in ("inline", "read_ahead", "ride", "own_write", "secrets"):
+        assert re.search(
+            rf"^verdict {name}: (KEEP|below 15%) \(best \d+\.\d\dx: ",
+            done.stdout,
+            re.MULTILINE,
+        ), done.stdout
+    assert done.stdout.count("load average at") == 2, done.stdout
