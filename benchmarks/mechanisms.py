@@ -18,24 +18,18 @@ mechanisms, and how ``benchmarks._toggles`` switches each off:
     Replies and acks produced between two blocking reads go in the same
     write as the next read, not through the pipe one by one. Off:
     ``Owed.reopen()`` does nothing.
-``own_write`` (caller)
-    A caller that finds the pipe idle writes its request itself instead of
-    waking the pipe's writer thread. Off: ``Pipe._start(own=False)``.
-``secrets`` (caller)
-    Reply-channel nonces come from a per-thread buffer of CSPRNG bytes
-    instead of one ``os.urandom()`` call each. Off: one call each.
 
-Channel subscribers have no fetch loop, so neither inline handling, nor
-read-ahead, nor riding applies to them: only the caller-side mechanisms
-are measured there.
+Channel subscribers have no fetch loop, so none of these applies to them.
+Two caller-side mechanisms measured here went for buying less than 15%
+(``benchmarks/README.rst`` has their figures).
 
 Everything runs against a private redis-server. The echo server runs in a
 process of its own (``benchmarks._servers redis_rpc``), started afresh for
 each round, with ``REDIS_RPC_BENCH_OFF`` naming what it switches off; the
-callers share one ``RedisBroker`` in this process, which switches off the
-caller-side mechanism itself. Rounds alternate on and off (on first in
-even rounds, off first in odd ones), and each figure is the median of its
-rounds: requests per second from 32 caller threads, and the p50 of one.
+callers share one ``RedisBroker`` in this process. Rounds alternate on and
+off (on first in even rounds, off first in odd ones), and each figure is
+the median of its rounds: requests per second from 32 caller threads, and
+the p50 of one.
 
 Run from the repository root::
 
@@ -58,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks._servers import POLL_INTERVAL
-from benchmarks._toggles import OFF, switched_off
+from benchmarks._toggles import OFF
 from benchmarks.request_latency import (
     ServerProcess,
     check_reply,
@@ -74,24 +68,19 @@ if TYPE_CHECKING:
 
 CALLERS = 32  # caller threads of the rate; the p50 is of one caller
 KEEP_AT = 1.15  # issue 18: a mechanism buying less than 15% everywhere goes
-TRANSPORTS = ("channel", "list", "stream")
 
 
 @dataclasses.dataclass(frozen=True)
 class Mechanism:
     name: str  # as benchmarks._toggles knows it
-    side: str  # "server" or "caller": which process switches it off
     transports: tuple[str, ...]
     workers: tuple[int, ...]  # max_workers of the echo subscribers, one setting each
 
 
 MECHANISMS = (
-    Mechanism("inline", "server", ("list", "stream"), (8, 1)),
-    Mechanism("read_ahead", "server", ("stream",), (1,)),
-    Mechanism("ride", "server", ("list", "stream"), (8, 1)),
-    # Caller-side: with 8 workers, so that the server does not hide the caller's cost.
-    Mechanism("own_write", "caller", TRANSPORTS, (8,)),
-    Mechanism("secrets", "caller", TRANSPORTS, (8,)),
+    Mechanism("inline", ("list", "stream"), (8, 1)),
+    Mechanism("read_ahead", ("stream",), (1,)),
+    Mechanism("ride", ("list", "stream"), (8, 1)),
 )
 
 
@@ -130,12 +119,10 @@ def measure(
 ) -> dict[str, tuple[float, float]]:
     """One round: (requests/s from 32 callers, p50 ms of one) per transport."""
     # Empty when on, so that the server never inherits a switch from here.
-    env = {OFF: mechanism.name if off and mechanism.side == "server" else ""}
-    here = [mechanism.name] if off and mechanism.side == "caller" else []
+    env = {OFF: mechanism.name if off else ""}
     results = {}
     with (
         ServerProcess("redis_rpc", url, workers, env=env),
-        switched_off(here),  # before the broker starts
         RedisBroker(url, poll_interval=POLL_INTERVAL) as client,
     ):
         calls = redis_rpc_calls(client)
@@ -184,7 +171,6 @@ def run(url: str, mechanisms: list[Mechanism], mode: Mode) -> list[dict[str, obj
                 rows.append(
                     {
                         "mechanism": mechanism.name,
-                        "side": mechanism.side,
                         "transport": transport,
                         "workers": workers,
                         "callers": CALLERS,

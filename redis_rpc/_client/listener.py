@@ -70,39 +70,6 @@ class Replies(Protocol):
 logger = logging.getLogger(__name__)
 
 
-class _Secrets:
-    """Random hex digits from the OS's CSPRNG, read a few kilobytes at a time, per thread.
-
-    ``os.urandom()`` per request is a system call that lets go of the
-    interpreter lock, which costs a thread switch when many threads
-    request at once. A forked child draws afresh: it must not repeat
-    the parent's digits.
-    """
-
-    _CHUNK = 4096  # bytes per read of the OS's generator: 64 requests' worth
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._generation = 0  # bumped in a forked child
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self._generation += 1
-
-    def hex(self, digits: int) -> str:
-        """*digits* random hex digits, never handed out before."""
-        local = self._local
-        pool: str = getattr(local, "pool", "")
-        if len(pool) < digits or local.generation != self._generation:
-            pool = os.urandom(self._CHUNK).hex()
-            local.generation = self._generation
-        local.pool = pool[digits:]
-        return pool[:digits]
-
-
-_secrets = _Secrets()
-
-
 class Sent:
     """How sending a request went, when its caller waits only for the reply.
 
@@ -335,7 +302,7 @@ class ReplyListener:
             RedisConnectionError: The reply subscription is down.
         """
         # 128 bits each, from the OS's CSPRNG.
-        secret = _secrets.hex(64)
+        secret = os.urandom(32).hex()
         waiter = Pending(
             f"{self.prefix}{secret[:32]}",
             secret[32:],

@@ -488,9 +488,7 @@ class ClusterBackend:
     def send(
         self, command: Command, *, deadline: float | None, outcome: Outcome
     ) -> None:
-        self._post(
-            [words(command)], self._deadline(deadline), outcome, attempts=0, own=True
-        )
+        self._post([words(command)], self._deadline(deadline), outcome, attempts=0)
 
     def _post(
         self,
@@ -499,12 +497,8 @@ class ClusterBackend:
         outcome: Outcome,
         *,
         attempts: int,
-        own: bool = False,
     ) -> None:
-        """Post *commands* to their masters, one write per master; *outcome* hears each write's replies.
-
-        *own*: a caller waits (see ``Pipe.post()``).
-        """
+        """Post *commands* to their masters, one write per master; *outcome* hears each write's replies."""
         units = _units(commands)
         if len(units) == 1:
             by_node = {self._route(commands): commands}
@@ -518,7 +512,6 @@ class ClusterBackend:
                     group,
                     deadline,
                     _Rerouted(self, group, deadline, outcome, attempts),
-                    own=own,
                 )
             except RedisConnectionError:
                 self._lost()

@@ -10,17 +10,11 @@ write, and reads the replies in order, handing each caller its own. Between
 two callers' replies it sends whatever was queued meanwhile, so that new
 commands do not wait for the replies of earlier ones.
 
-A caller that waits (``submit()``, or a request's ``post(own=True)``) and
-finds the connection idle, with nothing queued, writes and reads for itself
-instead: a lone caller then pays no hand-off to the writer thread and back
-(two thread wake-ups, which cost as much as the round trip itself on a busy
-machine; measured with ``benchmarks/mechanisms.py``, 1.1x to 1.2x the rate
-of one caller). Whoever holds the connection, the writer or such a caller,
-holds it alone; callers that arrive meanwhile queue for the writer. What
-nobody waits on (a server's replies and acks) always goes to the writer: a
-handler's thread that did the round trip itself would hold the connection
-from everyone else meanwhile, which halved the rate of a channel server
-under 32 callers.
+Only the writer thread touches the connection. A caller that found it
+idle used to write and read for itself, saving a lone caller the hand-off
+to the writer and back; measured with ``benchmarks/mechanisms.py`` it
+bought 1.05x to 1.12x on one caller's latency and cost up to 0.8x of the
+rate of 32 callers on a stream, so every call goes through the queue.
 
 The guarantees, each stated where it is kept:
 
@@ -185,9 +179,9 @@ class Pipe:
         self._address = address
         self._max_queued = max_queued
         self._max_batch = max_batch
-        # Guards _queue, each queued entry's state, _closing, _thread, _busy,
-        # _unread, _down_until, _down_error, _backoff, _writer_waits and
-        # _room_waiters; held for list operations only, never I/O.
+        # Guards _queue, each queued entry's state, _closing, _thread,
+        # _down_until, _down_error, _backoff, _writer_waits and _room_waiters;
+        # held for list operations only, never I/O.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # something was queued, or close()
         self._room = threading.Condition(self._lock)  # the queue has room again
@@ -200,13 +194,7 @@ class Pipe:
         self._down_until = 0.0
         self._down_error: RedisRPCError | None = None
         self._backoff = RECONNECT
-        # Someone uses _link: the writer thread, or a caller writing its own
-        # commands. Only the holder touches _link, batches and written.
-        self._busy = False
-        # Written by a caller that stopped waiting before the replies came:
-        # the writer reads those replies before any others.
-        self._unread: list[_Entry] = []
-        self._link: Link | None = None
+        self._link: Link | None = None  # the writer thread's alone
         # Who waits on the conditions, so that nobody notifies an empty room.
         self._writer_waits = False
         self._room_waiters = 0
@@ -246,7 +234,7 @@ class Pipe:
         """
         waiter: Latch[list[object]] = Latch()
         entry = _Entry(commands, deadline, waiter)
-        self._start(entry, own=True)
+        self._start(entry)
         if waiter.wait(deadline - time.monotonic()):
             return waiter.result()
         with self._lock:
@@ -267,8 +255,6 @@ class Pipe:
         commands: Sequence[Args],
         deadline: float,
         outcome: Outcome,
-        *,
-        own: bool = False,
     ) -> None:
         """Send *commands* together, without waiting for their replies.
 
@@ -276,36 +262,26 @@ class Pipe:
         request, whose caller waits for the reply instead. *outcome* is
         told what Redis answered, or why the commands failed, on whichever
         thread finds out. Waits only when the queue is full, up to *deadline*.
-        With *own*, a caller that finds the connection idle writes and reads
-        for itself (see the module's docstring): for a request, not for what
-        a handler's thread sends.
 
         Raises:
             RedisConnectionError: Redis is known to be down, or the queue
                 stayed full until *deadline*; not sent.
             BrokerClosedError: The pipe has been closed.
         """
-        self._start(_Entry(commands, deadline, outcome), own=own)
+        self._start(_Entry(commands, deadline, outcome))
 
-    def _start(self, entry: _Entry, *, own: bool) -> None:
-        """Write *entry* at once when *own* and the connection is idle, or queue it for the writer."""
+    def _start(self, entry: _Entry) -> None:
+        """Queue *entry* for the writer, refusing it at once while Redis is known to be down."""
         with self._lock:
             self._refuse_if_closing()
             if self._down_error is not None and time.monotonic() < self._down_until:
                 raise _not_sent(self._down_error)
-            alone = not (self._busy or self._queue or self._unread)
-            if own and alone and self._link is not None:
-                self._busy = True
-                entry.state = _State.TAKEN
-            elif len(self._queue) < self._max_queued and self._thread is not None:
+            if len(self._queue) < self._max_queued and self._thread is not None:
                 self._queue.append(entry)  # the common case, under the same lock
                 if self._writer_waits:
                     self._work.notify()
                 return
-        if entry.state is _State.TAKEN:
-            self._write_own(entry)
-        else:
-            self._enqueue(entry)
+        self._enqueue(entry)
 
     def _enqueue(self, entry: _Entry) -> None:
         """Queue *entry* for the writer, waiting for room up to its deadline.
@@ -338,45 +314,6 @@ class Pipe:
                 self._thread.start()
             if self._writer_waits:
                 self._work.notify()
-
-    def _write_own(self, entry: _Entry) -> None:
-        """Write *entry* and read its replies on the calling thread, which holds the connection.
-
-        Completes the entry's waiter, unless the deadline passes before the
-        replies come: the writer then reads them, and the caller times out.
-        """
-        try:
-            self._exchange(entry)
-        finally:
-            with self._lock:
-                self._busy = False
-                if (self._queue or self._unread) and self._writer_waits:
-                    self._work.notify()
-
-    def _exchange(self, entry: _Entry) -> None:
-        if entry.deadline <= time.monotonic():
-            entry.waiter.set_error(self._late())
-            return
-        link = self._open([entry])
-        if link is None:
-            return
-        refused = link.oversized(entry.commands)
-        if refused is not None:  # sending it would cost the connection
-            entry.waiter.set_error(refused)
-            return
-        try:
-            link.send(entry.commands)
-            self.batches += 1
-            self.written += 1
-            if not link.wait(entry.deadline - time.monotonic()):
-                with self._lock:  # the replies are still due: the writer reads them
-                    self._unread.append(entry)
-                return
-            replies = [link.read() for _ in entry.commands]
-        except RedisRPCError as exc:
-            self._lost(exc, [entry])
-            return
-        entry.waiter.set_result(replies)
 
     def _refuse_if_closing(self) -> None:
         if self._closing:
@@ -414,10 +351,8 @@ class Pipe:
 
     # -- the writer thread ---------------------------------------------------
 
-    def _take(
-        self, *, idle: bool, full: bool
-    ) -> tuple[list[_Entry], list[_Entry]] | None:
-        """Replies owed to callers that wrote for themselves, and the next batch to write.
+    def _take(self, *, idle: bool, full: bool) -> list[_Entry] | None:
+        """The next batch to write.
 
         Waits for work only when *idle* (nothing in flight); takes no new
         batch when *full* (as many calls in flight as may be queued).
@@ -425,8 +360,7 @@ class Pipe:
         """
         with self._lock:
             if idle:
-                self._busy = False  # callers may write for themselves meanwhile
-                while self._busy or not (self._queue or self._unread or self._closing):
+                while not (self._queue or self._closing):
                     # Bounded, as every wait; nothing to do but wait again.
                     self._writer_waits = True
                     try:
@@ -438,8 +372,6 @@ class Pipe:
             )
             if flushed and idle:
                 return None
-            self._busy = True
-            unread, self._unread = self._unread, []
             batch: list[_Entry] = []
             while (
                 self._queue and len(batch) < self._max_batch and not (flushed or full)
@@ -449,25 +381,21 @@ class Pipe:
                 batch.append(entry)
             if self._room_waiters:
                 self._room.notify(len(batch))
-        return unread, batch
+        return batch
 
     def _run(self) -> None:
         # Written and not yet answered, oldest first: replies come in this order.
         in_flight: collections.deque[_Entry] = collections.deque()
         try:
             while (
-                work := self._take(
+                batch := self._take(
                     idle=not in_flight, full=len(in_flight) >= self._max_queued
                 )
             ) is not None:
-                unread, batch = work
-                # Nothing of this batch may outlive it here: the next _take()
-                # may wait long, and a frame can be hundreds of megabytes.
-                del work
-                in_flight.extend(unread)
-                del unread
                 # Written before reading: what was queued meanwhile goes out
-                # while earlier replies are still on their way.
+                # while earlier replies are still on their way. Nothing of the
+                # batch may outlive this step: the next _take() may wait long,
+                # and a frame can be hundreds of megabytes.
                 self._write(batch, in_flight)
                 del batch
                 if in_flight:

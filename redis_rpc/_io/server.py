@@ -174,7 +174,7 @@ class RedisBackend:
             RedisConnectionError: Not sent: Redis is known to be down, or
                 the pipe's queue stayed full until *deadline*.
         """
-        self._pipe.post([words(command)], self._deadline(deadline), outcome, own=True)
+        self._pipe.post([words(command)], self._deadline(deadline), outcome)
 
     def reader(self) -> RedisReader:
         """A connection for one consumer thread's blocking reads; see ``RedisReader``."""
