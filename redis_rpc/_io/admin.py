@@ -3,11 +3,15 @@
 Heartbeats, the recovery scripts and consumer groups: each call borrows a
 connection of redis-py's client for its own round trip (a ``Redis``, or a
 ``RedisCluster``, which routes each by its keys). They are rare and never
-on the path of a request, so they go around the pipe.
+on the path of a request, so they go around the pipe, one at a time: two
+threads calling at once (the heartbeat and a consumer's look for dead
+peers) would make the client's pool open a connection more for good.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import TYPE_CHECKING, Any, cast
 
 from redis_rpc._io.errors import map_errors
@@ -15,7 +19,7 @@ from redis_rpc._io.scripts import CLAIM_FROM_DEAD, REQUEUE_IF_DEAD
 from redis_rpc.errors import RedisCommandError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     import redis
     import redis.cluster
@@ -38,8 +42,15 @@ class RedisAdmin:
     ) -> None:
         self._client = client
         self._address = address
+        self._lock = threading.Lock()  # held for one call, bounded by socket_timeout
         # Registered with the client on first use, by script body.
         self._scripts: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        """One call at a time, its redis-py errors translated."""
+        with self._lock, map_errors(self._address):
+            yield
 
     def _script(self, body: str) -> Any:
         script = self._scripts.get(body)
@@ -48,12 +59,13 @@ class RedisAdmin:
         return script
 
     def after_fork(self) -> None:
-        """Forget the scripts, registered with a client that a forked child replaces."""
+        """Forget the scripts, registered with a client that a forked child may replace, and the parent's lock."""
+        self._lock = threading.Lock()
         self._scripts = {}
 
     def heartbeat(self, beats: Sequence[Beat]) -> None:
         """Refresh every heartbeat key in *beats*, and list each consumer in its registry."""
-        with map_errors(self._address):
+        with self._calling():
             pipe = self._client().pipeline(transaction=False)
             for beat in beats:
                 pipe.set(beat.alive, 1, px=max(1, round(beat.ttl * 1000)))
@@ -62,7 +74,7 @@ class RedisAdmin:
 
     def members(self, key: str) -> list[str]:
         """The members of set *key*, decoded."""
-        with map_errors(self._address):
+        with self._calling():
             found = cast("set[bytes]", self._client().smembers(key))
         return sorted(m.decode(errors="replace") for m in found)
 
@@ -74,7 +86,7 @@ class RedisAdmin:
         Returns:
             How many items moved, or None when *member* is alive.
         """
-        with map_errors(self._address):
+        with self._calling():
             moved = int(
                 self._script(REQUEUE_IF_DEAD)(
                     keys=[alive, processing, source, registry], args=[member]
@@ -84,7 +96,7 @@ class RedisAdmin:
 
     def server_time_ms(self) -> int:
         """The Redis server's clock, in milliseconds since the epoch: the time stream ids count."""
-        with map_errors(self._address):
+        with self._calling():
             seconds, microseconds = self._client().time()
         return seconds * 1000 + microseconds // 1000
 
@@ -95,7 +107,7 @@ class RedisAdmin:
             False if the group exists already; it is left as it is.
         """
         try:
-            with map_errors(self._address):
+            with self._calling():
                 self._client().xgroup_create(stream, group, id=start, mkstream=True)
         except RedisCommandError as exc:
             if exc.reason != "busy_group":
@@ -105,7 +117,7 @@ class RedisAdmin:
 
     def consumer_idle_times(self, stream: str, group: str) -> dict[str, float]:
         """Each consumer of *group* and the seconds since it last read or claimed."""
-        with map_errors(self._address):
+        with self._calling():
             consumers: Any = self._client().xinfo_consumers(stream, group)
         return {
             cast("bytes", c["name"]).decode(errors="replace"): int(c["idle"]) / 1000
@@ -133,7 +145,7 @@ class RedisAdmin:
             entries, each with its fields and how many times it has been
             delivered, this time included (empty once *dead* is deleted).
         """
-        with map_errors(self._address):
+        with self._calling():
             answer: Any = self._script(CLAIM_FROM_DEAD)(
                 keys=[stream, alive, registry], args=[group, dead, consumer, count]
             )
@@ -157,7 +169,7 @@ class RedisAdmin:
         pending entry) and the claimed entry, if any; its fields are
         ``None`` when it was deleted from the stream meanwhile.
         """
-        with map_errors(self._address):
+        with self._calling():
             answer: Any = self._client().xautoclaim(
                 stream,
                 group,
@@ -174,7 +186,7 @@ class RedisAdmin:
 
     def deliveries(self, stream: str, group: str, entry_id: bytes) -> int:
         """How many times *entry_id* has been delivered in *group*; 0 if it is not pending."""
-        with map_errors(self._address):
+        with self._calling():
             pending: Any = self._client().xpending_range(
                 stream, group, min=entry_id, max=entry_id, count=1
             )

@@ -204,9 +204,10 @@ class RedisBackend:
         return self._pipe.used
 
     def after_fork(self) -> None:
-        """Drop the parent's pipe in a forked child; the next command opens another."""
+        """Drop the parent's pipe and admin lock in a forked child; the next command opens another pipe."""
         self._pipe.abandon()
         self._pipe = self._new_pipe()
+        self.admin.after_fork()
 
     def ping(self) -> None:
         with map_errors(self.address):

@@ -104,3 +104,25 @@ def test_many_publishes_at_once_share_writes(make_broker, unique_name):
     pipe = broker._backend._pipe
     assert pipe.written == 1000
     assert pipe.batches < pipe.written
+
+
+@pytest.mark.timeout(60)
+def test_management_calls_from_many_threads_share_one_connection(
+    redis_url, raw, unique_name
+):
+    """Heartbeats and consumers' looks for dead peers made at once by many threads go one at a time, over one connection."""
+    broker = RedisBroker(redis_url, client_name=unique_name)
+    admin = broker._backend.admin
+    registry = f"{unique_name}:registry"
+    raw.sadd(registry, "a", "b")
+
+    def manage():
+        for _ in range(20):
+            assert admin.members(registry) == ["a", "b"]
+            assert admin.server_time_ms() > 0
+
+    try:  # not started: the calls below open the broker's only connections
+        assert run_threads(manage, 16) == []
+        assert connections(raw, unique_name) == 1
+    finally:
+        broker.close()
