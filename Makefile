@@ -32,7 +32,7 @@ example: $(BIN)/.package redis-server
 test: $(BIN)/.installed redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Both settings: about ten minutes; BENCH_ARGS=--quick a minute or two.
+# Both settings: about five minutes; BENCH_ARGS=--quick a minute or two.
 bench: $(BIN)/.installed redis-server
 	$(BIN)/python -m pip install --quiet -e ".[bench,hiredis]"
 	$(BIN)/python -m benchmarks.request_latency $(BENCH_ARGS)
