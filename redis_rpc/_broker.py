@@ -22,7 +22,12 @@ from redis_rpc import _context, _fork
 from redis_rpc._client.compose import Composer, ReplyStream
 from redis_rpc._client.deadlines import Deadlines
 from redis_rpc._client.listener import ReplyListener
-from redis_rpc._client.request import Caller, forgets_locals, with_idempotency_key
+from redis_rpc._client.request import (
+    Ask,
+    Caller,
+    forgets_locals,
+    with_idempotency_key,
+)
 from redis_rpc._hooks import Health, Stats, SubscriberStats
 from redis_rpc._io.cluster import ClusterBackend
 from redis_rpc._io.commands import Ping
@@ -614,17 +619,15 @@ class RedisBroker:
             ValueError: A header is too long for the frame format.
         """
         self._check_open("request")
-        serving = self._serving
         return self._caller.request(
-            self._connection,
-            self._reply_listener,
-            body,
-            destination(channel, list, stream),
-            with_idempotency_key(headers, idempotency_key),
-            correlation_id,
-            timeout,
-            fail_fast,
-            serving.processors if serving is not None else (),
+            self._ask(
+                body,
+                destination(channel, list, stream),
+                with_idempotency_key(headers, idempotency_key),
+                correlation_id,
+                timeout,
+                fail_fast,
+            )
         )
 
     def submit(
@@ -656,17 +659,15 @@ class RedisBroker:
             the rest is raised by ``future.result()``.
         """
         self._check_open("submit")
-        serving = self._serving
         return self._composer.submit(
-            self._connection,
-            self._reply_listener,
-            body,
-            destination(channel, list, stream),
-            with_idempotency_key(headers, idempotency_key),
-            correlation_id,
-            timeout,
-            fail_fast,
-            serving.processors if serving is not None else (),
+            self._ask(
+                body,
+                destination(channel, list, stream),
+                with_idempotency_key(headers, idempotency_key),
+                correlation_id,
+                timeout,
+                fail_fast,
+            )
         )
 
     def gather(
@@ -697,18 +698,13 @@ class RedisBroker:
             BrokerClosedError: The broker was closed before or while waiting.
         """
         self._check_open("gather")
-        serving = self._serving
-        return self._composer.gather(
-            self._connection,
-            self._reply_listener,
-            body,
+        target = (
             channel
             if isinstance(channel, (ListSub, StreamSub))
-            else destination(channel, None, None),
-            headers,
-            correlation_id,
-            timeout,
-            serving.processors if serving is not None else (),
+            else destination(channel, None, None)
+        )
+        return self._composer.gather(
+            self._ask(body, target, headers, correlation_id, timeout, fail_fast=False)
         )
 
     def stream(
@@ -738,17 +734,15 @@ class RedisBroker:
             come within *timeout*.
         """
         self._check_open("stream")
-        serving = self._serving
         return self._composer.stream(
-            self._connection,
-            self._reply_listener,
-            body,
-            destination(channel, list, stream),
-            headers,
-            correlation_id,
-            timeout,
-            fail_fast,
-            serving.processors if serving is not None else (),
+            self._ask(
+                body,
+                destination(channel, list, stream),
+                headers,
+                correlation_id,
+                timeout,
+                fail_fast,
+            )
         )
 
     # -- observing -----------------------------------------------------------
@@ -816,6 +810,29 @@ class RedisBroker:
                 for sub in self._subscribers
             )
         return self._backend.address, subscribers
+
+    def _ask(
+        self,
+        body: Any,
+        target: Destination,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        timeout: float | None,
+        fail_fast: bool,
+    ) -> Ask:
+        """A request of this broker's, through its connection and reply listener, as asked now."""
+        serving = self._serving
+        return Ask(
+            self._connection,
+            self._reply_listener,
+            body,
+            target,
+            headers,
+            correlation_id,
+            timeout,
+            fail_fast,
+            serving.processors if serving is not None else (),
+        )
 
     def _check_open(self, action: str) -> None:
         if self._state in (State.CLOSING, State.CLOSED):

@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis_rpc._hooks import Event, around
 from redis_rpc._wire import codec
@@ -23,11 +23,8 @@ from redis_rpc._wire.schemas import PubSub
 from redis_rpc.errors import RedisConnectionError, SetupError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Mapping
-
     from redis_rpc._client.deadlines import Deadlines
-    from redis_rpc._client.listener import ReplyListener
-    from redis_rpc._client.request import Call, Caller
+    from redis_rpc._client.request import Ask, Call, Caller
     from redis_rpc._io.interfaces import Connection
     from redis_rpc._wire.message import RedisMessage
     from redis_rpc._wire.schemas import Destination
@@ -47,36 +44,17 @@ class Composer:
         self._caller = caller
         self._deadlines = deadlines
 
-    def submit(
-        self,
-        connection: Connection,
-        listener_of: Callable[[], ReplyListener],
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        fail_fast: bool,
-        own: Collection[object],
-    ) -> Future[RedisMessage]:
+    def submit(self, ask: Ask) -> Future[RedisMessage]:
         """Send a request and return at once a future of its reply; see ``RedisBroker.submit()``."""
-        caller = self._caller
-        correlation_id = correlation_id or new_correlation_id()
-        event = Event("submit", str(target), dict(headers or {}), correlation_id)
+        caller, target = self._caller, ask.target
+        correlation_id = ask.correlation_id or new_correlation_id()
+        event = Event("submit", str(target), dict(ask.headers or {}), correlation_id)
         future: Future[RedisMessage] = Future()
         sink = _FutureSink(caller, future, target, time.monotonic())
 
         def send() -> Call:
             return caller.begin(
-                connection,
-                listener_of,
-                body,
-                target,
-                event.headers,
-                correlation_id,
-                timeout,
-                fail_fast,
-                own,
+                ask._replace(headers=event.headers, correlation_id=correlation_id),
                 sink=sink,
             )
 
@@ -90,40 +68,23 @@ class Composer:
             if done.cancelled():
                 call.listener.discard(call.reply_to)
                 caller.count(target, "cancelled", time.monotonic() - sink.started)
-                caller.cancel(connection, call.reply_to)
+                caller.cancel(ask.connection, call.reply_to)
 
         future.add_done_callback(cancelled)
         return future
 
-    def gather(
-        self,
-        connection: Connection,
-        listener_of: Callable[[], ReplyListener],
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float,
-        own: Collection[object],
-    ) -> list[RedisMessage]:
+    def gather(self, ask: Ask) -> list[RedisMessage]:
         """Publish once and collect every subscriber's reply; see ``RedisBroker.gather()``."""
-        if not isinstance(target, PubSub):
-            msg = f"gather() publishes to a channel and collects every subscriber's reply; a {type(target).__name__} has one consumer per message. Use request()."
+        if not isinstance(ask.target, PubSub):
+            msg = f"gather() publishes to a channel and collects every subscriber's reply; a {type(ask.target).__name__} has one consumer per message. Use request()."
             raise SetupError(msg)
-        if not timeout > 0:
-            msg = f"gather() needs a positive timeout, not {timeout!r}: it may not know how many replies to wait for."
+        if ask.timeout is None or not ask.timeout > 0:
+            msg = f"gather() needs a positive timeout, not {ask.timeout!r}: it may not know how many replies to wait for."
             raise SetupError(msg)
         collected = _Collected()
         call = self._caller.begin(
-            connection,
-            listener_of,
-            body,
-            target,
-            headers,
-            correlation_id,
-            timeout,
-            False,  # nobody listening is an answer here: no replies
-            own,
+            # Nobody listening is an answer here: no replies.
+            ask._replace(fail_fast=False),
             sink=collected,
             collect=collected.add,
             keep=False,  # one key would hold one reply of many
@@ -137,37 +98,19 @@ class Composer:
             raise collected.error
         return [self._caller.reply(payload) for payload in collected.payloads()]
 
-    def stream(
-        self,
-        connection: Connection,
-        listener_of: Callable[[], ReplyListener],
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        fail_fast: bool,
-        own: Collection[object],
-    ) -> ReplyStream:
+    def stream(self, ask: Ask) -> ReplyStream:
         """Send a request and return the iterator of a generator handler's items; see ``RedisBroker.stream()``."""
         chunks = _Chunks()
         call = self._caller.begin(
-            connection,
-            listener_of,
-            body,
-            target,
-            headers,
-            correlation_id,
-            None,  # each item has its own wait: no deadline for the whole
-            fail_fast,
-            own,
+            # Each item has its own wait: no deadline for the whole.
+            ask._replace(timeout=None),
             sink=chunks,
             collect=chunks.add,
             keep=False,
-            ask={STREAM: "1"},
+            extra={STREAM: "1"},
         )
-        call.timeout = timeout
-        return ReplyStream(self._caller, connection, call, chunks)
+        call.timeout = ask.timeout
+        return ReplyStream(self._caller, ask.connection, call, chunks)
 
 
 class ReplyStream:

@@ -19,7 +19,7 @@ import threading
 import time
 import types
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 from redis_rpc import _context
 from redis_rpc._client.listener import Sent
@@ -96,6 +96,25 @@ _KEY_REASONS: dict[str, SigningKeyReason] = {
     REFUSED_KEYS_DIFFER: "keys_differ",
     REFUSED_SERVER_HAS_NO_KEY: "server_has_no_key",
 }
+
+
+class Ask(NamedTuple):
+    """A request as its caller made it: what goes where, how long to wait, and through what.
+
+    *listener* returns the broker's reply listener, started on first use;
+    *own* are the broker's processors: a handler of theirs may not request
+    its own single-worker subscriber.
+    """
+
+    connection: Connection
+    listener: Callable[[], ReplyListener]
+    body: Any
+    target: Destination
+    headers: Mapping[str, str] | None
+    correlation_id: str | None
+    timeout: float | None
+    fail_fast: bool
+    own: Collection[object]
 
 
 class Caller:
@@ -213,59 +232,29 @@ class Caller:
         counter.published()
         return result
 
-    def request(
-        self,
-        connection: Connection,
-        listener: Callable[[], ReplyListener],
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        fail_fast: bool,
-        own: Collection[object],
-    ) -> RedisMessage:
-        """Send a request to *target* and wait for its reply; see ``RedisBroker.request()``.
-
-        *listener* returns the broker's reply listener, started on first
-        use. *own* are the broker's processors: a handler of theirs may
-        not request its own single-worker subscriber.
-        """
-        check_timeout(timeout)
-        counter = self._counter(target)
+    def request(self, ask: Ask) -> RedisMessage:
+        """Send a request and wait for its reply; see ``RedisBroker.request()``."""
+        check_timeout(ask.timeout)
+        counter = self._counter(ask.target)
         if not self._hooks:
             started = time.monotonic()
             try:
-                reply = self._request(
-                    connection,
-                    listener,
-                    body,
-                    target,
-                    headers,
-                    correlation_id,
-                    timeout,
-                    fail_fast,
-                    own,
-                )
+                reply = self._request(ask)
             except BaseException as exc:
                 counter.requested(outcome_of(exc), time.monotonic() - started)
                 raise
             counter.requested("ok", time.monotonic() - started)
             return reply
-        correlation_id = correlation_id or new_correlation_id()  # for the hooks to see
-        event = Event("request", str(target), dict(headers or {}), correlation_id)
+        correlation_id = (
+            ask.correlation_id or new_correlation_id()
+        )  # for the hooks to see
+        event = Event(
+            "request", str(ask.target), dict(ask.headers or {}), correlation_id
+        )
 
         def call() -> RedisMessage:
             event.message = self._request(
-                connection,
-                listener,
-                body,
-                target,
-                event.headers,
-                correlation_id,
-                timeout,
-                fail_fast,
-                own,
+                ask._replace(headers=event.headers, correlation_id=correlation_id)
             )
             return event.message
 
@@ -320,31 +309,9 @@ class Caller:
             msg, destination=str(target), queued=waiting, retry_after=max(mean, 0.05)
         )
 
-    def _request(
-        self,
-        connection: Connection,
-        listener_of: Callable[[], ReplyListener],
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        fail_fast: bool,
-        own: Collection[object],
-    ) -> RedisMessage:
+    def _request(self, ask: Ask) -> RedisMessage:
         latch: Latch[bytes] = Latch()
-        call = self.begin(
-            connection,
-            listener_of,
-            body,
-            target,
-            headers,
-            correlation_id,
-            timeout,
-            fail_fast,
-            own,
-            sink=latch,
-        )
+        call = self.begin(ask, sink=latch)
         try:
             payload = latch.result(call.left())
         except FutureTimeoutError:
@@ -357,27 +324,19 @@ class Caller:
 
     def begin(
         self,
-        connection: Connection,
-        listener_of: Callable[[], ReplyListener],
-        body: Any,
-        target: Destination,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        fail_fast: bool,
-        own: Collection[object],
+        ask: Ask,
         *,
         sink: Sink,
         collect: Callable[[bytes], bool] | None = None,
         keep: bool = True,
-        ask: Mapping[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
         on_count: Callable[[int], None] | None = None,
     ) -> Call:
-        """Send a request to *target*, its reply to go to *sink*; return it on its way.
+        """Send the request *ask*, its reply to go to *sink*; return it on its way.
 
         *collect* takes every acceptable reply instead, saying when the
         last has come (``gather()``, ``stream()``); *keep* asks the server
-        to keep a single reply for a lost subscription; *ask* adds headers
+        to keep a single reply for a lost subscription; *extra* adds headers
         of ours; *on_count* hears how many subscribers Redis says a channel
         request reached. A failure to send fails *sink*, and raises when
         known at once.
@@ -385,19 +344,21 @@ class Caller:
         Raises:
             As ``RedisBroker.request()``, when known before the reply is awaited.
         """
+        connection, target, headers = ask.connection, ask.target, ask.headers
+        timeout, correlation_id = ask.timeout, ask.correlation_id
         check_timeout(timeout)
-        timeout = nested_timeout(target, timeout, own)
+        timeout = nested_timeout(target, timeout, ask.own)
         if headers and REPLY_TO in headers:
             msg = "request() chooses the reply channel itself; to send the result elsewhere, use publish(reply_to=...)."
             raise SetupError(msg)
         # Before any copy: a frame costs as much again as its body.
-        check_body_size(body, self._max_message_size, "The request")
+        check_body_size(ask.body, self._max_message_size, "The request")
         correlation_id = correlation_id or new_correlation_id()
         deadline = None if timeout is None else time.monotonic() + timeout
-        ours = {ACCEPT_ERRORS: "1", **(ask or {})}
+        ours = {ACCEPT_ERRORS: "1", **(extra or {})}
         if timeout is not None:  # the server's clock: Unix time, to the millisecond
             ours[DEADLINE] = f"{time.time() + timeout:.3f}"
-        listener = listener_of()
+        listener = ask.listener()
         call = Call(target, correlation_id, timeout, deadline, listener)
         if not listener.wait_ready(self._start_timeout if timeout is None else timeout):
             msg = f"The reply subscription was not up within {timeout} s; no request was sent to {target}."
@@ -415,7 +376,7 @@ class Caller:
             ours[DESTINATION] = addressed
         try:
             data, all_headers = frame_parts(
-                body,
+                ask.body,
                 correlation_id=correlation_id,
                 reply_to=pending.channel,
                 headers={**headers, **ours} if headers else ours,
@@ -439,7 +400,7 @@ class Caller:
             call.sent = Sent(
                 listener,
                 pending.channel,
-                unheard if fail_fast and counted else None,
+                unheard if ask.fail_fast and counted else None,
                 functools.partial(self._overloaded, target),
                 on_count=on_count if counted else None,
             )
