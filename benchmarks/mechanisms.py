@@ -20,8 +20,9 @@ mechanisms, and how ``benchmarks._toggles`` switches each off:
     ``Owed.reopen()`` does nothing.
 
 Channel subscribers have no fetch loop, so none of these applies to them.
-Two caller-side mechanisms measured here went for buying less than 15%
-(``benchmarks/README.rst`` has their figures).
+Three mechanisms measured here went for buying less than 15%, two of the
+callers' and a packer of Redis' protocol (``benchmarks/README.rst`` has
+their figures).
 
 Everything runs against a private redis-server. The echo server runs in a
 process of its own (``benchmarks._servers redis_rpc``), started afresh for

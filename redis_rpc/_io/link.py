@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.exceptions
 
-from redis_rpc._io import auth, parsing, resp, sentinel
+from redis_rpc._io import auth, parsing, sentinel
 from redis_rpc._io.errors import error_reply, map_errors, translate
 from redis_rpc.errors import MessageTooLargeError, RedisConnectionError
 
@@ -130,7 +130,9 @@ class RedisLink:
                 raise RedisConnectionError(msg, reason="read_only")
             self._reopen()
         with map_errors(self._address):
-            connection.send_packed_command(resp.pack(commands), check_health=False)
+            connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
         self._due += len(commands)
 
     def wait(self, timeout: float) -> bool:

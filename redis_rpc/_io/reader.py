@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import redis
 import redis.exceptions
 
-from redis_rpc._io import resp
 from redis_rpc._io.errors import checked, map_errors
 from redis_rpc._io.parsing import reply_or_error
 from redis_rpc.errors import RedisRPCError
@@ -157,7 +156,8 @@ class RedisReader:
             connection = self._connection
             with map_errors(self._address):
                 connection.send_packed_command(
-                    resp.pack([*owed_args, command]), check_health=False
+                    connection.pack_commands([*owed_args, command]),
+                    check_health=False,
                 )
                 replies = [reply_or_error(connection) for _ in owed_args]
                 reply = reply_or_error(connection)
