@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis_rpc._io.errors import map_errors
 from redis_rpc._io.scripts import CLAIM_FROM_DEAD, REQUEUE_IF_DEAD
-from redis_rpc.errors import RedisCommandError
+from redis_rpc.errors import RedisCommandError, RedisConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -33,24 +33,41 @@ class RedisAdmin:
     Args:
         client: Returns the client; a cluster's is created on first use.
         address: Where Redis is, for messages.
+        socket_timeout: The client's: how long one call may take, and so
+            how long the next waits for its turn.
     """
 
     def __init__(
         self,
         client: Callable[[], redis.Redis | redis.cluster.RedisCluster],
         address: str,
+        *,
+        socket_timeout: float,
     ) -> None:
         self._client = client
         self._address = address
-        self._lock = threading.Lock()  # held for one call, bounded by socket_timeout
+        # How long a call waits for its turn: one call takes at most socket_timeout.
+        self._turn = min(socket_timeout, threading.TIMEOUT_MAX)
+        self._lock = threading.Lock()  # held for one call
         # Registered with the client on first use, by script body.
         self._scripts: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def _calling(self) -> Iterator[None]:
-        """One call at a time, its redis-py errors translated."""
-        with self._lock, map_errors(self._address):
-            yield
+        """One call at a time, its redis-py errors translated.
+
+        Raises:
+            RedisConnectionError: The call before did not finish within
+                ``socket_timeout``; this one was not sent.
+        """
+        if not self._lock.acquire(timeout=self._turn):
+            msg = f"Redis at {self._address} did not finish the management call before this one within {self._turn} s; this one was not sent."
+            raise RedisConnectionError(msg, reason="timeout")
+        try:
+            with map_errors(self._address):
+                yield
+        finally:
+            self._lock.release()
 
     def _script(self, body: str) -> Any:
         script = self._scripts.get(body)

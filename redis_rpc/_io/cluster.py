@@ -266,7 +266,9 @@ class ClusterBackend:
         self._stale = False  # a connection was lost: refresh the map before routing
         self._refreshed = 0.0  # time.monotonic() of the last refresh
         self._refreshing = threading.Lock()
-        self.admin = RedisAdmin(self._cluster_client, self.address)
+        self.admin = RedisAdmin(
+            self._cluster_client, self.address, socket_timeout=self.socket_timeout
+        )
 
     # -- the cluster and its map
 

@@ -86,7 +86,9 @@ class RedisBackend:
         self.address = sentinel.address(pool) or (
             f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         )
-        self.admin = RedisAdmin(lambda: self._client, self.address)
+        self.admin = RedisAdmin(
+            lambda: self._client, self.address, socket_timeout=self.socket_timeout
+        )
         self._pipe = self._new_pipe()
 
     def _new_pipe(self) -> Pipe:

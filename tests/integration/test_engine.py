@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import cast
 
 import pytest
 
 from redis_rpc import RedisBroker
+from redis_rpc._io.admin import RedisAdmin
+from redis_rpc.errors import RedisConnectionError
 from tests.conftest import LONG_TIMEOUT
 
 CALLERS = 1000
@@ -124,5 +127,25 @@ def test_management_calls_from_many_threads_share_one_connection(
     try:  # not started: the calls below open the broker's only connections
         assert run_threads(manage, 16) == []
         assert connections(raw, unique_name) == 1
+    finally:
+        broker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_management_call_waits_for_its_turn_no_longer_than_socket_timeout(
+    redis_url, raw, unique_name
+):
+    """A management call that another one holds up past socket_timeout fails as not sent, instead of waiting on."""
+    socket_timeout = 0.5
+    broker = RedisBroker(redis_url, socket_timeout=socket_timeout, poll_interval=0.1)
+    admin = cast("RedisAdmin", broker._backend.admin)
+    try:
+        with admin._calling():  # a call that Redis does not finish
+            started = time.monotonic()
+            with pytest.raises(RedisConnectionError) as info:
+                admin.members(f"{unique_name}:registry")
+        assert socket_timeout <= time.monotonic() - started < socket_timeout + 2.0
+        assert (info.value.reason, info.value.maybe_applied) == ("timeout", False)
+        assert admin.members(f"{unique_name}:registry") == []  # its turn came
     finally:
         broker.close()
